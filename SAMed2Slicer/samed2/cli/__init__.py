@@ -1,0 +1,36 @@
+"""The `samed2` command line. Each sub-command lives in its own module with a `register(subparsers)`."""
+import argparse
+import importlib
+import logging
+import sys
+
+# module name -> imported lazily so `samed2 --help` stays fast and light
+_COMMAND_MODULES = ["weights", "seg"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samed2", description="SAMed-2 / SAM 2 segmentation engine")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"samed2.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    from samed2.errors import Samed2Error
+
+    try:
+        return args.func(args) or 0
+    except Samed2Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
