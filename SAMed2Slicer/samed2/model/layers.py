@@ -1,0 +1,158 @@
+"""Building blocks shared by the encoder, the SAM heads and the memory modules."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Module):
+    """`num_layers` linear layers with an activation between them (`layers.N` keys)."""
+
+    def __init__(self, in_dim, hidden_dim, out_dim, num_layers, activation=nn.ReLU, sigmoid_output=False):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = activation()
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of an (N, C, H, W) tensor."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x):
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v projections and optional channel downsampling."""
+
+    def __init__(self, embedding_dim, num_heads, downsample_rate=1, dropout=0.0, kv_in_dim=None):
+        super().__init__()
+        kv_in_dim = kv_in_dim or embedding_dim
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(kv_in_dim, self.internal_dim)
+        self.v_proj = nn.Linear(kv_in_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+        self.dropout_p = dropout
+
+    def _heads(self, x):
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def _attend(self, q, k, v):
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
+        b, h, n, c = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+    def forward(self, q, k, v):
+        return self._attend(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v)))
+
+
+def axial_rope_angles(dim: int, width: int, height: int, theta: float) -> torch.Tensor:
+    """Rotation angles (tokens, dim/2) of 2-D axial RoPE on a row-major width x height grid."""
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 4)[: dim // 4].float() / dim))
+    t = torch.arange(width * height, dtype=torch.float32)
+    x, y = t % width, torch.div(t, width, rounding_mode="floor")
+    return torch.cat([torch.outer(x, freqs), torch.outer(y, freqs)], dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs of x (..., tokens, dim) by the given angles."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    real, imag = pairs[..., 0], pairs[..., 1]
+    out = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class RoPEAttention(Attention):
+    """Attention with 2-D axial rotary position encoding (memory attention)."""
+
+    def __init__(self, *args, rope_theta=10000.0, rope_k_repeat=False, feat_sizes=(64, 64), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rope_theta = rope_theta
+        self.rope_k_repeat = rope_k_repeat
+        self._angles = {}
+
+    def _cos_sin(self, tokens: int, device):
+        if tokens not in self._angles:
+            side = int(math.isqrt(tokens))
+            if side * side != tokens:
+                raise ValueError(f"RoPE attention needs a square feature map, got {tokens} tokens")
+            angles = axial_rope_angles(self.internal_dim // self.num_heads, side, side, self.rope_theta)
+            self._angles[tokens] = (angles.cos(), angles.sin())
+        cos, sin = self._angles[tokens]
+        return cos.to(device), sin.to(device)
+
+    def forward(self, q, k, v, num_k_exclude_rope: int = 0):
+        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        cos, sin = self._cos_sin(q.shape[-2], q.device)
+        q = rotate(q, cos, sin)
+        num_k_rope = k.shape[-2] - num_k_exclude_rope
+        if num_k_rope > 0:
+            repeat = num_k_rope // q.shape[-2]
+            if repeat != 1 and not self.rope_k_repeat:
+                raise ValueError("keys and queries differ in length but rope_k_repeat is off")
+            k_rope = rotate(k[:, :, :num_k_rope], cos.repeat(repeat, 1), sin.repeat(repeat, 1))
+            k = torch.cat([k_rope, k[:, :, num_k_rope:]], dim=2)
+        return self._attend(q, k, v)
+
+
+class PositionEmbeddingSine(nn.Module):
+    """The normalised 2-D sine/cosine position encoding of DETR, cached per feature size."""
+
+    def __init__(self, num_pos_feats, temperature=10000, normalize=True, scale=None):
+        super().__init__()
+        self.half = num_pos_feats // 2
+        self.temperature = temperature
+        self.normalize = normalize
+        self.scale = 2 * math.pi if scale is None else scale
+        self._cache = {}
+
+    def _encode(self, h: int, w: int) -> torch.Tensor:
+        y = torch.arange(1, h + 1, dtype=torch.float32)[:, None].expand(h, w)
+        x = torch.arange(1, w + 1, dtype=torch.float32)[None, :].expand(h, w)
+        if self.normalize:
+            y = y / (h + 1e-6) * self.scale
+            x = x / (w + 1e-6) * self.scale
+        dim_t = torch.arange(self.half, dtype=torch.float32)
+        dim_t = self.temperature ** (2 * (dim_t // 2) / self.half)
+        px, py = x[..., None] / dim_t, y[..., None] / dim_t
+        px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), dim=3).flatten(2)
+        py = torch.stack((py[..., 0::2].sin(), py[..., 1::2].cos()), dim=3).flatten(2)
+        return torch.cat((py, px), dim=2).permute(2, 0, 1)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.shape[-2], x.shape[-1])
+        if key not in self._cache:
+            self._cache[key] = self._encode(*key)
+        pe = self._cache[key].to(device=x.device, dtype=x.dtype)
+        return pe[None].expand(x.shape[0], -1, -1, -1)
+
+
+def sine_1d(positions: torch.Tensor, dim: int, temperature: float = 10000) -> torch.Tensor:
+    """1-D sine/cosine encoding of (fractional) positions: (N,) -> (N, dim)."""
+    half = dim // 2
+    dim_t = torch.arange(half, dtype=torch.float32, device=positions.device)
+    dim_t = temperature ** (2 * (dim_t // 2) / half)
+    angles = positions.unsqueeze(-1) / dim_t
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)

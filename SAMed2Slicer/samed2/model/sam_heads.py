@@ -1,0 +1,239 @@
+"""SAM's prompt encoder and two-way-transformer mask decoder."""
+import math
+
+import torch
+from torch import nn
+
+from .layers import MLP, Attention, LayerNorm2d
+
+# Point labels understood by the prompt encoder.
+PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Random Fourier features of normalised (x, y) coordinates."""
+
+    def __init__(self, num_pos_feats: int):
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))
+
+    def encode(self, coords01: torch.Tensor) -> torch.Tensor:
+        angles = 2 * math.pi * ((2 * coords01 - 1) @ self.positional_encoding_gaussian_matrix)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    def grid(self, h: int, w: int) -> torch.Tensor:
+        """(C, h, w) encoding of the pixel centres of an h x w grid."""
+        device = self.positional_encoding_gaussian_matrix.device
+        ones = torch.ones(h, w, device=device)
+        y = (ones.cumsum(0) - 0.5) / h
+        x = (ones.cumsum(1) - 0.5) / w
+        return self.encode(torch.stack([x, y], dim=-1)).permute(2, 0, 1)
+
+
+class PromptEncoder(nn.Module):
+    def __init__(self, embed_dim: int, image_embedding_size: int, input_image_size: int, mask_in_chans: int = 16):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.embedding_size = image_embedding_size
+        self.input_size = input_image_size
+        self.mask_input_size = (4 * image_embedding_size, 4 * image_embedding_size)
+        self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
+        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans // 4),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, embed_dim)
+
+    def dense_pe(self) -> torch.Tensor:
+        return self.pe_layer.grid(self.embedding_size, self.embedding_size).unsqueeze(0)
+
+    def _encode_coords(self, points: torch.Tensor) -> torch.Tensor:
+        return self.pe_layer.encode((points + 0.5) / self.input_size)
+
+    def embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+        """points (B, N, 2) in input-image pixels, labels (B, N) -> (B, N[+1], C)."""
+        if pad:
+            points = torch.cat([points, points.new_zeros(points.shape[0], 1, 2)], dim=1)
+            labels = torch.cat([labels, -labels.new_ones(labels.shape[0], 1)], dim=1)
+        emb = self._encode_coords(points)
+        labels = labels.unsqueeze(-1)
+        emb = torch.where(labels == PAD, torch.zeros_like(emb) + self.not_a_point_embed.weight, emb)
+        for value, table in enumerate(self.point_embeddings):
+            emb = torch.where(labels == value, emb + table.weight, emb)
+        return emb
+
+    def embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """boxes (B, 4) as x0, y0, x1, y1 in input-image pixels -> (B, 2, C)."""
+        emb = self._encode_coords(boxes.reshape(-1, 2, 2))
+        corner = torch.stack([self.point_embeddings[BOX_TOP_LEFT].weight[0],
+                              self.point_embeddings[BOX_BOTTOM_RIGHT].weight[0]])
+        return emb + corner
+
+    def forward(self, points=None, boxes=None, masks=None, batch_size: int = 1):
+        """Sparse (B, N, C) and dense (B, C, h, w) prompt embeddings."""
+        if points is not None:
+            batch_size = points[0].shape[0]
+        elif boxes is not None:
+            batch_size = boxes.shape[0]
+        elif masks is not None:
+            batch_size = masks.shape[0]
+        weight = self.no_mask_embed.weight
+        sparse = [weight.new_empty(batch_size, 0, self.embed_dim)]
+        if points is not None:
+            sparse.append(self.embed_points(*points, pad=boxes is None))
+        if boxes is not None:
+            sparse.append(self.embed_boxes(boxes))
+        if masks is not None:
+            dense = self.mask_downscaling(masks)
+        else:
+            dense = weight.reshape(1, -1, 1, 1).expand(batch_size, -1, self.embedding_size, self.embedding_size)
+        return torch.cat(sparse, dim=1), dense
+
+
+class TwoWayAttentionBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool):
+        super().__init__()
+        self.self_attn = Attention(dim, num_heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn_token_to_image = Attention(dim, num_heads, downsample_rate=downsample_rate)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_dim, dim, num_layers=2, activation=nn.ReLU)
+        self.norm3 = nn.LayerNorm(dim)
+        self.norm4 = nn.LayerNorm(dim)
+        self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate=downsample_rate)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(self, queries, keys, query_pe, key_pe):
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+        k = keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
+        queries = self.norm3(queries + self.mlp(queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int = 2):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=i == 0)
+            for i in range(depth))
+        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=downsample_rate)
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def forward(self, image, image_pe, point_embedding):
+        keys = image.flatten(2).permute(0, 2, 1)
+        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        queries = point_embedding
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
+        return self.norm_final_attn(queries + attn), keys
+
+
+class MaskDecoder(nn.Module):
+    """Predicts mask logits, IoU estimates, output tokens and an object score from prompt tokens."""
+
+    def __init__(self, transformer_dim: int, num_multimask_outputs: int = 3, iou_head_depth: int = 3,
+                 iou_head_hidden_dim: int = 256, use_high_res_features: bool = False,
+                 iou_prediction_use_sigmoid: bool = False, pred_obj_scores: bool = False,
+                 pred_obj_scores_mlp: bool = False, use_multimask_token_for_obj_ptr: bool = False,
+                 dynamic_multimask_via_stability: bool = False, dynamic_multimask_stability_delta: float = 0.05,
+                 dynamic_multimask_stability_thresh: float = 0.98):
+        super().__init__()
+        c = transformer_dim
+        self.transformer = TwoWayTransformer(depth=2, embedding_dim=c, num_heads=8, mlp_dim=2048)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, c)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, c)
+        self.pred_obj_scores = pred_obj_scores
+        if pred_obj_scores:
+            self.obj_score_token = nn.Embedding(1, c)
+            self.pred_obj_score_head = MLP(c, c, 1, 3) if pred_obj_scores_mlp else nn.Linear(c, 1)
+        self.use_multimask_token_for_obj_ptr = use_multimask_token_for_obj_ptr
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(c, c // 4, kernel_size=2, stride=2),
+            LayerNorm2d(c // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(c // 4, c // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.use_high_res_features = use_high_res_features
+        if use_high_res_features:
+            self.conv_s0 = nn.Conv2d(c, c // 8, kernel_size=1)
+            self.conv_s1 = nn.Conv2d(c, c // 4, kernel_size=1)
+        self.output_hypernetworks_mlps = nn.ModuleList(MLP(c, c, c // 8, 3) for _ in range(self.num_mask_tokens))
+        self.iou_prediction_head = MLP(c, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth,
+                                       sigmoid_output=iou_prediction_use_sigmoid)
+        self.dynamic_multimask = dynamic_multimask_via_stability
+        self.stability_delta = dynamic_multimask_stability_delta
+        self.stability_thresh = dynamic_multimask_stability_thresh
+
+    def forward(self, image_embeddings, image_pe, sparse, dense, multimask_output: bool, high_res_features=None):
+        """Returns masks (B, M, 4h, 4w), ious (B, M), output tokens (B, M', C), object score (B, 1)."""
+        masks, ious, mask_tokens, obj_score = self._predict(image_embeddings, image_pe, sparse, dense,
+                                                           high_res_features)
+        if multimask_output:
+            masks, ious = masks[:, 1:], ious[:, 1:]
+        elif self.dynamic_multimask and not self.training:
+            masks, ious = self._select_stable(masks, ious)
+        else:
+            masks, ious = masks[:, :1], ious[:, :1]
+        tokens = mask_tokens[:, 1:] if multimask_output and self.use_multimask_token_for_obj_ptr else mask_tokens[:, :1]
+        return masks, ious, tokens, obj_score
+
+    def _predict(self, image, image_pe, sparse, dense, high_res_features):
+        heads = [self.iou_token.weight, self.mask_tokens.weight]
+        if self.pred_obj_scores:
+            heads.insert(0, self.obj_score_token.weight)
+        first = 1 if self.pred_obj_scores else 0
+        tokens = torch.cat(heads, dim=0).unsqueeze(0).expand(sparse.shape[0], -1, -1)
+        tokens = torch.cat([tokens, sparse], dim=1)
+        src = image + dense
+        b, c, h, w = src.shape
+        pos = image_pe.expand(b, -1, -1, -1)
+        hs, src = self.transformer(src, pos, tokens)
+        iou_token = hs[:, first]
+        mask_tokens = hs[:, first + 1: first + 1 + self.num_mask_tokens]
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        up1, norm1, act1, up2, act2 = self.output_upscaling
+        if self.use_high_res_features:
+            feat_s0, feat_s1 = high_res_features
+            upscaled = act2(up2(act1(norm1(up1(src) + feat_s1))) + feat_s0)
+        else:
+            upscaled = act2(up2(act1(norm1(up1(src)))))
+        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
+        b, c, h, w = upscaled.shape
+        masks = (hyper @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        ious = self.iou_prediction_head(iou_token)
+        if self.pred_obj_scores:
+            obj_score = self.pred_obj_score_head(hs[:, 0])
+        else:
+            obj_score = 10.0 * ious.new_ones(ious.shape[0], 1)
+        return masks, ious, mask_tokens, obj_score
+
+    def _select_stable(self, masks, ious):
+        """Keep the single-mask output when it is stable, else the best of the multimask outputs."""
+        single, single_iou = masks[:, :1], ious[:, :1]
+        best = torch.argmax(ious[:, 1:], dim=-1)
+        rows = torch.arange(masks.shape[0], device=masks.device)
+        best_masks = masks[:, 1:][rows, best].unsqueeze(1)
+        best_ious = ious[:, 1:][rows, best].unsqueeze(1)
+        flat = single.flatten(-2)
+        inner = (flat > self.stability_delta).sum(-1).float()
+        outer = (flat > -self.stability_delta).sum(-1).float()
+        stable = torch.where(outer > 0, inner / outer, 1.0) >= self.stability_thresh
+        return (torch.where(stable[..., None, None], single, best_masks),
+                torch.where(stable, single_iou, best_ious))
