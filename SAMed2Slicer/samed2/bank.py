@@ -1,0 +1,206 @@
+"""SAMed-2's confidence memory bank: stored (memory, IoU, key) entries retrieved by similarity + confidence.
+
+Layout (also the safetensors file layout):
+  keys      (N, D) unit-normalised retrieval keys, half precision, D = C * h * w
+  features  (N, C_mem, h, w) memory features (a bank built here keeps them in bfloat16, as the
+            reference does; an imported bank keeps the precision it came with)
+  pos       (N, C_mem, h, w) their position encodings
+  ious      (N,) predicted IoU of each entry (float32)
+Keys are the flattened stride-16 image features in token order (h*w, C), the order the reference
+uses for its query, so retrieval for a batch is one matmul and nothing is re-stacked per call.
+"""
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import WeightsError
+
+DEFAULT_CAPACITY = 640
+_KEY_CHUNK = 64  # keys multiplied per step on the CPU, so fp16 keys are upcast a slice at a time
+
+
+def image_key(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) stride-16 features -> (B, h*w*C) unit vectors in the reference's token order."""
+    return F.normalize(features.flatten(2).transpose(1, 2).reshape(features.shape[0], -1).float(), dim=1)
+
+
+class ConfidenceBank:
+    def __init__(self, keys, features, pos, ious, capacity: int = DEFAULT_CAPACITY, key_device="cpu"):
+        self.keys = keys.to(device=key_device, dtype=torch.float16)
+        self.features = features
+        self.pos = pos
+        self.ious = ious.float().reshape(-1)
+        self.capacity = capacity
+        if not (len(self.keys) == len(self.features) == len(self.pos) == len(self.ious)):
+            raise WeightsError("memory bank tensors disagree in their number of entries")
+
+    @classmethod
+    def empty(cls, key_dim: int, mem_shape, capacity: int = DEFAULT_CAPACITY) -> "ConfidenceBank":
+        none = torch.zeros(0, *mem_shape, dtype=torch.bfloat16)
+        return cls(torch.zeros(0, key_dim), none, none.clone(), torch.zeros(0), capacity)
+
+    def __len__(self) -> int:
+        return len(self.ious)
+
+    # ---- retrieval ------------------------------------------------------------------------
+
+    def similarity(self, keys: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity (B, N) of unit keys (B, D) with every stored key."""
+        keys = keys.to(self.keys.device)
+        if self.keys.device.type != "cpu":
+            return (keys.to(self.keys.dtype) @ self.keys.t()).float()
+        parts = [keys @ chunk.float().t() for chunk in self.keys.split(_KEY_CHUNK)]
+        return torch.cat(parts, dim=1)
+
+    def select(self, features: torch.Tensor, k: int = None) -> torch.Tensor:
+        """Indices (B, k) of the entries scoring highest by max(0, cos) + sigmoid(IoU); k defaults to B."""
+        if len(self) == 0:
+            raise ValueError("the memory bank is empty")
+        k = min(k or features.shape[0], len(self))
+        score = self.similarity(image_key(features)).clamp(min=0) + self.ious.sigmoid().to(features.device)
+        return score.topk(k, dim=1).indices.cpu()
+
+    def memory(self, indices: torch.Tensor, device, dtype=torch.float32):
+        """Memory tokens and positions (B, k*h*w, C_mem) for selections made for a batch of B images.
+
+        Reproduces the reference's layout: image b attends to the b-th choice of every image in the
+        batch, interleaved token by token (so k must equal B, as in the reference).
+        """
+        b, k = indices.shape
+        if b != k:
+            raise ValueError(f"bank memory needs as many choices as images (got {k} for {b})")
+
+        def gather(stack):
+            chosen = stack[indices.reshape(-1)].to(device=device, dtype=dtype)  # only these move
+            tokens = chosen.flatten(2).transpose(1, 2).reshape(b, k, -1, chosen.shape[1])  # (B, k, hw, C)
+            return tokens.permute(1, 2, 0, 3).reshape(k, -1, chosen.shape[1])
+        return gather(self.features), gather(self.pos)
+
+    # ---- update ---------------------------------------------------------------------------
+
+    def update(self, features, pos, ious, image_features) -> None:
+        """Add new entries: below capacity they are appended; at capacity each replaces its most
+        similar stored entry (by retrieval key) if its IoU is higher."""
+        keys = image_key(image_features)
+        for i in range(len(ious)):
+            iou = float(ious[i])
+            if len(self) < self.capacity:
+                self._append(keys[i], features[i], pos[i], iou)
+                continue
+            nearest = int(self.similarity(keys[i: i + 1]).argmax())
+            if iou > float(self.ious[nearest]):
+                self._drop(nearest)
+                self._append(keys[i], features[i], pos[i], iou)
+
+    def _append(self, key, features, pos, iou):
+        self.keys = torch.cat([self.keys, key[None].to(self.keys)])
+        self.features = torch.cat([self.features, features[None].to(self.features)])
+        self.pos = torch.cat([self.pos, pos[None].to(self.pos)])
+        self.ious = torch.cat([self.ious, torch.tensor([iou])])
+
+    def _drop(self, index: int):
+        keep = torch.arange(len(self)) != index
+        self.keys, self.features, self.pos, self.ious = (
+            self.keys[keep.to(self.keys.device)], self.features[keep], self.pos[keep], self.ious[keep])
+
+    # ---- files ----------------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Write the bank as safetensors (temp file + rename: never a partial file)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            save_file({"keys": self.keys.cpu().contiguous(), "features": self.features.contiguous(),
+                       "pos": self.pos.contiguous(), "ious": self.ious.contiguous()}, str(tmp),
+                      metadata={"format": "samed2-bank", "capacity": str(self.capacity)})
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path, key_device="cpu") -> "ConfidenceBank":
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise WeightsError(f"{path} is not a readable safetensors memory bank ({exc}); "
+                               "import the official bank with `samed2 bank import FILE` first") from exc
+        missing = {"keys", "features", "pos", "ious"} - tensors.keys()
+        if missing:
+            raise WeightsError(f"{path} lacks the memory bank tensors {sorted(missing)}")
+        with safe_open(str(path), "pt") as f:
+            capacity = int((f.metadata() or {}).get("capacity", DEFAULT_CAPACITY))
+        return cls(tensors["keys"], tensors["features"], tensors["pos"], tensors["ious"], capacity, key_device)
+
+    @classmethod
+    def from_entries(cls, entries, capacity: int = DEFAULT_CAPACITY) -> "ConfidenceBank":
+        """From the reference's list of [memory features, position encoding, IoU, image embedding]."""
+        if not entries:
+            raise WeightsError("the memory bank file holds no entries")
+        try:
+            features = torch.cat([_as_map(e[0]) for e in entries])
+            pos = torch.cat([_as_map(e[1]) for e in entries])
+            ious = torch.stack([torch.as_tensor(e[2]).float().reshape(()) for e in entries])
+            keys = F.normalize(torch.stack([torch.as_tensor(e[3]).float().reshape(-1) for e in entries]), dim=1)
+        except (TypeError, IndexError, RuntimeError, ValueError) as exc:
+            raise WeightsError(f"the memory bank entries do not have the reference's layout: {exc}") from exc
+        return cls(keys, features, pos, ious, max(capacity, len(entries)))
+
+
+def _as_map(x) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    return x if x.dim() == 4 else x.unsqueeze(0)
+
+
+# ---- importing the official pickle ---------------------------------------------------------
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Rebuilds tensors and plain containers only; any other global is refused, never imported."""
+
+    _ALLOWED = {
+        ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"),
+        ("collections", "OrderedDict"), ("torch", "Size"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _storage_from_bytes
+        if module == "torch" and name.endswith("Storage"):
+            return super().find_class(module, name)
+        raise WeightsError(f"refusing to load the memory bank: it asks to run {module}.{name}, which a "
+                           "memory bank never needs (the file may be malicious)")
+
+
+def _storage_from_bytes(data: bytes):
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def read_reference_bank(path) -> list:
+    """Read the official bank file (torch.save or plain pickle) without running any code it holds."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"memory bank file not found: {path}")
+    if zipfile.is_zipfile(path):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise WeightsError(f"refusing to load the memory bank {path}: {exc}") from exc
+    with open(path, "rb") as f:
+        try:
+            return _RestrictedUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError) as exc:
+            raise WeightsError(f"{path} is not a readable memory bank pickle: {exc}") from exc
+
+
+def import_reference_bank(path, out_path, capacity: int = DEFAULT_CAPACITY) -> ConfidenceBank:
+    """Convert the official pickled bank to this project's safetensors bank, once."""
+    bank = ConfidenceBank.from_entries(read_reference_bank(path), capacity)
+    bank.save(out_path)
+    return bank
