@@ -1,0 +1,223 @@
+"""Static checks of the Slicer extension: what CMake ships, what the index is told, what
+the panel uses, and which way the imports go."""
+import ast
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "SAMed2Slicer"
+MODULE_NAME = "SAMed2Slicer"
+NOT_SHIPPED_DIRS = {"__pycache__"}
+NOT_SHIPPED_SUFFIXES = {".pyc", ".egg-info"}
+UI_OBJECT_TAGS = {"widget", "layout", "action", "actiongroup", "spacer"}
+
+
+def cmake_sets(path):
+    """{variable: [words]} of every set(...) in a CMakeLists.txt, ${MODULE_NAME} expanded."""
+    text = re.sub(r"#[^\n]*", "", path.read_text())
+    sets = {}
+    for name, body in re.findall(r'\bset\(\s*(\w+)((?:\s+(?:"[^"]*"|[^\s()"]+))*)\s*\)', text):
+        sets[name] = [w.strip('"') for w in re.findall(r'"[^"]*"|\S+', body)]
+    module_name = sets.get("MODULE_NAME", [""])[0]
+    return {k: [w.replace("${MODULE_NAME}", module_name) for w in v] for k, v in sets.items()}
+
+
+def extension_variables():
+    """EXTENSION_* values of the top-level CMakeLists.txt, and the project name."""
+    path = REPO / "CMakeLists.txt"
+    values = {k: " ".join(v) for k, v in cmake_sets(path).items() if k.startswith("EXTENSION_")}
+    values["project"] = re.search(r"\bproject\(\s*(\w+)", path.read_text()).group(1)
+    return values
+
+
+def s4ext_fields(path):
+    fields = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            fields[key] = value.strip()
+    return fields
+
+
+def shipped_files():
+    """Files under SAMed2Slicer/ that the built module must contain, relative to it."""
+    files = set()
+    for path in MODULE_DIR.rglob("*"):
+        relative = path.relative_to(MODULE_DIR)
+        if any(p in NOT_SHIPPED_DIRS or Path(p).suffix in NOT_SHIPPED_SUFFIXES for p in relative.parts):
+            continue
+        if path.is_file() and relative != Path("CMakeLists.txt"):
+            files.add(relative.as_posix())
+    return files
+
+
+def module_lists():
+    sets = cmake_sets(MODULE_DIR / "CMakeLists.txt")
+    return sets["MODULE_PYTHON_SCRIPTS"], sets["MODULE_PYTHON_RESOURCES"]
+
+
+def ui_object_names(path):
+    root = ElementTree.parse(path).getroot()
+    return [e.get("name") for e in root.iter() if e.tag in UI_OBJECT_TAGS and e.get("name")]
+
+
+def self_ui_names(path):
+    """Names used as self.ui.<name> in a Python file."""
+    return {node.attr for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"}
+
+
+def imported_top_names(path, module_level_only=False):
+    """Top-level package names a Python file imports: anywhere, or in its module body only."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in (tree.body if module_level_only else ast.walk(tree)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def raw_url_path(url, homepage):
+    """Repository path of a raw.githubusercontent.com URL of the homepage's repository."""
+    owner_repo = urlparse(homepage).path.strip("/")
+    prefix = f"https://raw.githubusercontent.com/{owner_repo}/main/"
+    assert url.startswith(prefix), f"{url} is not a file of {homepage} (expected {prefix}...)"
+    return REPO / url[len(prefix):]
+
+
+def assert_lists_exactly(variable, listed, on_disk):
+    """The CMake list names each file on disk once, and nothing else."""
+    twice = sorted({f for f in listed if listed.count(f) > 1})
+    unlisted = "\n  ".join(sorted(on_disk - set(listed)))
+    absent = "\n  ".join(sorted(set(listed) - on_disk))
+    assert not twice, f"{variable} lists these twice: {twice}"
+    assert not unlisted, f"add to {variable} in SAMed2Slicer/CMakeLists.txt:\n  {unlisted}"
+    assert not absent, f"{variable} lists files that do not exist:\n  {absent}"
+
+
+def assert_png_size(path, size):
+    with Image.open(path) as image:
+        assert (image.format, image.size) == ("PNG", size), f"{path}: {image.format} {image.size}"
+
+
+# --- CMake lists and the module tree --------------------------------------------------
+
+def test_slicer_cmake_lists_every_python_file_and_nothing_else():
+    scripts, _ = module_lists()
+    on_disk = {f for f in shipped_files() if f.endswith(".py")}
+    assert_lists_exactly("MODULE_PYTHON_SCRIPTS", scripts, on_disk)
+
+
+def test_slicer_cmake_lists_every_resource_file_and_nothing_else():
+    _, resources = module_lists()
+    on_disk = {f for f in shipped_files() if not f.endswith(".py")}
+    assert_lists_exactly("MODULE_PYTHON_RESOURCES", resources, on_disk)
+
+
+def test_slicer_module_ships_its_icon_and_panel():
+    _, resources = module_lists()
+    assert f"Resources/Icons/{MODULE_NAME}.png" in resources
+    assert f"Resources/UI/{MODULE_NAME}.ui" in resources
+    assert_png_size(MODULE_DIR / "Resources" / "Icons" / f"{MODULE_NAME}.png", (128, 128))
+
+
+# --- extension description ------------------------------------------------------------
+
+@pytest.mark.parametrize("s4ext_key, cmake_key", [
+    ("depends", "EXTENSION_DEPENDS"),
+    ("category", "EXTENSION_CATEGORY"),
+    ("homepage", "EXTENSION_HOMEPAGE"),
+    ("iconurl", "EXTENSION_ICONURL"),
+    ("screenshoturls", "EXTENSION_SCREENSHOTURLS"),
+    ("description", "EXTENSION_DESCRIPTION"),
+    ("contributors", "EXTENSION_CONTRIBUTORS"),
+])
+def test_slicer_s4ext_agrees_with_cmake(s4ext_key, cmake_key):
+    s4ext = s4ext_fields(REPO / f"{extension_variables()['project']}.s4ext")
+    assert s4ext[s4ext_key] == extension_variables()[cmake_key]
+
+
+def test_slicer_s4ext_names_the_project_and_its_repository():
+    cmake = extension_variables()
+    s4ext_path = REPO / f"{cmake['project']}.s4ext"
+    assert s4ext_path.is_file(), f"the .s4ext file must be named after project({cmake['project']})"
+    s4ext = s4ext_fields(s4ext_path)
+    assert s4ext["scm"] == "git"
+    assert s4ext["scmurl"] == cmake["EXTENSION_HOMEPAGE"] + ".git"
+    assert s4ext["enabled"] == "1"
+    assert cmake["EXTENSION_DEPENDS"] == "PyTorch"
+    assert cmake["EXTENSION_CATEGORY"] == "Segmentation"
+
+
+def test_slicer_extension_icon_is_a_repository_file():
+    cmake = extension_variables()
+    assert_png_size(raw_url_path(cmake["EXTENSION_ICONURL"], cmake["EXTENSION_HOMEPAGE"]), (128, 128))
+
+
+def test_slicer_extension_screenshots_are_repository_files():
+    cmake = extension_variables()
+    for url in cmake["EXTENSION_SCREENSHOTURLS"].split():
+        path = raw_url_path(url, cmake["EXTENSION_HOMEPAGE"])
+        assert path.is_file(), f"screenshot {path.relative_to(REPO)} is missing"
+
+
+def test_slicer_module_metadata_matches_the_extension():
+    source = (MODULE_DIR / f"{MODULE_NAME}.py").read_text()
+    cmake = extension_variables()
+    assert f'HOMEPAGE = "{cmake["EXTENSION_HOMEPAGE"]}"' in source
+    assert f'contributors = ["{cmake["EXTENSION_CONTRIBUTORS"]}"]' in source
+    categories = re.search(r"self\.parent\.categories = (.*)", source).group(1)
+    assert f'"{cmake["EXTENSION_CATEGORY"]}"' in categories
+
+
+# --- panel ----------------------------------------------------------------------------
+
+def test_slicer_widget_uses_only_names_of_the_ui_file():
+    ui_file = MODULE_DIR / "Resources" / "UI" / f"{MODULE_NAME}.ui"
+    defined = ui_object_names(ui_file)
+    used = self_ui_names(MODULE_DIR / f"{MODULE_NAME}.py")
+    assert len(defined) == len(set(defined)), "object names in the .ui file must be unique"
+    assert used, "the widget reads no self.ui.<name>: is the panel loaded?"
+    assert sorted(used - set(defined)) == [], f"missing from {ui_file.name}"
+
+
+# --- import direction -----------------------------------------------------------------
+
+def test_slicer_engine_never_imports_slicer_or_qt():
+    forbidden = {"slicer", "qt", "ctk", "vtk", "SAMed2SlicerLib", MODULE_NAME}
+    offenders = {f"{p.relative_to(MODULE_DIR)}: {sorted(imported_top_names(p) & forbidden)}"
+                 for p in (MODULE_DIR / "samed2").rglob("*.py") if imported_top_names(p) & forbidden}
+    assert sorted(offenders) == []
+
+
+def test_slicer_logic_is_qt_free():
+    qt = {"qt", "ctk"}
+    offenders = {f"{p.name}: {sorted(imported_top_names(p) & qt)}"
+                 for p in (MODULE_DIR / "SAMed2SlicerLib").rglob("*.py") if imported_top_names(p) & qt}
+    assert sorted(offenders) == []
+
+
+def test_slicer_logic_imports_without_torch():
+    """torch comes later, from the PyTorch extension: importing the module must not need it."""
+    modules = sorted("SAMed2SlicerLib." + p.stem if p.stem != "__init__" else "SAMed2SlicerLib"
+                     for p in (MODULE_DIR / "SAMed2SlicerLib").glob("*.py"))
+    code = (f"import sys; sys.path.insert(0, {str(MODULE_DIR)!r}); "
+            f"import {', '.join(modules)}; print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False", f"{modules} import torch"
+
+
+def test_slicer_gui_module_imports_no_torch_at_import_time():
+    assert "torch" not in imported_top_names(MODULE_DIR / f"{MODULE_NAME}.py", module_level_only=True)
