@@ -19,3 +19,7 @@ class InputError(Samed2Error):
 
 class DicomError(InputError):
     """DICOM input that cannot be used, or a DICOM-SEG that cannot be written."""
+
+
+class OutputError(Samed2Error):
+    """An output file that could not be written (full disk, permissions); nothing partial is left."""
