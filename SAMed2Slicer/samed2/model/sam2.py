@@ -54,6 +54,10 @@ class FrameMemory:
     pos: torch.Tensor  # (B, C_mem, h, w)
     obj_ptr: torch.Tensor  # (B, C)
 
+    def stored(self) -> "FrameMemory":
+        """The compact form kept between frames: features in bfloat16, as SAM 2's video predictor keeps them."""
+        return FrameMemory(self.features.to(torch.bfloat16), self.pos, self.obj_ptr)
+
 
 class SAM2Model(nn.Module):
     def __init__(self, cfg: dict):
@@ -258,7 +262,7 @@ class SAM2Model(nn.Module):
         for t_pos, out in entries:
             if out is None:
                 continue
-            tokens.append(out.features.flatten(2).transpose(1, 2))
+            tokens.append(out.features.flatten(2).transpose(1, 2).to(out.pos.dtype))
             tpos = self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1].reshape(1, 1, -1)
             pos.append(out.pos.flatten(2).transpose(1, 2) + tpos)
         num_ptr_tokens = 0
