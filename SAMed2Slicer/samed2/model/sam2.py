@@ -246,6 +246,31 @@ class SAM2Model(nn.Module):
             features = features + absent[..., None, None] * self.no_obj_embed_spatial[..., None, None]
         return features, pos
 
+    def conditioned_features(self, frame_idx: int, image: ImageFeatures, cond: Dict[int, FrameMemory],
+                             non_cond: Dict[int, FrameMemory], num_frames: int, reverse: bool = False,
+                             is_init_cond_frame: bool = False, extra_memory=None) -> torch.Tensor:
+        """Stride-16 features of a frame after attending to its memories.
+
+        `extra_memory` = (tokens, pos) (B, N, C_mem) from SAMed-2's confidence bank: alone on a first
+        prompted frame (the reference's image mode), or beside the frame memories (hybrid tracking).
+        """
+        has_frames = not is_init_cond_frame and bool(cond or non_cond)
+        if not has_frames and extra_memory is None:
+            return self.without_memory(image)
+        tokens, pos, num_ptr = [], [], 0
+        if has_frames:
+            frame_tokens, frame_pos, num_ptr = self.gather_memory(frame_idx, cond, non_cond, num_frames, reverse)
+            spatial = frame_tokens.shape[1] - num_ptr
+            tokens.append(frame_tokens[:, :spatial])
+            pos.append(frame_pos[:, :spatial])
+        if extra_memory is not None:
+            tokens.append(extra_memory[0].to(image.features.dtype))
+            pos.append(extra_memory[1].to(image.features.dtype))
+        if num_ptr:  # object pointers stay last: they are excluded from RoPE
+            tokens.append(frame_tokens[:, -num_ptr:])
+            pos.append(frame_pos[:, -num_ptr:])
+        return self.attend_memory(image, torch.cat(tokens, dim=1), torch.cat(pos, dim=1), num_ptr)
+
     def gather_memory(self, frame_idx: int, cond: Dict[int, FrameMemory], non_cond: Dict[int, FrameMemory],
                       num_frames: int, reverse: bool = False):
         """Memory tokens for a frame, SAM 2's way: conditioning frames, the most recent frames, pointers.
@@ -262,9 +287,10 @@ class SAM2Model(nn.Module):
         for t_pos, out in entries:
             if out is None:
                 continue
-            tokens.append(out.features.flatten(2).transpose(1, 2).to(out.pos.dtype))
-            tpos = self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1].reshape(1, 1, -1)
-            pos.append(out.pos.flatten(2).transpose(1, 2) + tpos)
+            like = self.maskmem_tpos_enc
+            tokens.append(out.features.flatten(2).transpose(1, 2).to(device=like.device, dtype=out.pos.dtype))
+            tpos = like[self.num_maskmem - t_pos - 1].reshape(1, 1, -1)
+            pos.append(out.pos.to(like.device).flatten(2).transpose(1, 2) + tpos)
         num_ptr_tokens = 0
         if self.use_obj_ptrs:
             ptrs, ptr_pos = self._pointer_tokens(frame_idx, selected, unselected, non_cond, num_frames, reverse)
@@ -290,7 +316,7 @@ class SAM2Model(nn.Module):
                 pairs.append((t_diff, out.obj_ptr))
         if not pairs:
             return None, None
-        ptrs = torch.stack([p for _, p in pairs], dim=1)  # (B, N, C)
+        ptrs = torch.stack([p.to(self.no_mem_embed.device) for _, p in pairs], dim=1)  # (B, N, C)
         b, n, c = ptrs.shape
         if self.add_tpos_enc_to_obj_ptrs:
             rel = torch.tensor([t for t, _ in pairs], dtype=torch.float32, device=ptrs.device)
@@ -314,16 +340,13 @@ class SAM2Model(nn.Module):
     def track_step(self, frame_idx: int, image: ImageFeatures, cond: Dict[int, FrameMemory],
                    non_cond: Dict[int, FrameMemory], num_frames: int, points=None, labels=None,
                    mask_inputs=None, prev_mask_logits=None, reverse: bool = False,
-                   is_init_cond_frame: bool = False, run_memory_encoder: bool = True):
+                   is_init_cond_frame: bool = False, run_memory_encoder: bool = True, extra_memory=None):
         """One frame of SAM 2 tracking. Returns (Prediction, FrameMemory or None)."""
         if mask_inputs is not None and self.mask_input_as_output:
             pred = self.mask_as_output(image, mask_inputs)
         else:
-            if is_init_cond_frame or not (cond or non_cond):
-                pix = self.without_memory(image)
-            else:
-                memory, memory_pos, num_ptr = self.gather_memory(frame_idx, cond, non_cond, num_frames, reverse)
-                pix = self.attend_memory(image, memory, memory_pos, num_ptr)
+            pix = self.conditioned_features(frame_idx, image, cond, non_cond, num_frames, reverse,
+                                            is_init_cond_frame, extra_memory)
             num_points = 0 if labels is None else labels.shape[1]
             pred = self.decode(pix, image.high_res, points, labels, mask_inputs=prev_mask_logits,
                                multimask=self.use_multimask(is_init_cond_frame, num_points))

@@ -1,0 +1,51 @@
+"""Slice embeddings kept under a byte budget, least recently used evicted first, in half precision."""
+from collections import OrderedDict
+
+import torch
+
+from .model import ImageFeatures
+
+STORAGE_DTYPE = torch.float16
+
+
+def _nbytes(features: ImageFeatures) -> int:
+    return sum(t.numel() * t.element_size() for t in [*features.high_res, features.features])
+
+
+class EmbeddingCache:
+    """slice index -> ImageFeatures (batch of one). The shared position encoding is stored once."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self._items: "OrderedDict[int, ImageFeatures]" = OrderedDict()
+        self._pos = None
+        self.nbytes = 0
+
+    def __contains__(self, index: int) -> bool:
+        return index in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, index: int, device, dtype=torch.float32):
+        item = self._items.get(index)
+        if item is None:
+            return None
+        self._items.move_to_end(index)
+        return ImageFeatures([t.to(device=device, dtype=dtype) for t in item.high_res],
+                             item.features.to(device=device, dtype=dtype),
+                             self._pos.to(device=device, dtype=dtype))
+
+    def put(self, index: int, features: ImageFeatures) -> None:
+        """Store (evicting the least recently used; an item larger than the whole budget is not kept)."""
+        compact = ImageFeatures([t.detach().to(STORAGE_DTYPE) for t in features.high_res],
+                                features.features.detach().to(STORAGE_DTYPE), None)
+        if self._pos is None:
+            self._pos = features.pos.detach().to(STORAGE_DTYPE)
+        if index in self._items:
+            self.nbytes -= _nbytes(self._items.pop(index))
+        self._items[index] = compact
+        self.nbytes += _nbytes(compact)
+        while self.nbytes > self.budget_bytes:
+            _, evicted = self._items.popitem(last=False)
+            self.nbytes -= _nbytes(evicted)

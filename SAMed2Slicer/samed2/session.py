@@ -1,0 +1,426 @@
+"""The interactive session: prompts on slices, masks, propagation through the volume with memory.
+
+One session = one (volume, slicing axis, model, intensity preset). Coordinates are slice pixels:
+(x, y) = (column, row) of `volume.get_slice(axis, index)` (see samed2.volume). Every torch call runs
+on the session's single worker thread; slice embeddings are cached under a byte budget and encoded
+ahead of the user in the background.
+"""
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import volume as vol
+from .bank import ConfidenceBank
+from .device import autocast, is_out_of_memory, pick_device
+from .embedding_cache import STORAGE_DTYPE, EmbeddingCache
+from .errors import InputError
+from .model import FrameMemory, ImageFeatures, Prediction, SAM2Model
+from .presets import IntensityPreset, default_preset, get_preset
+from .worker import BACKGROUND, TorchWorker
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("track", "box-chain", "hybrid")
+DIRECTIONS = ("up", "down", "both")
+DEFAULT_CACHE_BYTES = 2 * 1024 ** 3
+POSITIVE, NEGATIVE, TOP_LEFT, BOTTOM_RIGHT = 1, 0, 2, 3
+
+
+@dataclass
+class SlicePrompts:
+    points: List[Tuple[float, float, bool]] = field(default_factory=list)  # (x, y, positive)
+    box: Optional[Tuple[float, float, float, float]] = None  # x0, y0, x1, y1
+
+
+@dataclass
+class TrackedObject:
+    prompts: Dict[int, SlicePrompts] = field(default_factory=dict)
+    cond: Dict[int, FrameMemory] = field(default_factory=dict)  # prompted or hand-edited slices
+    non_cond: Dict[int, FrameMemory] = field(default_factory=dict)  # propagated slices
+    logits: Dict[int, torch.Tensor] = field(default_factory=dict)  # low-res logits per slice
+    masks: Dict[int, np.ndarray] = field(default_factory=dict)  # bool masks at slice size
+    locked: set = field(default_factory=set)  # hand-edited slices: never recomputed
+    dirty: set = field(default_factory=set)  # prompted since the last propagation
+    reverse: Dict[int, bool] = field(default_factory=dict)  # direction each slice was tracked in
+
+    def fixed(self) -> List[int]:
+        """Slices propagation must not overwrite."""
+        return sorted(set(self.cond) | self.locked)
+
+
+@dataclass
+class SliceResult:
+    obj_id: int
+    index: int
+    mask: np.ndarray
+    present: bool
+
+
+class Session:
+    def __init__(self, volume: vol.Volume, model: SAM2Model, axis: int = 2, preset=None, device: str = "auto",
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, bank: Optional[ConfidenceBank] = None,
+                 strategy: str = "track", encode_batch: Optional[int] = None):
+        if strategy not in STRATEGIES:
+            raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if strategy != "track" and bank is None:
+            raise InputError(f"strategy {strategy!r} needs SAMed-2's confidence memory bank")
+        self.volume, self.axis, self.strategy, self.bank = volume, vol.checked_axis(axis), strategy, bank
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.image_size = model.image_size
+        self.num_slices = volume.num_slices(self.axis)
+        self.slice_shape = volume.slice_shape(self.axis)
+        self.window = self._resolve_preset(preset).resolve(volume.array)
+        pair = 2 if model.needs_pairs else 1
+        self.encode_batch = max(pair, encode_batch or (8 if self.device.type == "cuda" else pair))
+        self.cache = EmbeddingCache(cache_bytes)
+        self.objects: Dict[int, TrackedObject] = {}
+        self._worker = TorchWorker()
+
+    def _resolve_preset(self, preset) -> IntensityPreset:
+        if isinstance(preset, IntensityPreset):
+            return preset
+        if preset in (None, "auto"):
+            return default_preset(self.volume.array, self.volume.modality)
+        return get_preset(preset, self.volume.array, self.volume.modality)
+
+    def close(self) -> None:
+        self._worker.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- embeddings -----------------------------------------------------------------------
+
+    def _group(self, index: int) -> List[int]:
+        """Slices encoded together with `index`: SAMed-2's fixed pair (2p, 2p+1), else a batch of one."""
+        if not self.model.needs_pairs:
+            return [index]
+        first = index - index % 2
+        return [first, min(first + 1, self.num_slices - 1)]
+
+    def _slice_image(self, index: int) -> np.ndarray:
+        return self.window.apply(self.volume.get_slice(self.axis, index))
+
+    def _encode(self, indices: List[int]) -> List[ImageFeatures]:
+        """Encode slices; on device out-of-memory retry in smaller batches, then on the CPU."""
+        try:
+            return self._encode_now(indices)
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc) or self.device.type == "cpu":
+                raise
+            pair = 2 if self.model.needs_pairs else 1
+            if len(indices) <= pair:
+                self._fall_back_to_cpu()
+                return self._encode_now(indices)
+            half = max(pair, len(indices) // 2 // pair * pair)
+            self.encode_batch = half
+            log.warning("out of memory encoding %d slices on %s: retrying %d at a time",
+                        len(indices), self.device, half)
+            return self._encode(indices[:half]) + self._encode(indices[half:])
+
+    def _encode_now(self, indices: List[int]) -> List[ImageFeatures]:
+        normalize = "imagenet" if self.model.preprocess == "imagenet" else "none"
+        images = vol.preprocess_slices([self._slice_image(i) for i in indices], self.image_size, normalize)
+        with torch.no_grad(), autocast(self.device):
+            features = self.model.encode_images(images.to(self.device))
+        return [features.select(slice(n, n + 1)) for n in range(len(indices))]
+
+    def _fall_back_to_cpu(self) -> None:
+        log.warning("out of memory on %s: continuing on the CPU (slower)", self.device)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.device = torch.device("cpu")
+        self.model.to(self.device)
+        self.encode_batch = 2 if self.model.needs_pairs else 1
+
+    def _call(self, fn, *args):
+        """Run a job on the worker; a device out-of-memory moves the session to the CPU and retries."""
+        return self._worker.run(self._guarded, fn, *args)
+
+    def _guarded(self, fn, *args):
+        try:
+            return fn(*args)
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc) or self.device.type == "cpu":
+                raise
+            self._fall_back_to_cpu()
+            return fn(*args)
+
+    def _embedding(self, index: int) -> ImageFeatures:
+        """Cached features of one slice (encoding its group now if needed). Worker thread only."""
+        cached = self.cache.get(index, self.device)
+        if cached is not None:
+            return cached
+        group = self._group(index)
+        result = None
+        for i, features in zip(group, self._encode(group)):
+            self.cache.put(i, features)
+            if i == index:
+                result = features
+        # the same precision as a cached copy, so a slice's result never depends on the cache
+        return result.to(dtype=STORAGE_DTYPE).to(dtype=torch.float32)
+
+    def _encode_ahead(self, indices: List[int]) -> None:
+        todo = [i for i in dict.fromkeys(indices) if i not in self.cache]
+        for start in range(0, len(todo), self.encode_batch):
+            batch = todo[start: start + self.encode_batch]
+            for i, features in zip(batch, self._encode(batch)):
+                self.cache.put(i, features)
+
+    def precompute(self, center: int, radius: int = 4) -> None:
+        """Encode slices around `center` in the background, nearest first, groups kept whole."""
+        self._check_index(center)
+        order = sorted(range(max(0, center - radius), min(self.num_slices, center + radius + 1)),
+                       key=lambda i: abs(i - center))
+        groups = []
+        for i in order:
+            groups.extend(g for g in self._group(i) if g not in groups)
+        for start in range(0, len(groups), self.encode_batch):
+            self._worker.submit(self._encode_ahead, groups[start: start + self.encode_batch], priority=BACKGROUND)
+
+    def wait_idle(self) -> None:
+        self._worker.drain()
+
+    # ---- prompts --------------------------------------------------------------------------
+
+    def _object(self, obj_id: int) -> TrackedObject:
+        return self.objects.setdefault(obj_id, TrackedObject())
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.num_slices:
+            raise InputError(f"slice {index} is outside the volume (0..{self.num_slices - 1} along axis {self.axis})")
+
+    def add_prompt(self, obj_id: int, index: int, points=(), box=None, replace: bool = False) -> np.ndarray:
+        """Add clicks (x, y, positive) and/or a box (x0, y0, x1, y1) on a slice; returns the new mask.
+
+        Points accumulate per slice; a box replaces the slice's box; `replace` starts the slice over.
+        """
+        self._check_index(index)
+        obj = self._object(obj_id)
+        prompts = SlicePrompts() if replace or index not in obj.prompts else obj.prompts[index]
+        for x, y, positive in points:
+            self._check_point(x, y)
+            prompts.points.append((float(x), float(y), bool(positive)))
+        if box is not None:
+            vol.slice_box_to_model(box, self.slice_shape, self.image_size)  # validates the box
+            prompts.box = tuple(float(v) for v in box)
+        if not prompts.points and prompts.box is None:
+            raise InputError("a prompt needs at least one point or a box")
+        obj.prompts[index] = prompts
+        return self._call(self._predict_prompted, obj, index, replace)
+
+    def _check_point(self, x: float, y: float) -> None:
+        rows, cols = self.slice_shape
+        if not (-0.5 <= x <= cols - 0.5 and -0.5 <= y <= rows - 0.5):
+            raise InputError(f"point ({x:.1f}, {y:.1f}) is outside the {cols}x{rows} slice")
+
+    def _prompt_tensors(self, prompts: SlicePrompts):
+        coords, labels = [], []
+        if prompts.box is not None:
+            box = vol.slice_box_to_model(prompts.box, self.slice_shape, self.image_size).reshape(2, 2)
+            coords += box.tolist()
+            labels += [TOP_LEFT, BOTTOM_RIGHT]
+        if prompts.points:
+            xy = vol.slice_points_to_model([p[:2] for p in prompts.points], self.slice_shape, self.image_size)
+            coords += xy.reshape(-1, 2).tolist()
+            labels += [POSITIVE if p[2] else NEGATIVE for p in prompts.points]
+        return (torch.tensor([coords], dtype=torch.float32, device=self.device),
+                torch.tensor([labels], dtype=torch.int32, device=self.device))
+
+    def _predict_prompted(self, obj: TrackedObject, index: int, restart: bool) -> np.ndarray:
+        image = self._embedding(index)
+        tracked = index in obj.non_cond
+        cond = {t: m for t, m in obj.cond.items() if t != index}
+        non_cond = {t: m for t, m in obj.non_cond.items() if t != index}
+        previous = None if restart or index not in obj.logits else obj.logits[index]
+        coords, labels = self._prompt_tensors(obj.prompts[index])
+        with torch.no_grad(), autocast(self.device):
+            pred, memory = self.model.track_step(
+                index, image, cond, non_cond, self.num_slices, coords, labels,
+                prev_mask_logits=previous, reverse=obj.reverse.get(index, False),
+                is_init_cond_frame=not tracked,
+                extra_memory=self._bank_memory(image) if not tracked or self.strategy == "hybrid" else None)
+        obj.non_cond.pop(index, None)
+        obj.locked.discard(index)
+        obj.cond[index] = memory.stored()
+        obj.dirty.add(index)
+        return self._store(obj, index, pred)
+
+    def _bank_memory(self, image: ImageFeatures):
+        """SAMed-2's bank memory for one slice: its best entry by similarity + confidence."""
+        if self.bank is None or len(self.bank) == 0:
+            return None
+        chosen = self.bank.select(image.features, k=1)
+        return self.bank.memory(chosen, self.device)
+
+    def _store(self, obj: TrackedObject, index: int, pred: Prediction) -> np.ndarray:
+        present = bool((pred.object_score_logits > 0).all())
+        logits = pred.low_res_masks.float()
+        mask = (vol.logits_to_slice(logits.cpu(), self.slice_shape)[0, 0] > 0).numpy() if present else \
+            np.zeros(self.slice_shape, dtype=bool)
+        obj.logits[index] = logits
+        obj.masks[index] = mask
+        return mask
+
+    def set_mask(self, obj_id: int, index: int, mask: np.ndarray) -> None:
+        """A hand-edited slice: kept as drawn, used as a conditioning frame, never recomputed."""
+        self._check_index(index)
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.slice_shape:
+            raise InputError(f"mask shape {mask.shape} does not match the slice shape {self.slice_shape}")
+        obj = self._object(obj_id)
+        self._call(self._condition_on_mask, obj, index, mask)
+        obj.masks[index] = mask.copy()
+        obj.locked.add(index)
+        obj.dirty.add(index)
+        obj.prompts.pop(index, None)
+
+    def _condition_on_mask(self, obj: TrackedObject, index: int, mask: np.ndarray) -> None:
+        image = self._embedding(index)
+        big = vol.preprocess_slices([mask.astype(np.float32)], self.image_size)[:, :1] > 0.5
+        with torch.no_grad(), autocast(self.device):
+            pred = self.model.mask_as_output(image, big.to(self.device))
+            memory = self.model.frame_memory(image, pred, from_points=False)
+        obj.non_cond.pop(index, None)
+        obj.cond[index] = memory.stored()
+        obj.logits[index] = pred.low_res_masks.float()
+
+    def clear_slice(self, obj_id: int, index: int) -> None:
+        """Forget the prompts, edits and result of one slice of an object."""
+        obj = self._object(obj_id)
+        for store in (obj.prompts, obj.cond, obj.non_cond, obj.logits, obj.masks):
+            store.pop(index, None)
+        obj.locked.discard(index)
+        obj.dirty.discard(index)
+
+    def remove_object(self, obj_id: int) -> None:
+        self.objects.pop(obj_id, None)
+
+    # ---- propagation ----------------------------------------------------------------------
+
+    def propagate(self, obj_ids=None, direction: str = "both", start: Optional[int] = None,
+                  stop: Optional[int] = None, stop_after_absent: int = 3,
+                  cancel: Optional[threading.Event] = None) -> Iterator[SliceResult]:
+        """Propagate from the prompted slices, streaming each slice's result as it is computed.
+
+        Runs from the slices prompted since the last propagation (all prompted slices the first
+        time) outward, up to the limits [start, stop], the next prompted or hand-edited slice (half
+        way to it when going both ways), or `stop_after_absent` consecutive slices where the object
+        is predicted absent. `cancel` is checked between slices; results so far are kept.
+        """
+        if direction not in DIRECTIONS:
+            raise InputError(f"unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
+        low, high = self._limits(start, stop)
+        ids = list(self.objects) if obj_ids is None else list(obj_ids)
+        for obj_id in ids:
+            obj = self.objects.get(obj_id)
+            if obj is None or not any(low <= f <= high for f in obj.fixed()):
+                raise InputError(f"object {obj_id} has no prompted slice between slices {low} and {high} "
+                                 "to propagate from")
+        for obj_id in ids:
+            obj = self.objects[obj_id]
+            for walk in self._walks(obj, direction, low, high):
+                for result in self._run_walk(obj_id, obj, walk, stop_after_absent, cancel):
+                    yield result
+                if cancel is not None and cancel.is_set():
+                    return
+            obj.dirty.clear()
+
+    def _limits(self, start, stop) -> Tuple[int, int]:
+        low = 0 if start is None else start
+        high = self.num_slices - 1 if stop is None else stop
+        if low > high:
+            low, high = high, low
+        self._check_index(low)
+        self._check_index(high)
+        return low, high
+
+    def _walks(self, obj: TrackedObject, direction: str, low: int, high: int):
+        """(seed, step, last slice) for each walk; neighbours of fixed slices split the gap between them."""
+        fixed = obj.fixed()
+        seeds = sorted(obj.dirty & set(fixed)) or fixed
+        walks = []
+        for seed in seeds:
+            if not low <= seed <= high:
+                continue
+            above = [f for f in fixed if f > seed]
+            below = [f for f in fixed if f < seed]
+            if direction in ("up", "both"):
+                end = high if not above else above[0] - 1
+                if above and direction == "both":
+                    end = (seed + above[0]) // 2
+                walks.append((seed, 1, min(end, high)))
+            if direction in ("down", "both"):
+                end = low if not below else below[-1] + 1
+                if below and direction == "both":
+                    end = (below[-1] + seed) // 2 + 1
+                walks.append((seed, -1, max(end, low)))
+        return walks
+
+    def _run_walk(self, obj_id, obj, walk, stop_after_absent, cancel) -> Iterator[SliceResult]:
+        seed, step, last = walk
+        absent = 0
+        for index in range(seed + step, last + step, step):
+            if cancel is not None and cancel.is_set():
+                return
+            mask, present = self._call(self._track_slice, obj, index, step)
+            yield SliceResult(obj_id, index, mask, present)
+            absent = 0 if present else absent + 1
+            if stop_after_absent and absent >= stop_after_absent:
+                return
+            if self.strategy == "box-chain" and not mask.any():
+                return
+
+    def _track_slice(self, obj: TrackedObject, index: int, step: int):
+        reverse = step < 0
+        image = self._embedding(index)
+        if 0 <= index + step < self.num_slices and index + step not in self.cache:
+            self._worker.submit(self._encode_ahead, self._group(index + step), priority=BACKGROUND)
+        with torch.no_grad(), autocast(self.device):
+            if self.strategy == "box-chain":
+                pred, memory = self._box_chain_step(obj, index, step, image)
+            else:
+                extra = self._bank_memory(image) if self.strategy == "hybrid" else None
+                pred, memory = self.model.track_step(index, image, obj.cond, obj.non_cond, self.num_slices,
+                                                     reverse=reverse, extra_memory=extra)
+        obj.non_cond[index] = memory.stored()
+        obj.reverse[index] = reverse
+        mask = self._store(obj, index, pred)
+        return mask, bool((pred.object_score_logits > 0).all()) and mask.any()
+
+    def _box_chain_step(self, obj: TrackedObject, index: int, step: int, image: ImageFeatures):
+        """SAMed-2's image mode: the previous slice's mask box as the prompt, with bank memory."""
+        previous = obj.masks.get(index - step)
+        if previous is None or not previous.any():
+            pred = self.model.mask_as_output(image, torch.zeros(1, 1, self.image_size, self.image_size,
+                                                                  device=self.device))
+            return pred, self.model.frame_memory(image, pred, from_points=False)
+        rows, cols = np.nonzero(previous)
+        box = (cols.min(), rows.min(), cols.max(), rows.max())
+        coords, labels = self._prompt_tensors(SlicePrompts(box=box))
+        return self.model.track_step(index, image, {}, {}, self.num_slices, coords, labels,
+                                     is_init_cond_frame=True, extra_memory=self._bank_memory(image))
+
+    # ---- results --------------------------------------------------------------------------
+
+    def mask_volume(self, obj_id: int) -> np.ndarray:
+        """The object's mask on the volume grid, array order [k, j, i]."""
+        out = np.zeros(self.volume.array.shape, dtype=bool)
+        for index, mask in self.objects[obj_id].masks.items():
+            vol.put_slice(out, self.axis, index, mask)
+        return out
+
+    def label_volume(self) -> np.ndarray:
+        """All objects as one label map (object id per voxel; later objects win overlaps)."""
+        out = np.zeros(self.volume.array.shape, dtype=np.uint16)
+        for obj_id in sorted(self.objects):
+            out[self.mask_volume(obj_id)] = obj_id
+        return out
