@@ -1,0 +1,43 @@
+"""Every named config builds, saves in the official layout and loads back strictly, with the official sizes."""
+import pytest
+import torch
+
+from samed2.model import CONFIG_NAMES, build_model
+from samed2.weights import load_weights
+
+# (parameters in millions to one decimal, state-dict keys), from Meta's and SAMed-2's releases
+OFFICIAL = {
+    "sam2.1-hiera-tiny": (38.9, 471), "sam2.1-hiera-small": (46.0, 519),
+    "sam2.1-hiera-base_plus": (80.8, 615), "sam2.1-hiera-large": (224.4, 903),
+    "medsam2": (38.9, 471), "sam2-hiera-small": (46.0, 516), "samed2": (None, 740),
+}
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_checkpoint_round_trip_of_named_config(name, tmp_path):
+    model = build_model(name)
+    path = tmp_path / f"{name}.pt"
+    torch.save({"model": model.state_dict()}, path)
+    reloaded = load_weights(build_model(name), path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_checkpoint_sizes_match_official_figures(name):
+    params, keys = OFFICIAL[name]
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = build_model(name)
+    assert len(model.state_dict()) == keys
+    if params is not None:
+        millions = sum(p.numel() for p in model.parameters()) / 1e6
+        assert int(millions * 10) / 10 == params  # the official figures are truncated: 38.96M -> 38.9M
+
+
+def test_checkpoint_samed2_is_sam2_small_plus_adapters_and_fusion():
+    with torch.device("meta"):
+        samed2, small = build_model("samed2").state_dict(), build_model("sam2-hiera-small").state_dict()
+    extra = set(samed2) - set(small)
+    assert set(small) <= set(samed2)
+    assert {k.split(".")[4] for k in extra} == {"adapter", "fancy_fusion"}
+    assert len([k for k in extra if ".adapter." in k]) == 16 * 8
