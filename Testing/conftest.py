@@ -21,3 +21,32 @@ def golden_dir() -> Path:
     if not GOLDEN.is_dir():
         pytest.fail(f"golden vectors not found at {GOLDEN}")
     return GOLDEN
+
+
+def golden_tiny_config() -> dict:
+    """The SAMed-2 reference's shrunk config (512 px, adapters) from ../shared/golden, as a model config."""
+    import json
+
+    cfg = json.loads((GOLDEN / "samed2_tiny_config.json").read_text())["model"]
+    cfg["image_encoder"]["trunk"].update(temporal_adapter=True, fusion_blocks=True)
+    cfg["preprocess"] = "unit"
+    return cfg
+
+
+@pytest.fixture
+def tiny_model(golden_dir):
+    """A small SAMed-2 with the golden (random, perturbed) weights: real layout, meaningless masks."""
+    from safetensors.torch import load_file
+
+    from samed2.model import build_model
+
+    model = build_model(golden_tiny_config())
+    model.load_state_dict(load_file(str(golden_dir / "samed2_tiny_state.safetensors")), strict=True)
+    return model
+
+
+@pytest.fixture(scope="session")
+def ct_volume(data_dir):
+    from samed2.volume import load_volume
+
+    return load_volume(data_dir / "totalseg" / "example_ct_sm.nii.gz")

@@ -20,6 +20,7 @@ class EmbeddingCache:
         self._items: "OrderedDict[int, ImageFeatures]" = OrderedDict()
         self._pos = None
         self.nbytes = 0
+        self.item_bytes = 0  # size of one slice's embedding, once one was stored
 
     def __contains__(self, index: int) -> bool:
         return index in self._items
@@ -45,7 +46,8 @@ class EmbeddingCache:
         if index in self._items:
             self.nbytes -= _nbytes(self._items.pop(index))
         self._items[index] = compact
-        self.nbytes += _nbytes(compact)
+        self.item_bytes = _nbytes(compact)
+        self.nbytes += self.item_bytes
         while self.nbytes > self.budget_bytes:
             _, evicted = self._items.popitem(last=False)
             self.nbytes -= _nbytes(evicted)

@@ -114,10 +114,12 @@ class Session:
         try:
             return self._encode_now(indices)
         except RuntimeError as exc:
-            if not is_out_of_memory(exc) or self.device.type == "cpu":
+            if not is_out_of_memory(exc):
                 raise
             pair = 2 if self.model.needs_pairs else 1
             if len(indices) <= pair:
+                if self.device.type == "cpu":
+                    raise
                 self._fall_back_to_cpu()
                 return self._encode_now(indices)
             half = max(pair, len(indices) // 2 // pair * pair)
@@ -168,23 +170,37 @@ class Session:
         # the same precision as a cached copy, so a slice's result never depends on the cache
         return result.to(dtype=STORAGE_DTYPE).to(dtype=torch.float32)
 
-    def _encode_ahead(self, indices: List[int]) -> None:
-        todo = [i for i in dict.fromkeys(indices) if i not in self.cache]
+    def _encode_ahead(self, groups: List[List[int]]) -> None:
+        todo = [i for group in groups if any(g not in self.cache for g in group) for i in group]
         for start in range(0, len(todo), self.encode_batch):
             batch = todo[start: start + self.encode_batch]
             for i, features in zip(batch, self._encode(batch)):
                 self.cache.put(i, features)
 
     def precompute(self, center: int, radius: int = 4) -> None:
-        """Encode slices around `center` in the background, nearest first, groups kept whole."""
+        """Encode slices around `center` in the background, nearest first, in whole encoder groups,
+        no more than the cache can hold (so the nearest are not evicted by farther ones)."""
         self._check_index(center)
         order = sorted(range(max(0, center - radius), min(self.num_slices, center + radius + 1)),
                        key=lambda i: abs(i - center))
-        groups = []
+        groups, room = [], self._cache_room()
         for i in order:
-            groups.extend(g for g in self._group(i) if g not in groups)
-        for start in range(0, len(groups), self.encode_batch):
-            self._worker.submit(self._encode_ahead, groups[start: start + self.encode_batch], priority=BACKGROUND)
+            group = self._group(i)
+            if group in groups:
+                continue
+            room -= len(set(group))
+            if room < 0:
+                break
+            groups.append(group)
+        per_job = max(1, self.encode_batch // len(groups[0])) if groups else 1
+        for start in range(0, len(groups), per_job):
+            self._worker.submit(self._encode_ahead, groups[start: start + per_job], priority=BACKGROUND)
+
+    def _cache_room(self) -> int:
+        """How many slices the cache holds (unknown until one was cached: then assume all)."""
+        if not self.cache.item_bytes:
+            return self.num_slices
+        return self.cache.budget_bytes // self.cache.item_bytes
 
     def wait_idle(self) -> None:
         self._worker.drain()
@@ -383,7 +399,7 @@ class Session:
         reverse = step < 0
         image = self._embedding(index)
         if 0 <= index + step < self.num_slices and index + step not in self.cache:
-            self._worker.submit(self._encode_ahead, self._group(index + step), priority=BACKGROUND)
+            self._worker.submit(self._encode_ahead, [self._group(index + step)], priority=BACKGROUND)
         with torch.no_grad(), autocast(self.device):
             if self.strategy == "box-chain":
                 pred, memory = self._box_chain_step(obj, index, step, image)

@@ -1,0 +1,179 @@
+"""`samed2 segment`: prompts on an image, the mask, propagation, a label map and a picture."""
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+SPACES = {"ras": "RAS", "lps": "LPS"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("segment", help="segment one structure in a volume from points and/or boxes",
+                       description="Prompt with points and boxes, propagate through the volume and write a label map.")
+    p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("--model", default="samed2", help="cached weights name (see `samed2 weights list`) or a checkpoint file")
+    p.add_argument("--config", help="model config of a checkpoint file given to --model (default: samed2)")
+    p.add_argument("--bank", help="SAMed-2 confidence memory bank (.safetensors)")
+    p.add_argument("--point", action="append", default=[], metavar="X,Y,Z[,+|-]",
+                   help="a click; '+' (default) includes, '-' excludes; repeatable")
+    p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1,Z",
+                   help="a box on the slice through Z; repeatable")
+    p.add_argument("--coords", choices=["ras", "lps", "voxel"], default="ras",
+                   help="coordinate space of --point/--box (voxel = continuous i, j, k)")
+    p.add_argument("--axis", default="auto", choices=["auto", "0", "1", "2"],
+                   help="voxel axis to slice along; auto = the one closest to the axial (Z) direction")
+    p.add_argument("--propagate", default="both", choices=["up", "down", "both", "none"])
+    p.add_argument("--range", metavar="A:B", help="propagate only between slices A and B (inclusive)")
+    p.add_argument("--stop-after-absent", type=int, default=3,
+                   help="stop after this many slices without the object (0: never)")
+    p.add_argument("--strategy", default="track", choices=["track", "box-chain", "hybrid"])
+    p.add_argument("--preset", default="auto", help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
+    p.add_argument("--out", required=True, help="label map to write (.nii.gz, .nrrd, .seg.nrrd)")
+    p.add_argument("--overlay", help="PNG picture of the first prompted slice")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..volume import load_volume
+
+    volume = load_volume(args.image)
+    axis = _axis(args, volume)
+    prompts = _prompts(args, volume, axis)
+    model, bank = _load_model(args)
+    result = segment(volume, model, axis, prompts, args, bank)
+    _write_outputs(args, volume, axis, prompts, result)
+    return 0
+
+
+def _axis(args, volume) -> int:
+    if args.axis != "auto":
+        return int(args.axis)
+    if args.coords == "voxel":
+        return 2
+    return volume.slicing_axis((0.0, 0.0, 1.0), space=SPACES[args.coords])
+
+
+def _parse_numbers(text: str, count: int, what: str, allow_sign=False):
+    parts = [p.strip() for p in text.split(",")]
+    sign = None
+    if allow_sign and len(parts) == count + 1 and parts[-1] in "+-":
+        sign = parts.pop() == "+"
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise InputError(f"cannot read {what} {text!r}: expected {count} comma-separated numbers")
+    return values, True if sign is None else sign
+
+
+def _to_slice(volume, xyz, axis, coords):
+    """(index, x, y) of a point given in RAS, LPS or voxel coordinates; refuses points outside."""
+    from ..volume import ijk_to_slice_coords
+
+    if coords == "voxel":
+        volume.require_inside(np.asarray(xyz), "point")
+        index, x, y = ijk_to_slice_coords(np.asarray(xyz, dtype=float), axis)
+        return int(round(index)), float(x), float(y)
+    point = volume.to_slice_point(xyz, axis, space=SPACES[coords])
+    return point.index, point.x, point.y
+
+
+def _prompts(args, volume, axis) -> dict:
+    """slice index -> {"points": [(x, y, positive)], "box": (x0, y0, x1, y1) or None}."""
+    if not args.point and not args.box:
+        raise InputError("give at least one --point or --box")
+    slices = defaultdict(lambda: {"points": [], "box": None})
+    for text in args.point:
+        (x, y, z), positive = _parse_numbers(text, 3, "point", allow_sign=True)
+        index, sx, sy = _to_slice(volume, (x, y, z), axis, args.coords)
+        slices[index]["points"].append((sx, sy, positive))
+    for text in args.box:
+        (x0, y0, x1, y1, z), _ = _parse_numbers(text, 5, "box")
+        first = _to_slice(volume, (x0, y0, z), axis, args.coords)
+        second = _to_slice(volume, (x1, y1, z), axis, args.coords)
+        if first[0] != second[0]:
+            raise InputError(f"box {text!r} does not lie on one slice along axis {axis}: choose --axis")
+        slices[first[0]]["box"] = (first[1], first[2], second[1], second[2])
+    return dict(slices)
+
+
+def _load_model(args):
+    from .. import weights
+    from ..bank import ConfidenceBank
+
+    if Path(args.model).is_file():
+        model = weights.build_and_load(_config(args.config or "samed2"), args.model)
+    else:
+        model = weights.load_model(args.model, cache_dir=args.cache_dir)
+    bank = ConfidenceBank.load(args.bank) if args.bank else None
+    return model, bank
+
+
+def _config(text: str):
+    """A config name, or a JSON file holding a config dict."""
+    import json
+
+    if Path(text).is_file():
+        try:
+            return json.loads(Path(text).read_text())
+        except ValueError as exc:
+            raise InputError(f"--config {text} is not a JSON model config: {exc}") from None
+    return text
+
+
+def _limits(text):
+    if not text:
+        return None, None
+    try:
+        low, high = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise InputError(f"cannot read --range {text!r}: expected A:B with slice numbers") from None
+    return low, high
+
+
+def segment(volume, model, axis, prompts, args, bank=None) -> np.ndarray:
+    from tqdm import tqdm
+
+    from ..session import Session
+
+    with Session(volume, model, axis=axis, preset=args.preset, device=args.device, bank=bank,
+                 strategy=args.strategy) as session:
+        for index, prompt in sorted(prompts.items()):
+            mask = session.add_prompt(1, index, points=prompt["points"], box=prompt["box"])
+            log.info("slice %d: %d voxels", index, int(mask.sum()))
+        if args.propagate != "none":
+            low, high = _limits(args.range)
+            steps = session.propagate(direction=args.propagate, start=low, stop=high,
+                                      stop_after_absent=args.stop_after_absent)
+            for _ in tqdm(steps, desc="propagating", unit="slice"):
+                pass
+        return session.mask_volume(1)
+
+
+def _write_outputs(args, volume, axis, prompts, mask: np.ndarray) -> None:
+    from ..labelmap import LabelMap, write_labelmap
+    from ..volume import get_slice
+
+    image = volume.to_sitk(mask.astype(np.uint8))
+    out = write_labelmap(LabelMap(image, names={1: "segment"}, source=args.image), args.out)
+    filled = [i for i in range(volume.num_slices(axis)) if get_slice(mask, axis, i).any()]
+    print(f"wrote {out}: {int(mask.sum())} voxels on {len(filled)} slices")
+    if args.overlay:
+        from ..overlay import render_overlay
+        from ..presets import default_preset, get_preset
+
+        index = min(prompts)
+        preset = default_preset(volume.array, volume.modality) if args.preset == "auto" else \
+            get_preset(args.preset, volume.array, volume.modality)
+        picture = preset.apply(volume.get_slice(axis, index))
+        boxes = [prompts[index]["box"]] if prompts[index]["box"] else []
+        render_overlay(picture, get_slice(mask, axis, index), args.overlay, prompts[index]["points"], boxes,
+                       title=f"{Path(args.image).name}: slice {index} along axis {axis}")
+        print(f"wrote {args.overlay}")

@@ -1,0 +1,202 @@
+"""The interactive session with real weights layouts on the real CT: cache, pairs, prompts, propagation
+mechanics, cancel, corrections and out-of-memory fallback (model quality is tested with the trained model)."""
+import logging
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from samed2.errors import InputError
+from samed2.session import Session
+
+
+@pytest.fixture
+def session(ct_volume, tiny_model):
+    with Session(ct_volume, tiny_model, axis=2, device="cpu") as s:
+        yield s
+
+
+def count_encodes(model):
+    calls = []
+    encode = model.encode_images
+
+    def counting(images):
+        calls.append(images.shape[0])
+        return encode(images)
+    model.encode_images = counting
+    return calls
+
+
+def test_session_encodes_fixed_pairs_whatever_the_click_order(ct_volume, tiny_model):
+    with Session(ct_volume, tiny_model, device="cpu") as first, Session(ct_volume, tiny_model, device="cpu") as second:
+        first.add_prompt(1, 5, box=(30, 30, 80, 70))
+        second.add_prompt(1, 4, box=(30, 30, 80, 70))  # encodes (4, 5) too
+        second_mask = second.add_prompt(2, 5, box=(30, 30, 80, 70))
+        assert 4 in first.cache and 5 in first.cache
+        a, b = first.cache.get(5, "cpu"), second.cache.get(5, "cpu")
+        assert torch.equal(a.features, b.features)
+        assert np.array_equal(first.objects[1].masks[5], second_mask)
+
+
+def test_session_last_odd_slice_is_paired_with_itself(ct_volume, tiny_model):
+    calls = count_encodes(tiny_model)
+    with Session(ct_volume, tiny_model, axis=1, device="cpu") as s:  # 101 coronal slices
+        assert s.num_slices == 101
+        mask = s.add_prompt(1, 100, box=(20, 5, 100, 25))
+        assert calls == [2] and len(s.cache) == 1 and 100 in s.cache
+        assert mask.shape == (30, 122)
+
+
+def test_session_cache_honours_its_byte_budget(ct_volume, tiny_model):
+    with Session(ct_volume, tiny_model, device="cpu") as probe:
+        probe.add_prompt(1, 0, box=(30, 30, 80, 70))
+        per_slice = probe.cache.nbytes // len(probe.cache)
+    budget = int(per_slice * 5.5)
+    with Session(ct_volume, tiny_model, device="cpu", cache_bytes=budget) as s:
+        s.add_prompt(1, 0, box=(30, 30, 80, 70))  # the cache now knows a slice's size
+        s.precompute(15, radius=6)
+        s.wait_idle()
+        assert 0 < s.cache.nbytes <= budget
+        cached = set(s.cache._items)
+        assert {14, 15, 16, 17} <= cached and not cached & {12, 13, 18, 19}, "the nearest whole pairs that fit"
+        for index in range(18, 30):
+            s.add_prompt(1, index, box=(30, 30, 80, 70))
+            assert s.cache.nbytes <= budget
+        assert set(s.cache._items) <= set(range(24, 30)), "least recently used slices were evicted"
+
+
+def test_session_background_precompute_spares_the_click(session, tiny_model):
+    calls = count_encodes(tiny_model)
+    session.precompute(20, radius=3)
+    session.wait_idle()
+    assert {17, 18, 19, 20, 21, 22, 23} <= set(session.cache._items)
+    before = len(calls)
+    session.add_prompt(1, 21, points=[(60, 50, True)])
+    assert len(calls) == before, "a click on a precomputed slice must not run the encoder"
+    assert all(batch % 2 == 0 for batch in calls), "SAMed-2 encodes whole pairs"
+
+
+def test_session_precompute_runs_on_one_background_thread(session, tiny_model):
+    threads = set()
+    encode = tiny_model.encode_images
+
+    def recording(images):
+        threads.add(threading.current_thread().name)
+        return encode(images)
+    tiny_model.encode_images = recording
+    session.precompute(10, radius=4)
+    session.add_prompt(1, 3, box=(30, 30, 80, 70))
+    session.wait_idle()
+    assert threads == {"samed2-torch"}
+
+
+def test_session_prompts_points_boxes_and_several_objects(session):
+    box_mask = session.add_prompt(1, 15, box=(20, 20, 100, 80))
+    assert box_mask.shape == session.slice_shape and box_mask.dtype == bool
+    refined = session.add_prompt(1, 15, points=[(40, 40, True), (90, 70, False)])
+    assert session.objects[1].prompts[15].points == [(40.0, 40.0, True), (90.0, 70.0, False)]
+    assert session.objects[1].prompts[15].box == (20.0, 20.0, 100.0, 80.0)
+    other = session.add_prompt(2, 15, points=[(60, 30, True)])
+    assert set(session.objects) == {1, 2}
+    assert np.array_equal(session.objects[1].masks[15], refined)
+    assert np.array_equal(session.objects[2].masks[15], other)
+    assert session.label_volume().shape == session.volume.array.shape
+
+
+@pytest.mark.parametrize("prompt, message", [
+    (dict(points=[(500, 10, True)]), "outside"),
+    (dict(box=(10, 10, 10, 40)), "zero"),
+    (dict(), "at least one point or a box"),
+])
+def test_session_refuses_bad_prompts(session, prompt, message):
+    with pytest.raises(InputError, match=message):
+        session.add_prompt(1, 10, **prompt)
+    with pytest.raises(InputError, match="outside the volume"):
+        session.add_prompt(1, 99, points=[(10, 10, True)])
+
+
+def test_propagation_directions_and_limits(session):
+    session.add_prompt(1, 15, box=(20, 20, 100, 80))
+    up = [r.index for r in session.propagate(direction="up", stop=20, stop_after_absent=0)]
+    assert up == [16, 17, 18, 19, 20]
+    session.add_prompt(2, 15, box=(20, 20, 100, 80))
+    down = [r.index for r in session.propagate(obj_ids=[2], direction="down", start=11, stop_after_absent=0)]
+    assert down == [14, 13, 12, 11]
+    session.add_prompt(3, 15, box=(20, 20, 100, 80))
+    both = [r.index for r in session.propagate(obj_ids=[3], stop_after_absent=0)]
+    assert sorted(both) == [i for i in range(session.num_slices) if i != 15]
+    assert len(session.mask_volume(3).any(axis=(1, 2))) == session.num_slices
+
+
+def test_propagation_stops_after_absent_slices(session):
+    session.add_prompt(1, 15, box=(20, 20, 100, 80))
+    results = list(session.propagate(direction="up", stop_after_absent=2))
+    absent_run = 0
+    for r in results:
+        absent_run = 0 if r.present else absent_run + 1
+        assert absent_run <= 2
+    if len(results) < session.num_slices - 16:
+        assert [r.present for r in results[-2:]] == [False, False]
+
+
+def test_propagation_cancel_keeps_a_consistent_partial_result(session):
+    session.add_prompt(1, 5, box=(20, 20, 100, 80))
+    cancel = threading.Event()
+    seen = []
+    for result in session.propagate(direction="up", stop_after_absent=0, cancel=cancel):
+        seen.append(result.index)
+        if len(seen) == 3:
+            cancel.set()
+    assert seen == [6, 7, 8]
+    assert set(session.objects[1].masks) == {5, 6, 7, 8}
+    assert set(session.objects[1].non_cond) == {6, 7, 8}
+    assert session.objects[1].dirty == {5}, "a cancelled run is resumed by the next propagation"
+
+
+def test_propagation_corrections_never_overwrite_prompted_or_edited_slices(session):
+    session.add_prompt(1, 10, box=(20, 20, 100, 80))
+    list(session.propagate(stop_after_absent=0))
+    edited = np.zeros(session.slice_shape, dtype=bool)
+    edited[30:50, 40:70] = True
+    session.set_mask(1, 20, edited)
+    corrected = session.add_prompt(1, 14, points=[(50, 50, True)])
+    rerun = [r.index for r in session.propagate(stop_after_absent=0)]
+    assert 10 not in rerun and 14 not in rerun and 20 not in rerun
+    assert rerun, "re-propagation runs from the corrected slices"
+    assert np.array_equal(session.objects[1].masks[20], edited)
+    assert np.array_equal(session.objects[1].masks[14], corrected)
+    # from 14 and 20 outward, half way to their fixed neighbours (10, 14, 20); 11-12 keep 10's result
+    assert sorted(rerun) == [13, 15, 16, 17, 18, 19, *range(21, 30)]
+
+
+def test_session_out_of_memory_halves_the_encoder_batch(ct_volume, tiny_model, caplog):
+    encode = tiny_model.encode_images
+
+    def small_memory(images):
+        if images.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (forced by the test)")
+        return encode(images)
+    tiny_model.encode_images = small_memory
+    with Session(ct_volume, tiny_model, device="cpu", encode_batch=8) as s, caplog.at_level(logging.WARNING):
+        s.precompute(10, radius=3)
+        s.wait_idle()
+        assert s.encode_batch == 2
+        assert "retrying" in caplog.text
+        assert len(s.cache) >= 7
+
+
+def test_session_out_of_memory_on_the_device_falls_back_to_cpu(ct_volume, tiny_model, caplog):
+    encode = tiny_model.encode_images
+
+    def device_full(images):
+        if images.device.type != "cpu":
+            raise torch.OutOfMemoryError("out of memory (forced by the test)")
+        return encode(images)
+    tiny_model.encode_images = device_full
+    with Session(ct_volume, tiny_model, device="cpu") as s, caplog.at_level(logging.WARNING):
+        s.device = torch.device("meta")  # stands for an accelerator whose memory is full
+        mask = s.add_prompt(1, 12, box=(20, 20, 100, 80))
+        assert s.device.type == "cpu"
+        assert "continuing on the CPU" in caplog.text
+        assert mask.shape == s.slice_shape
