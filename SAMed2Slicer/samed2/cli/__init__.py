@@ -5,7 +5,7 @@ import logging
 import sys
 
 # module name -> imported lazily so `samed2 --help` stays fast and light
-_COMMAND_MODULES = ["weights", "seg", "segment"]
+_COMMAND_MODULES = ["weights", "seg", "segment", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("highdicom").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     from samed2.errors import Samed2Error
 
     try:
@@ -31,6 +32,3 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
