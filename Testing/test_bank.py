@@ -1,0 +1,111 @@
+"""SAMed-2's confidence bank: safe import of the official pickle, safetensors files, retrieval without re-stacking."""
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from samed2.bank import ConfidenceBank, import_reference_bank, read_reference_bank
+from samed2.errors import WeightsError
+
+SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
+
+
+def reference_entries(n=6, c=4, side=8, feat=8, seed=0):
+    """Entries in the reference's layout: [memory (1, C, h, w), position (1, C, h, w), IoU, image embedding]."""
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, c, side, side, generator=gen).bfloat16(), torch.randn(1, c, side, side, generator=gen),
+             torch.rand((), generator=gen), torch.randn(feat * side * side, generator=gen)] for _ in range(n)]
+
+
+class Payload:
+    """Unpickling this runs code: it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_bank_import_reads_the_official_formats(tmp_path, writer):
+    entries = reference_entries()
+    source = tmp_path / "bank.pkl"
+    if writer == "pickle":
+        source.write_bytes(pickle.dumps(entries))
+    else:
+        torch.save(entries, source)
+    bank = import_reference_bank(source, tmp_path / "bank.safetensors")
+    assert len(bank) == 6
+    loaded = ConfidenceBank.load(tmp_path / "bank.safetensors")
+    assert torch.equal(loaded.features, torch.cat([e[0] for e in entries]))
+    assert torch.allclose(loaded.ious, torch.stack([e[2] for e in entries]))
+    norms = loaded.keys.float().norm(dim=1)
+    assert torch.allclose(norms, torch.ones(6), atol=1e-3), "keys are stored unit-normalised"
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_bank_import_refuses_a_malicious_pickle_without_running_it(tmp_path, writer):
+    marker = tmp_path / "marker"
+    source = tmp_path / "evil.pkl"
+    payload = [reference_entries(1)[0] + [Payload(marker)]]
+    if writer == "pickle":
+        source.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, source)
+    with pytest.raises(WeightsError, match="refusing"):
+        read_reference_bank(source)
+    assert not marker.exists()
+    run = subprocess.run([*SAMED2, "bank", "import", str(source), "--out", str(tmp_path / "out.safetensors")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "refusing" in run.stderr
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
+def test_bank_load_refuses_a_pickle_posing_as_safetensors(tmp_path):
+    fake = tmp_path / "bank.safetensors"
+    fake.write_bytes(pickle.dumps(reference_entries(2)))
+    with pytest.raises(WeightsError, match="safetensors"):
+        ConfidenceBank.load(fake)
+
+
+def test_bank_retrieval_uses_the_stacked_keys_and_the_reference_memory_layout():
+    bank = ConfidenceBank.from_entries(reference_entries(n=10, feat=8))
+    keys_before = bank.keys.data_ptr()
+    features = torch.randn(2, 8, 8, 8)
+    chosen = bank.select(features)
+    assert chosen.shape == (2, 2)
+    memory, pos = bank.memory(chosen, device="cpu")
+    assert memory.shape == (2, 2 * 64, 4) and pos.shape == memory.shape
+    assert bank.keys.data_ptr() == keys_before, "no re-stacking per call"
+    # image 0 attends to the first choice of both images, interleaved token by token
+    first = bank.features[chosen[:, 0]].float().flatten(2).transpose(1, 2)
+    assert torch.equal(memory[0, 0::2], first[0]) and torch.equal(memory[0, 1::2], first[1])
+
+
+def test_bank_update_replaces_the_most_similar_entry_only_when_more_confident():
+    bank = ConfidenceBank.from_entries(reference_entries(n=4, feat=8), capacity=4)
+    target = 2
+    image = bank.keys[target].float().reshape(1, 64, 8).transpose(1, 2).reshape(1, 8, 8, 8)  # key of entry 2
+    new_memory = torch.randn(1, 4, 8, 8)
+    bank.update(new_memory, new_memory, torch.tensor([-1.0]), image)
+    assert len(bank) == 4 and not torch.equal(bank.features[-1].float(), new_memory[0]), "less confident: ignored"
+    old_ious = bank.ious.clone()
+    bank.update(new_memory, new_memory, torch.tensor([5.0]), image)
+    assert len(bank) == 4
+    assert torch.equal(bank.ious[:3], torch.cat([old_ious[:target], old_ious[target + 1:]]))
+    assert bank.ious[-1].item() == 5.0
+
+
+def test_bank_grows_until_capacity(tmp_path):
+    bank = ConfidenceBank.empty(key_dim=8 * 64, mem_shape=(4, 8, 8), capacity=3)
+    for i in range(5):
+        bank.update(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.tensor([float(i)]), torch.randn(1, 8, 8, 8))
+    assert len(bank) == 3
+    bank.save(tmp_path / "b.safetensors")
+    again = ConfidenceBank.load(tmp_path / "b.safetensors")
+    assert again.capacity == 3 and torch.equal(again.ious, bank.ious)
+    assert not list(tmp_path.glob("*.tmp"))
