@@ -5,7 +5,7 @@ import logging
 import sys
 
 # module name -> imported lazily so `samed2 --help` stays fast and light
-_COMMAND_MODULES = ["weights", "seg", "segment", "demo", "bank"]
+_COMMAND_MODULES = ["weights", "seg", "segment", "demo", "bank", "train", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,8 +17,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose values are coordinate lists that may start with '-' (argparse would read an option).
+_COORDINATE_OPTIONS = ("--point", "--box")
+
+
+def _attach_coordinate_values(argv):
+    """`--point -12,3,4` -> `--point=-12,3,4`."""
+    out, values = [], iter(argv)
+    for arg in values:
+        out.append(f"{arg}={next(values, '')}" if arg in _COORDINATE_OPTIONS else arg)
+    return out
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(_attach_coordinate_values(argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     logging.getLogger("highdicom").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     from samed2.errors import Samed2Error

@@ -1,0 +1,66 @@
+"""`samed2 segment` end to end through the console script, on the real CT."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_model):
+    import json
+
+    path = tmp_path / "tiny.pt"
+    torch.save({"model": tiny_model.state_dict()}, path)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_model.cfg))
+    return ["--model", str(path), "--config", str(config)]
+
+
+def segment(*args):
+    return subprocess.run([*SAMED2, "segment", *map(str, args)], capture_output=True, text=True)
+
+
+def test_session_cli_segment_writes_a_label_map_on_the_input_grid(checkpoint, data_dir, tmp_path):
+    image = data_dir / "totalseg" / "example_ct_sm.nii.gz"
+    run = segment(image, *checkpoint, "--box", "30,30,80,70,15", "--point", "55,50,15,+", "--coords", "voxel",
+                  "--propagate", "up", "--range", "15:19", "--stop-after-absent", "0",
+                  "--out", tmp_path / "mask.nrrd", "--overlay", tmp_path / "mask.png")
+    assert run.returncode == 0, run.stderr
+    source, written = sitk.ReadImage(str(image)), sitk.ReadImage(str(tmp_path / "mask.nrrd"))
+    assert written.GetSize() == source.GetSize()
+    assert np.allclose(written.GetDirection(), source.GetDirection())
+    assert np.allclose(written.GetOrigin(), source.GetOrigin()) and np.allclose(written.GetSpacing(), source.GetSpacing())
+    mask = sitk.GetArrayFromImage(written)
+    assert not mask[:15].any() and not mask[20:].any(), "nothing written outside the prompted slice and the range"
+    assert (tmp_path / "mask.png").stat().st_size > 1000
+    assert "propagating" in run.stderr
+
+
+def test_session_cli_segment_takes_physical_coordinates(checkpoint, data_dir, tmp_path):
+    image = data_dir / "totalseg" / "example_ct_sm.nii.gz"
+    reference = sitk.ReadImage(str(image))
+    lps = reference.TransformContinuousIndexToPhysicalPoint((55.0, 50.0, 12.0))
+    ras = (-lps[0], -lps[1], lps[2])
+    run = segment(image, *checkpoint, "--point", ",".join(f"{v:.3f}" for v in ras) + ",+", "--coords", "ras",
+                  "--propagate", "none", "--out", tmp_path / "m.nii.gz")
+    assert run.returncode == 0, run.stderr
+    assert "slice 12" in run.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--point", "500,20,10,+", "--coords", "voxel"], "outside"),
+    (["--box", "10,10,10,40,12", "--coords", "voxel"], "zero"),
+    ([], "at least one --point or --box"),
+    (["--point", "1,2", "--coords", "voxel"], "expected 3"),
+])
+def test_session_cli_segment_bad_input_is_a_clear_error(checkpoint, data_dir, tmp_path, args, message):
+    run = segment(data_dir / "totalseg" / "example_ct_sm.nii.gz", *checkpoint, *args, "--out", tmp_path / "m.nii.gz")
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "m.nii.gz").exists()
