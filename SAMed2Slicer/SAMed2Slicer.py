@@ -1,18 +1,34 @@
-"""SAMed-2 module for 3D Slicer: the Qt panel. Logic lives in SAMed2SlicerLib, the engine
-in samed2; neither is imported with torch at import time."""
-import numpy as np
+"""SAMed-2 module for 3D Slicer: the Qt panel. The logic lives in SAMed2SlicerLib (Qt-free), the
+effect and the controller shared with it in SAMed2SlicerQt, the engine in samed2; nothing here
+imports torch or installs anything at import time."""
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import qt
 import slicer
+import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 
-from SAMed2SlicerLib.logic import describe_volume, volume_to_array
+from SAMed2SlicerLib import models
+from SAMed2SlicerLib.geometry import describe_volume
+from SAMed2SlicerLib.segmenter import PRESETS
+from SAMed2SlicerQt.controller import Controller
 
 HOMEPAGE = "https://github.com/samed2slicer/SAMed2Slicer"
+EFFECT_NAME = "SAMed-2"
+EXPORT_FORMATS = ("DICOM-SEG file", "DICOM-SEG into the DICOM database", "NIfTI file", "Slicer segmentation file")
+DOWNLOAD_POLL_MS = 200
 
 
 class SAMed2Slicer(ScriptedLoadableModule):
@@ -22,22 +38,70 @@ class SAMed2Slicer(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("SAMed-2")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["SAMed2Slicer contributors (samed2slicer)"]
         self.parent.helpText = _(
-            "Interactive segmentation of CT and MRI volumes with SAMed-2 and SAM 2: click or"
-            " drag a box on one slice, propagate the result through the volume, correct it"
-            " and export it. See the <a href=\"{homepage}\">project page</a>."
+            "Interactive segmentation of CT and MRI volumes with SAMed-2 and SAM 2: click or drag a box on one"
+            " slice, propagate the result through the volume, correct it and export it (DICOM-SEG, NIfTI, NRRD)."
+            " See the <a href=\"{homepage}\">project page</a>."
         ).format(homepage=HOMEPAGE)
         self.parent.acknowledgementText = _(
             "Uses the models of SAMed-2 (Selective Memory Enhanced Medical Segment Anything"
             " Model) and SAM 2 (Segment Anything in Images and Videos, Meta AI). Both are"
             " reimplemented here; their weights keep their own licences."
         )
+        slicer.app.connect("startupCompleted()", registerEffect)
 
 
-class SAMed2SlicerWidget(ScriptedLoadableModuleWidget):
+def registerEffect():
+    """Make the SAMed-2 effect available in every Segment Editor."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+    effect = effects.qSlicerSegmentEditorScriptedEffect(None)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SAMed2SlicerQt", "effect.py")
+    effect.setPythonSource(path.replace("\\", "/"))
+    effect.self().register()
+
+
+@parameterNodeWrapper
+class SAMed2SlicerParameterNode:
+    """Module settings saved with the scene (prompts, segments and effect settings are saved
+    in their own nodes)."""
+
+    model: str = models.DEFAULT_MODEL
+    device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+    preset: Annotated[str, Choice(list(PRESETS))] = "auto"
+    exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = EXPORT_FORMATS[0]
+    dicomFolder: Path = Path()
+    exportPath: Path = Path()
+
+
+class SAMed2SlicerLogic(ScriptedLoadableModuleLogic):
+    """The module's parameter node and segment editor node (the Qt-free logic is
+    SAMed2SlicerLib's)."""
+
+    def getParameterNode(self):
+        return SAMed2SlicerParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def segmentEditorNode():
+        node = slicer.mrmlScene.GetSingletonNode("SAMed2", "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = slicer.vtkMRMLSegmentEditorNode()
+            node.SetSingletonTag("SAMed2")
+            node = slicer.mrmlScene.AddNode(node)
+        return node
+
+
+class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel, built from Resources/UI/SAMed2Slicer.ui."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._download = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -45,37 +109,300 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(panel)
         self.ui = slicer.util.childWidgetVariables(panel)
         panel.setMRMLScene(slicer.mrmlScene)
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
+        self.logic = SAMed2SlicerLogic()
+        self.controller = Controller.get()
+        self.controller.listeners.append(self.showStatus)
+        editor = self.ui.segmentEditorWidget
+        editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        editor.connect("sourceVolumeNodeChanged(vtkMRMLVolumeNode*)", self.onSourceVolumeChanged)
+        self.ui.modelComboBox.connect("currentTextChanged(QString)", self.onModelChanged)
+        self.ui.downloadButton.connect("clicked()", self.onDownload)
+        self.ui.importButton.connect("clicked()", self.onImport)
+        self.ui.cancelDownloadButton.connect("clicked()", self.onCancelDownload)
+        self.ui.exportButton.connect("clicked()", self.onExport)
+        self._downloadTimer = qt.QTimer()
+        self._downloadTimer.setInterval(DOWNLOAD_POLL_MS)
+        self._downloadTimer.connect("timeout()", self.onDownloadProgress)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
         self.layout.addStretch(1)
-        self.onInputVolumeChanged(self.ui.inputVolumeSelector.currentNode())
 
-    def onInputVolumeChanged(self, volumeNode):
+    def cleanup(self):
+        self.removeObservers()
+        if self.showStatus in self.controller.listeners:
+            self.controller.listeners.remove(self.showStatus)
+
+    def enter(self):
+        self.initializeParameterNode()
+        self.ui.segmentEditorWidget.setupViewObservations()
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
+        self.refreshModels()
+        self.onSourceVolumeChanged(self.ui.segmentEditorWidget.sourceVolumeNode())
+
+    def exit(self):
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.ui.segmentEditorWidget.removeViewObservations()
+
+    # ---- parameter node --------------------------------------------------------------------
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
+        self._parameterNode = parameterNode
+        if parameterNode is not None:
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
+            self.onParameterChanged()
+
+    def onParameterChanged(self, caller=None, event=None):
+        self.controller.configure(model=self._parameterNode.model, device=self._parameterNode.device,
+                                  preset=self._parameterNode.preset)
+
+    # ---- model and weights -----------------------------------------------------------------
+
+    def refreshModels(self):
+        """List the models and the chosen one's weights status (needs the engine's packages)."""
+        if not self.controller.packages_ready():
+            self.ui.weightsStatusLabel.text = _(
+                "SAMed-2 needs PyTorch and a few Python packages. They are installed (after you confirm) the first "
+                "time you download a model, import weights or segment.")
+            return
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for name in models.model_names(models.weights_cache_dir()):
+            combo.addItem(name)
+        combo.currentText = self._parameterNode.model
+        combo.blockSignals(wasBlocked)
+        self.updateWeightsStatus()
+
+    def updateWeightsStatus(self):
+        self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model, models.weights_cache_dir())
+
+    def onModelChanged(self, name):
+        if name:
+            self._parameterNode.model = name
+            self.onParameterChanged()
+            self.updateWeightsStatus()
+
+    def onDownload(self):
+        if not self.controller.ensure_ready():
+            return
+        self.refreshModels()
+        from samed2.weights import get_checkpoint
+
+        with self.controller.reporting(_("Starting the download")):
+            checkpoint = get_checkpoint(self._parameterNode.model)
+            self._download = models.WeightsDownload(checkpoint, models.weights_cache_dir()).start()
+            self.ui.downloadProgressBar.visible = True
+            self.ui.downloadButton.enabled = False
+            self.ui.cancelDownloadButton.enabled = True
+            self._downloadTimer.start()
+
+    def onDownloadProgress(self):
+        progress = self._download.poll()
+        fraction = progress.fraction
+        self.ui.downloadProgressBar.maximum = 100 if fraction is not None else 0
+        self.ui.downloadProgressBar.value = int(100 * fraction) if fraction is not None else 0
+        self.ui.weightsStatusLabel.text = _("Downloading: {done:,.0f} MB").format(done=progress.done / 1e6)
+        if not progress.finished:
+            return
+        self._downloadTimer.stop()
+        self.ui.downloadProgressBar.visible = False
+        self.ui.downloadButton.enabled = True
+        self.ui.cancelDownloadButton.enabled = False
+        self.updateWeightsStatus()
+        if progress.error is not None and not self._download.cancelled:
+            slicer.util.errorDisplay(_("The download stopped:\n\n{error}").format(error=progress.error))
+
+    def onCancelDownload(self):
+        if self._download is not None:
+            self._download.cancel()
+
+    def onImport(self):
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import model weights"), "",
+                                              _("Checkpoints (*.pt *.pth *.safetensors);;All files (*)"))
+        if not path or not self.controller.ensure_ready():
+            return
+        with self.controller.reporting(_("Importing the checkpoint")):
+            models.import_file(path, models.weights_cache_dir())
+            self.showStatus(_("Imported {path}").format(path=path))
+        self.refreshModels()
+
+    # ---- segmenting ------------------------------------------------------------------------
+
+    def onSourceVolumeChanged(self, volumeNode):
         self.ui.volumeInfoLabel.text = describe_volume(volumeNode)
+        if volumeNode is not None and self.controller.packages_ready():
+            self.ui.segmentEditorWidget.setActiveEffectByName(EFFECT_NAME)
+
+    def showStatus(self, message, progress=None):
+        self.ui.statusLabel.text = message
+
+    # ---- export ----------------------------------------------------------------------------
+
+    def onExport(self):
+        editor = self.ui.segmentEditorWidget
+        volume, segmentation = editor.sourceVolumeNode(), editor.segmentationNode()
+        if volume is None or segmentation is None:
+            slicer.util.errorDisplay(_("Choose the source volume and the segmentation to export in the Segment "
+                                       "section first."))
+            return
+        if not self.controller.ensure_ready():
+            return
+        with self.controller.reporting(_("Export")):
+            self.ui.exportStatusLabel.text = self.export(volume, segmentation, self._parameterNode.exportFormat)
+
+    def export(self, volume, segmentation, exportFormat):
+        """Write the export; returns the line shown under the button."""
+        from SAMed2SlicerLib import export
+
+        if not exportFormat.startswith("DICOM-SEG"):
+            suffix = ".nii.gz" if exportFormat == "NIfTI file" else ".seg.nrrd"
+            path = self._outputPath(suffix)
+            export.export_labelmap_file(segmentation, volume, path)
+            return _("Wrote {path}").format(path=path)
+        toDatabase = exportFormat == "DICOM-SEG into the DICOM database"
+        path = Path(tempfile.mkdtemp(prefix="samed2-seg-")) / "seg.dcm" if toDatabase else self._outputPath(".dcm")
+        with self._sourceSeries(volume) as folder:
+            report = export.export_dicom_seg(segmentation, volume, folder, path,
+                                             algorithm_version=f"samed2 {self._parameterNode.model}")
+        if toDatabase:
+            from DICOMLib import DICOMUtils
+
+            DICOMUtils.importDicom(str(path.parent), slicer.dicomDatabase, copyFiles=True)
+        notes = "; ".join(report.repairs + report.warnings)
+        return _("Wrote DICOM-SEG with {count} segment(s){where}.{notes}").format(
+            count=len(report.segments), where=_(" into the DICOM database") if toDatabase else f" to {path}",
+            notes=f" Repaired in the source: {notes}" if notes else "")
+
+    def _outputPath(self, suffix):
+        path = self._parameterNode.exportPath
+        if str(path) in ("", ".") or path.is_dir():
+            raise ValueError(_("choose the output file first (Output file: ...{suffix})").format(suffix=suffix))
+        return path if str(path).endswith(suffix) else path.with_name(path.name + suffix)
+
+    def _sourceSeries(self, volume):
+        """A folder with the volume's DICOM files: from the DICOM database, else the chosen folder."""
+        from contextlib import nullcontext
+
+        from SAMed2SlicerLib import export
+
+        if volume.GetAttribute("DICOM.instanceUIDs") and slicer.dicomDatabase is not None:
+            return export.staged_series(export.dicom_files_for_volume(volume, slicer.dicomDatabase))
+        folder = self._parameterNode.dicomFolder
+        if str(folder) in ("", ".") or not folder.is_dir():
+            raise ValueError(_("'{name}' was not loaded from the DICOM database: choose its DICOM folder (Source "
+                               "DICOM folder) so that the SEG can reference its images").format(name=volume.GetName()))
+        return nullcontext(folder)
 
 
 class SAMed2SlicerTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (Reload and Test, or the Self Tests module)."""
+    """The whole workflow inside Slicer (Reload and Test, or the Self Tests module): a sample CT,
+    a small SAM 2.1 model with random weights (it checks where results land, not their
+    quality), a click through the effect, propagation, undo and export."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_volume_to_array_composes_parent_transform()
+        self.test_click_propagate_undo_export()
 
-    def test_volume_to_array_composes_parent_transform(self):
-        self.delayDisplay("volume_to_array on a transformed volume")
-        voxels = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
-        volumeNode = slicer.util.addVolumeFromArray(voxels, np.diag([0.5, 0.75, 2.0, 1.0]))
-        transformNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-        shift = np.eye(4)
-        shift[:3, 3] = [10.0, -5.0, 2.5]
-        slicer.util.updateTransformMatrixFromArray(transformNode, shift)
-        volumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+    def test_click_propagate_undo_export(self):
+        import numpy as np
 
-        array, ijkToRas = volume_to_array(volumeNode)
+        widget, volume, segmentation, segmentId = self._setUpWorkflow()
+        index = self._clickInRedView(widget, volume, segmentation, segmentId)
+        afterClick = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
 
-        np.testing.assert_array_equal(array, voxels)
-        np.testing.assert_allclose(ijkToRas, shift @ np.diag([0.5, 0.75, 2.0, 1.0]))
-        self.assertIn("4 x 3 x 2", describe_volume(volumeNode))
+        self.delayDisplay("Propagate three slices up, then undo")
+        effect = widget.ui.segmentEditorWidget.activeEffect().self()
+        effect.ui.directionComboBox.currentText = "up"
+        effect.ui.lastSliceSpinBox.value = index + 3
+        effect.onPropagate()
+        controller = Controller.get()
+        while controller.run is not None and not controller.run.finished:
+            slicer.app.processEvents()
+        propagated = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+        self.assertEqual(sorted(set(np.nonzero(propagated)[0])), list(range(index, index + 4)))
+        widget.ui.segmentEditorWidget.undo()
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume), afterClick)
+
+        self.delayDisplay("Export NIfTI")
+        output = Path(tempfile.mkdtemp()) / "segments.nii.gz"
+        widget._parameterNode.exportPath = output
+        widget._parameterNode.exportFormat = "NIfTI file"
+        widget.onExport()
+        self.assertTrue(output.is_file())
         self.delayDisplay("Test passed")
+
+    def _setUpWorkflow(self):
+        """A sample CT, a segmentation with one segment, the module shown with the effect on."""
+        import SampleData
+
+        self.delayDisplay("Loading a sample CT and a small model")
+        volume = SampleData.downloadSample("CTChest")
+        widget = slicer.util.getModuleWidget("SAMed2Slicer")
+        slicer.util.selectModule("SAMed2Slicer")
+        self.assertTrue(Controller.get().ensure_ready())
+        Controller.get().use_model("test-model", _randomTinyModel())
+        widget._parameterNode.model = "test-model"
+        widget._parameterNode.device = "cpu"
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentId = segmentation.GetSegmentation().AddEmptySegment("object", "Object")
+        editor = widget.ui.segmentEditorWidget
+        editor.setSegmentationNode(segmentation)
+        editor.setSourceVolumeNode(volume)
+        editor.setCurrentSegmentID(segmentId)
+        editor.setActiveEffectByName(EFFECT_NAME)
+        return widget, volume, segmentation, segmentId
+
+    def _clickInRedView(self, widget, volume, segmentation, segmentId):
+        """Click the middle of the red view; only its slice of the segment gets voxels."""
+        import numpy as np
+
+        self.delayDisplay("Click in the red view")
+        redWidget = slicer.app.layoutManager().sliceWidget("Red")
+        redWidget.mrmlSliceNode().RotateToVolumePlane(volume)
+        size = redWidget.sliceView().size
+        middle = (size.width() // 2, size.height() // 2)
+        slicer.util.clickAndDrag(redWidget.sliceView(), start=middle, end=middle, steps=1)
+        index = Controller.get().segmenter.view_slice_index(redWidget.mrmlSliceNode())
+        voxels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+        self.assertEqual(sorted(set(np.nonzero(voxels)[0])), [index])
+        return index
+
+
+def _randomTinyModel():
+    """SAM 2.1 tiny with random weights whose decoder always answers "present, non-empty", so
+    the test sees where results land."""
+    import torch
+
+    from samed2.model import build_model
+
+    model = build_model("sam2.1-hiera-tiny")
+    with torch.no_grad():
+        decoder = model.sam_mask_decoder
+        head = decoder.pred_obj_score_head
+        (head if isinstance(head, torch.nn.Linear) else head.layers[-1]).bias += 30.0
+        for mlp in decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].bias += 0.3
+    return model

@@ -14,6 +14,8 @@ Use in a test module:
     def test_mrml_something(mrml_scene):
         volume = load_volume(path)
 
+`add_slice_views()` adds the Red/Yellow/Green slice nodes the layout manager would create.
+
 What slicer-core lacks: `slicer.util.loadVolume`, `loadScene`, `saveScene` and
 `saveNode` call `slicer.app.coreIOManager()` (Qt), so use `load_volume`, `save_scene`
 and `load_scene` below, which call the same MRML logic Slicer's readers use. Dialogs,
@@ -65,9 +67,10 @@ class CoreApplication:
     There are no views, so pausing and resuming rendering has nothing to do.
     """
 
-    def __init__(self, scene, application_logic):
+    def __init__(self, scene, application_logic, cache_path):
         self._scene = scene
         self._application_logic = application_logic
+        self.cachePath = str(cache_path)  # qSlicerCoreApplication.cachePath
 
     def mrmlScene(self):
         return self._scene
@@ -93,6 +96,7 @@ class SlicerCore:
         for name, logic_class in MODULE_LOGIC_CLASSES.items():
             self.logics[name] = self._start_logic(name, logic_class())
         slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(self.scene)
+        self.cache_dir = cache_dir
         self._bundle_io = self._start_bundle_io(cache_dir)  # kept alive with the scene
 
     def _start_colors(self):
@@ -124,7 +128,7 @@ class SlicerCore:
     def install(self):
         """Expose this world as Slicer's globals."""
         slicer.mrmlScene = self.scene
-        slicer.app = CoreApplication(self.scene, self.application_logic)
+        slicer.app = CoreApplication(self.scene, self.application_logic, self.cache_dir)
         slicer.modules = types.SimpleNamespace(
             **{name.lower(): CoreModule(name, logic) for name, logic in self.logics.items()})
 
@@ -171,6 +175,21 @@ def load_scene(path):
         os.chdir(cwd)  # on a bundle that is not a zip, ReadFromMRB leaves a deleted temp dir as cwd
     if not loaded:
         raise RuntimeError(f"cannot load scene {path}: {messages.GetAllMessagesAsString()}")
+
+
+SLICE_VIEWS = {"Red": "Axial", "Yellow": "Sagittal", "Green": "Coronal"}
+
+
+def add_slice_views():
+    """The three slice views of Slicer's default layout (Red axial, Yellow sagittal, Green
+    coronal), as the layout manager creates them; returns {name: vtkMRMLSliceNode}."""
+    views = {}
+    for name, orientation in SLICE_VIEWS.items():
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode", name)
+        node.SetLayoutName(name)
+        node.SetOrientation(orientation)
+        views[name] = node
+    return views
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """The slicer-core harness and the Slicer logic on real MRML: volumes, segments, markups,
-scene bundles, and SAMed2SlicerLib.logic's volume access."""
+scene bundles, and SAMed2SlicerLib.geometry's volume access."""
 import os
 
 import numpy as np
@@ -16,7 +16,7 @@ from slicer_harness import (  # noqa: F401 (pytest fixtures)
     slicer_app,
 )
 
-from SAMed2SlicerLib.logic import describe_volume, volume_to_array
+from SAMed2SlicerLib.geometry import describe_volume, volume_to_array
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -198,7 +198,7 @@ def test_mrml_save_scene_reports_an_unwritable_place(mrml_scene, tmp_path):
         save_scene(tmp_path / "absent-folder" / "session.mrb")
 
 
-# --- SAMed2SlicerLib.logic ------------------------------------------------------------
+# --- SAMed2SlicerLib.geometry ------------------------------------------------------------
 
 def test_mrml_volume_to_array_of_an_oblique_flipped_volume(mrml_scene):
     voxels = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)

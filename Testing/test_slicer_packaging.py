@@ -183,13 +183,33 @@ def test_slicer_module_metadata_matches_the_extension():
 
 # --- panel ----------------------------------------------------------------------------
 
-def test_slicer_widget_uses_only_names_of_the_ui_file():
-    ui_file = MODULE_DIR / "Resources" / "UI" / f"{MODULE_NAME}.ui"
-    defined = ui_object_names(ui_file)
-    used = self_ui_names(MODULE_DIR / f"{MODULE_NAME}.py")
+GUI_FILES_AND_PANELS = [
+    (f"{MODULE_NAME}.py", f"{MODULE_NAME}.ui"),
+    ("SAMed2SlicerQt/effect.py", "SegmentEditorSAMed2.ui"),
+]
+
+
+@pytest.mark.parametrize("python_file, ui_file", GUI_FILES_AND_PANELS)
+def test_slicer_widget_uses_only_names_of_the_ui_file(python_file, ui_file):
+    ui_path = MODULE_DIR / "Resources" / "UI" / ui_file
+    defined = ui_object_names(ui_path)
+    used = self_ui_names(MODULE_DIR / python_file)
     assert len(defined) == len(set(defined)), "object names in the .ui file must be unique"
-    assert used, "the widget reads no self.ui.<name>: is the panel loaded?"
-    assert sorted(used - set(defined)) == [], f"missing from {ui_file.name}"
+    assert used, f"{python_file} reads no self.ui.<name>: is the panel loaded?"
+    assert sorted(used - set(defined)) == [], f"missing from {ui_file}"
+
+
+@pytest.mark.parametrize("python_file, ui_file", GUI_FILES_AND_PANELS)
+def test_slicer_gui_loads_its_ui_file_from_the_resources(python_file, ui_file):
+    source = (MODULE_DIR / python_file).read_text()
+    assert "slicer.util.loadUI(" in source and ui_file in source
+
+
+def test_slicer_ui_files_are_qt_designer_files():
+    for path in (MODULE_DIR / "Resources" / "UI").glob("*.ui"):
+        root = ElementTree.parse(path).getroot()
+        assert root.tag == "ui" and root.get("version") == "4.0", path.name
+        assert root.find("widget") is not None, f"{path.name} has no top-level widget"
 
 
 # --- import direction -----------------------------------------------------------------
@@ -219,5 +239,17 @@ def test_slicer_logic_imports_without_torch():
     assert result.stdout.strip().splitlines()[-1] == "False", f"{modules} import torch"
 
 
+def gui_files():
+    return [MODULE_DIR / f"{MODULE_NAME}.py", *sorted((MODULE_DIR / "SAMed2SlicerQt").glob("*.py"))]
+
+
 def test_slicer_gui_module_imports_no_torch_at_import_time():
-    assert "torch" not in imported_top_names(MODULE_DIR / f"{MODULE_NAME}.py", module_level_only=True)
+    for path in gui_files():
+        assert "torch" not in imported_top_names(path, module_level_only=True), path.name
+
+
+def test_slicer_qt_stays_in_the_gui_files():
+    gui = {path.relative_to(MODULE_DIR) for path in gui_files()}
+    users = {p.relative_to(MODULE_DIR) for p in MODULE_DIR.rglob("*.py")
+             if "__pycache__" not in p.parts and imported_top_names(p) & {"qt", "ctk"}}
+    assert users <= gui, f"Qt imported outside the GUI files: {sorted(map(str, users - gui))}"

@@ -1,0 +1,350 @@
+"""Interactive segmentation of one volume node into the segments of one segmentation node.
+
+The markups in the scene are the prompts (see prompts.py); the engine's sessions (one per
+slicing axis) turn them into masks, which are written into the segments slice by slice
+(see segments.py). Every interaction and every propagation run is one undo step.
+
+State kept here, per (segment, axis): the prompts last run on each slice, and the masks last
+written to each slice. A slice whose voxels no longer match what was written was corrected by
+hand (or restored by an undo): propagation keeps it and uses it as the user's answer there.
+Slices that already held voxels this segmenter did not write (drawn before, or propagated
+before the scene was saved) are never overwritten by propagation.
+
+The engine (and so torch) is imported when a Segmenter is made, never at module import.
+"""
+import logging
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from SAMed2SlicerLib.geometry import engine_volume, view_axis
+from SAMed2SlicerLib.prompts import SEGMENT, add_box, add_point, collect_prompts, prompt_nodes, prompted_axes
+from SAMed2SlicerLib.propagation import PropagationRun
+from SAMed2SlicerLib.segments import EditStep, Target, UndoStack, check_editable, read_slices
+
+log = logging.getLogger(__name__)
+CACHE_BYTES_PER_AXIS = 1024 ** 3
+PRESETS = ("auto", "view", "soft_tissue", "lung", "bone", "brain", "liver", "mr")
+"""Intensity presets offered: the engine's, plus "view" (the window/level Slicer displays)."""
+
+
+class BusyError(RuntimeError):
+    """An operation was asked for while a propagation run is going on."""
+
+
+def intensity_preset(name, volume_node):
+    """The engine preset for a preset name; "view" = the volume's displayed window/level."""
+    from samed2.presets import ct_window
+
+    if name != "view":
+        return name
+    display = volume_node.GetDisplayNode()
+    if display is None:
+        return "auto"
+    return ct_window(display.GetWindow(), display.GetLevel(), name="view")
+
+
+class Segmenter:
+    """Prompts -> engine -> segments, for one volume and one segmentation.
+
+    `model` is an engine model (samed2.model / samed2.weights.load_model); `device`, `preset`,
+    `strategy` and `bank` go to each engine Session.
+    """
+
+    def __init__(self, volume_node, segmentation_node, model, device="auto", preset="auto",
+                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy="track", bank=None):
+        check_editable(segmentation_node)
+        self.volume_node = volume_node
+        self.segmentation_node = segmentation_node
+        self.volume = engine_volume(volume_node)
+        self.model = model
+        self._options = dict(device=device, preset=intensity_preset(preset, volume_node),
+                             cache_bytes=cache_bytes, strategy=strategy, bank=bank)
+        self._sessions = {}
+        self._object_ids: Dict[str, int] = {}
+        self._applied: Dict[tuple, dict] = {}  # (segment id, axis) -> {index: SlicePrompt}
+        self._written: Dict[tuple, dict] = {}  # (segment id, axis) -> {index: packed mask}
+        self.undo_stack = UndoStack()
+        self._run: Optional[PropagationRun] = None
+
+    # ---- sessions and objects -------------------------------------------------------------
+
+    def target(self, segment_id, axis) -> Target:
+        return Target(self.segmentation_node, segment_id, self.volume_node, axis)
+
+    def object_id(self, segment_id) -> int:
+        return self._object_ids.setdefault(segment_id, len(self._object_ids) + 1)
+
+    def session(self, axis):
+        """The engine session slicing along `axis`, made on first use and resumed from the
+        prompts already in the scene."""
+        if axis not in self._sessions:
+            from samed2.session import Session
+
+            session = Session(self.volume, self.model, axis=axis, **self._options)
+            self._sessions[axis] = session
+            self._resume(session, axis)
+        return self._sessions[axis]
+
+    def _resume(self, session, axis) -> None:
+        """Replay the scene's prompts into a new session. Slices that already show voxels are
+        taken as their results (kept as they are); the others are left for the next apply."""
+        for segment_id in self.prompted_segments(axis):
+            target = self.target(segment_id, axis)
+            prompts = collect_prompts(self.volume, target)
+            content = read_slices(target, prompts)
+            applied = self._applied.setdefault((segment_id, axis), {})
+            for index, prompt in prompts.items():
+                if content[index].any():
+                    session.add_prompt(self.object_id(segment_id), index, prompt.points, prompt.box, replace=True)
+                    applied[index] = prompt
+
+    def prompted_segments(self, axis) -> List[str]:
+        """Segments of the segmentation that have prompts on slices along `axis`."""
+        segmentation = self.segmentation_node.GetSegmentation()
+        ids = {n.GetAttribute(SEGMENT) for n in prompt_nodes(self.segmentation_node, axis=axis)}
+        return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
+                if segmentation.GetNthSegmentID(i) in ids]
+
+    def axis_of_view(self, slice_node) -> int:
+        """The voxel axis this slice view cuts the volume along (InputError if oblique)."""
+        return view_axis(self.volume, slice_node)
+
+    def view_slice_index(self, slice_node) -> int:
+        """The volume slice shown in a slice view (the one through the view's centre)."""
+        axis = self.axis_of_view(slice_node)
+        origin = np.asarray(slice_node.GetSliceToRAS().MultiplyPoint((0, 0, 0, 1))[:3])
+        index = int(np.floor(self.volume.to_slice_coords(origin, axis)[0] + 0.5))
+        return min(max(index, 0), self.volume.num_slices(axis) - 1)
+
+    def warm_up(self, slice_node, radius=4) -> None:
+        """Encode slices around the one a view shows, in the background (faster next click)."""
+        axis = self.axis_of_view(slice_node)
+        self.session(axis).precompute(self.view_slice_index(slice_node), radius)
+
+    # ---- prompting ------------------------------------------------------------------------
+
+    def add_point(self, segment_id, slice_node, point_ras, positive=True):
+        """An include (or exclude) click at a world point in a slice view: stored as a markup,
+        run, and the segment's slice updated (one undo step). Returns {axis: [slices]}."""
+        axis = self._prompt_axis(slice_node)
+        self.volume.to_slice_point(point_ras, axis)  # InputError (nothing added) when outside
+        self.session(axis)
+        add_point(self.target(segment_id, axis), point_ras, positive)
+        return self.apply_prompts(segment_id)
+
+    def add_box(self, segment_id, slice_node, corner_ras, opposite_ras):
+        """A box dragged in a slice view between two world corners: stored as an ROI, run, and
+        the segment's slice updated (one undo step). Returns {axis: [slices]}."""
+        from samed2.errors import InputError
+
+        axis = self._prompt_axis(slice_node)
+        coords = self.volume.to_slice_coords(np.array([corner_ras, opposite_ras], float), axis)
+        if np.any(np.abs(coords[1, 1:] - coords[0, 1:]) < 1.0):
+            raise InputError("the box is less than one voxel wide or high: drag a box over the object")
+        self.volume.to_slice_point((np.asarray(corner_ras, float) + opposite_ras) / 2, axis)
+        self.session(axis)
+        add_box(self.target(segment_id, axis), slice_node, corner_ras, opposite_ras, self.volume.spacing[axis])
+        return self.apply_prompts(segment_id)
+
+    def _prompt_axis(self, slice_node) -> int:
+        self._require_idle()
+        return self.axis_of_view(slice_node)
+
+    def apply_prompts(self, segment_id=None, step=None):
+        """Run the slices whose prompts changed in the scene (added, moved or deleted markups)
+        and write them; slices left without prompts are cleared. One undo step unless `step`
+        is given. Returns {axis: [slices written]}."""
+        self._require_idle()
+        own_step = step is None
+        if own_step:
+            self._catch_up_with_undo()
+        step = step or EditStep("prompts")
+        changed = {}
+        try:
+            for segment in [segment_id] if segment_id else self._segments_with_prompt_state():
+                for axis in self._prompt_state_axes(segment):
+                    changed[axis] = changed.get(axis, []) + self._apply_axis(segment, axis, step)
+        finally:
+            if own_step:
+                self.undo_stack.push(step)
+        return {axis: sorted(indices) for axis, indices in changed.items() if indices}
+
+    def _segments_with_prompt_state(self) -> List[str]:
+        ids = {segment_id for segment_id, _ in self._applied}
+        ids.update(n.GetAttribute(SEGMENT) for n in prompt_nodes(self.segmentation_node))
+        segmentation = self.segmentation_node.GetSegmentation()
+        return [s for s in sorted(ids) if segmentation.GetSegment(s) is not None]
+
+    def _prompt_state_axes(self, segment_id) -> List[int]:
+        axes = set(prompted_axes(self.segmentation_node, segment_id))
+        return sorted(axes | {axis for s, axis in self._applied if s == segment_id})
+
+    def pending_prompts(self, segment_id=None) -> Dict[tuple, List[int]]:
+        """{(segment id, axis): [slices]} whose prompts in the scene differ from those last run
+        (what apply_prompts would run); nothing is computed or written."""
+        pending = {}
+        for segment in [segment_id] if segment_id else self._segments_with_prompt_state():
+            for axis in self._prompt_state_axes(segment):
+                current = collect_prompts(self.volume, self.target(segment, axis))
+                changed = self._changed_slices(current, self._applied.get((segment, axis), {}))
+                if changed:
+                    pending[(segment, axis)] = changed
+        return pending
+
+    @staticmethod
+    def _changed_slices(current, applied) -> List[int]:
+        return [i for i in sorted(set(current) | set(applied)) if current.get(i) != applied.get(i)]
+
+    def _apply_axis(self, segment_id, axis, step) -> List[int]:
+        session = self.session(axis)
+        target = self.target(segment_id, axis)
+        current = collect_prompts(self.volume, target)
+        applied = self._applied.setdefault((segment_id, axis), {})
+        obj = self.object_id(segment_id)
+        masks = {}
+        for index in self._changed_slices(current, applied):
+            if index in current:
+                prompt = current[index]
+                masks[index] = session.add_prompt(obj, index, prompt.points, prompt.box, replace=True)
+                applied[index] = prompt
+            else:
+                session.clear_slice(obj, index)
+                masks[index] = np.zeros(self.volume.slice_shape(axis), bool)
+                del applied[index]
+        self._write(step, target, masks)
+        return sorted(masks)
+
+    def _write(self, step, target, masks) -> None:
+        """Write through the undo step, remembering what was written (and, for undo, what this
+        segmenter had written there before)."""
+        if not masks:
+            return
+        step.write(target, masks)
+        written = self._written.setdefault((target.segment_id, target.axis), {})
+        for index, mask in masks.items():
+            step.memo.setdefault((target.segment_id, target.axis, index), written.get(index))
+            written[index] = np.packbits(np.asarray(mask, bool))
+
+    # ---- propagation ----------------------------------------------------------------------
+
+    def propagate(self, axis, segment_ids=None, direction="both", start=None, stop=None, stop_after_absent=3):
+        """Start propagating along `axis` from the prompted (and hand-corrected) slices, for the
+        given segments (default: every segment prompted on that axis). Returns the running
+        PropagationRun: poll() it from the main thread, or wait() for it. One undo step."""
+        from samed2.errors import InputError
+
+        self._require_idle()
+        self._catch_up_with_undo()
+        step = EditStep("propagation")
+        self.apply_prompts(step=step)
+        session = self.session(axis)
+        segment_ids = list(segment_ids or self.prompted_segments(axis))
+        if not segment_ids:
+            raise InputError(f"nothing to propagate along {'ijk'[axis]}: place a point or a box on the object first")
+        protected = {self.object_id(s): self._prepare(session, s, axis, step) for s in segment_ids}
+        targets = {self.object_id(s): self.target(s, axis) for s in segment_ids}
+
+        def produce(cancel):
+            return session.propagate(list(targets), direction, start, stop, stop_after_absent, cancel)
+
+        def consume(results):
+            for obj, target in targets.items():
+                self._write(step, target, {r.index: r.mask for r in results
+                                           if r.obj_id == obj and r.index not in protected[obj]})
+
+        def finish():
+            self.undo_stack.push(step)
+
+        total = sum(self._expected_slices(s, axis, direction, start, stop) for s in segment_ids)
+        self._run = PropagationRun(produce, consume, finish, total).start()
+        return self._run
+
+    def _prepare(self, session, segment_id, axis, step) -> set:
+        """Give the engine the hand-corrected slices; return the slices propagation must keep
+        (voxels this segmenter did not write, on slices without prompts)."""
+        target = self.target(segment_id, axis)
+        content = read_slices(target, range(self.volume.num_slices(axis)))
+        written = self._written.setdefault((segment_id, axis), {})
+        prompted = self._applied.get((segment_id, axis), {})
+        obj = self.object_id(segment_id)
+        for index, bits in list(written.items()):
+            corrected = np.packbits(content[index])
+            if index not in prompted and not np.array_equal(corrected, bits):
+                session.set_mask(obj, index, content[index])
+                step.memo.setdefault((segment_id, axis, index), bits)
+                written[index] = corrected
+        return {index for index, mask in content.items()
+                if mask.any() and index not in written and index not in prompted}
+
+    def _expected_slices(self, segment_id, axis, direction, start, stop) -> int:
+        """At most how many slices a run computes for one segment (for the progress bar)."""
+        last = self.volume.num_slices(axis) - 1
+        low, high = sorted((0 if start is None else start, last if stop is None else stop))
+        seeds = [i for i in self._applied.get((segment_id, axis), {}) if low <= i <= high] or [low]
+        if direction == "up":
+            return high - min(seeds)
+        if direction == "down":
+            return max(seeds) - low
+        return high - low + 1 - len(seeds)
+
+    @property
+    def running(self) -> Optional[PropagationRun]:
+        """The propagation run going on, if any."""
+        return self._run if self._run is not None and not self._run.finished else None
+
+    def _require_idle(self) -> None:
+        if self.running is not None:
+            raise BusyError("a propagation is running: wait for it to finish or cancel it")
+
+    # ---- undo and lifetime ----------------------------------------------------------------
+
+    def undo(self) -> bool:
+        """Undo the last interaction or propagation run: the segment slices it wrote get their
+        previous voxels back exactly. The engine forgets results it computed there (prompt
+        markups stay: delete them to drop their prompts). False when there is nothing to undo."""
+        self._require_idle()
+        step = self.undo_stack.undo()
+        if step is None:
+            return False
+        self._forget(step)
+        return True
+
+    def _catch_up_with_undo(self) -> None:
+        """Steps undone outside (the Segment Editor's undo restores the segmentation): forget
+        them as undo() would, so restored slices do not count as hand corrections."""
+        step = self.undo_stack.pop_undone()
+        while step is not None:
+            self._forget(step)
+            step = self.undo_stack.pop_undone()
+
+    def _forget(self, step) -> None:
+        """Bookkeeping of an undone step: what was written before it, and engine results that
+        no prompt backs any more."""
+        for (segment_id, axis, index), previous in step.memo.items():
+            written = self._written.setdefault((segment_id, axis), {})
+            if previous is None:
+                written.pop(index, None)
+            else:
+                written[index] = previous
+            if index not in self._applied.get((segment_id, axis), {}) and axis in self._sessions:
+                self._sessions[axis].clear_slice(self.object_id(segment_id), index)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Cancel a running propagation and free the engine sessions."""
+        run = self.running
+        if run is not None:
+            run.cancel()
+            try:
+                run.wait()
+            except Exception as error:  # closing anyway: the reason is logged, not raised
+                log.warning("propagation ended with an error while closing: %s", error)
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()

@@ -1,0 +1,236 @@
+"""The "SAMed-2" Segment Editor effect: include points, exclude points and boxes in any slice
+view, and propagation, for the selected segment. The SAMed-2 module registers it at start-up,
+so it works in Slicer's Segment Editor as in the module's own panel.
+
+The effect only turns mouse events into world coordinates and calls the shared Controller;
+the geometry, the engine calls and the segment writes are SAMed2SlicerLib's.
+"""
+import os
+
+import qt
+import slicer
+import vtk
+from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+from SAMed2SlicerQt.controller import Controller
+
+MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_VIEW = "Red"
+DEFAULTS = (("Tool", "include"), ("Direction", "both"), ("FirstSlice", -1), ("LastSlice", -1),
+            ("StopAfterAbsent", 3), ("AllSegments", 0))
+BOX_COLOR = (1.0, 0.85, 0.1)
+
+
+class BoxDrag:
+    """The rubber band shown in a slice view while a box is dragged."""
+
+    def __init__(self, scripted_effect, view_widget, start_xy, start_ras):
+        self.effect, self.view, self.start_xy, self.start_ras = scripted_effect, view_widget, start_xy, start_ras
+        self.points = vtk.vtkPoints()
+        for _ in range(4):
+            self.points.InsertNextPoint(start_xy[0], start_xy[1], 0.0)
+        outline = vtk.vtkCellArray()
+        outline.InsertNextCell(5)
+        for corner in (0, 1, 2, 3, 0):
+            outline.InsertCellPoint(corner)
+        polydata = vtk.vtkPolyData()
+        polydata.SetPoints(self.points)
+        polydata.SetLines(outline)
+        mapper = vtk.vtkPolyDataMapper2D()
+        mapper.SetInputData(polydata)
+        self.actor = vtk.vtkActor2D()
+        self.actor.SetMapper(mapper)
+        self.actor.GetProperty().SetColor(*BOX_COLOR)
+        self.actor.GetProperty().SetLineWidth(2)
+        self.effect.addActor2D(view_widget, self.actor)
+
+    def update(self, xy):
+        (x0, y0), (x1, y1) = self.start_xy, xy
+        for corner, (x, y) in enumerate(((x0, y0), (x1, y0), (x1, y1), (x0, y1))):
+            self.points.SetPoint(corner, x, y, 0.0)
+        self.points.Modified()
+        self.effect.forceRender(self.view)
+
+    def remove(self):
+        self.effect.removeActor2D(self.view, self.actor)
+        self.effect.forceRender(self.view)
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    """SAMed-2 prompts and propagation for the selected segment."""
+
+    def __init__(self, scriptedEffect):
+        scriptedEffect.name = "SAMed-2"
+        scriptedEffect.perSegment = True
+        scriptedEffect.requireSegments = True
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+        self.ui = None
+        self._drag = None
+        self._prompt_view = None  # slice node of the last prompt: propagation follows its slices
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        cloned = effects.qSlicerSegmentEditorScriptedEffect(None)
+        cloned.setPythonSource(os.path.abspath(__file__).replace("\\", "/"))
+        return cloned
+
+    def icon(self):
+        return qt.QIcon(os.path.join(MODULE_DIR, "Resources", "Icons", "SegmentEditorSAMed2.png"))
+
+    def helpText(self):
+        return ("<html>Segment with SAMed-2 / SAM 2: click on the object (include point), click where the result "
+                "leaks (exclude point, or Shift+click), or drag a box around it, in any slice view. The selected "
+                "segment's slice is updated at each prompt; prompts are markups you can drag or delete. Then "
+                "propagate through the volume, correct slices and propagate again.</html>")
+
+    # ---- options panel -------------------------------------------------------------------
+
+    def setupOptionsFrame(self):
+        panel = slicer.util.loadUI(os.path.join(MODULE_DIR, "Resources", "UI", "SegmentEditorSAMed2.ui"))
+        self.ui = slicer.util.childWidgetVariables(panel)
+        self.scriptedEffect.addOptionsWidget(panel)
+        for tool, button in self._tool_buttons().items():
+            button.connect("clicked()", lambda tool=tool: self._set_tool(tool))
+        self.ui.directionComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+        for spin_box in (self.ui.firstSliceSpinBox, self.ui.lastSliceSpinBox, self.ui.stopAfterAbsentSpinBox):
+            spin_box.connect("valueChanged(int)", self.updateMRMLFromGUI)
+        self.ui.allSegmentsCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
+        self.ui.firstSliceFromViewButton.connect("clicked()", lambda: self._slice_from_view(self.ui.firstSliceSpinBox))
+        self.ui.lastSliceFromViewButton.connect("clicked()", lambda: self._slice_from_view(self.ui.lastSliceSpinBox))
+        self.ui.propagateButton.connect("clicked()", self.onPropagate)
+        self.ui.cancelButton.connect("clicked()", Controller.get().cancel)
+
+    def _tool_buttons(self):
+        return {"include": self.ui.includeButton, "exclude": self.ui.excludeButton, "box": self.ui.boxButton}
+
+    def _set_tool(self, tool):
+        self.scriptedEffect.setParameter("Tool", tool)
+
+    def setMRMLDefaults(self):
+        for name, value in DEFAULTS:
+            self.scriptedEffect.setParameterDefault(name, value)
+
+    def updateGUIFromMRML(self):
+        if self.ui is None:
+            return
+        parameter = self.scriptedEffect
+        for tool, button in self._tool_buttons().items():
+            button.checked = parameter.parameter("Tool") == tool
+        widgets = [self.ui.directionComboBox, self.ui.firstSliceSpinBox, self.ui.lastSliceSpinBox,
+                   self.ui.stopAfterAbsentSpinBox, self.ui.allSegmentsCheckBox]
+        blocked = [widget.blockSignals(True) for widget in widgets]
+        self.ui.directionComboBox.currentText = parameter.parameter("Direction")
+        self.ui.firstSliceSpinBox.value = parameter.integerParameter("FirstSlice")
+        self.ui.lastSliceSpinBox.value = parameter.integerParameter("LastSlice")
+        self.ui.stopAfterAbsentSpinBox.value = parameter.integerParameter("StopAfterAbsent")
+        self.ui.allSegmentsCheckBox.checked = bool(parameter.integerParameter("AllSegments"))
+        for widget, was_blocked in zip(widgets, blocked):
+            widget.blockSignals(was_blocked)
+
+    def updateMRMLFromGUI(self, *unused):
+        parameter = self.scriptedEffect
+        parameter.setParameter("Direction", self.ui.directionComboBox.currentText)
+        parameter.setParameter("FirstSlice", self.ui.firstSliceSpinBox.value)
+        parameter.setParameter("LastSlice", self.ui.lastSliceSpinBox.value)
+        parameter.setParameter("StopAfterAbsent", self.ui.stopAfterAbsentSpinBox.value)
+        parameter.setParameter("AllSegments", int(self.ui.allSegmentsCheckBox.checked))
+
+    def activate(self):
+        Controller.get().listeners.append(self._show)
+
+    def deactivate(self):
+        if self._show in Controller.get().listeners:
+            Controller.get().listeners.remove(self._show)
+        self._end_drag()
+
+    def _show(self, message, progress=None):
+        if self.ui is None:
+            return
+        self.ui.statusLabel.text = message
+        running = Controller.get().run is not None and not Controller.get().run.finished
+        self.ui.propagateButton.enabled = not running
+        self.ui.cancelButton.enabled = running
+        if progress is not None:
+            self.ui.propagationProgressBar.value = int(round(100 * progress.fraction))
+
+    # ---- mouse in slice views --------------------------------------------------------------
+
+    def _nodes(self):
+        parameters = self.scriptedEffect.parameterSetNode()
+        return parameters.GetSourceVolumeNode(), parameters.GetSegmentationNode(), parameters.GetSelectedSegmentID()
+
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        if viewWidget.className() != "qMRMLSliceWidget":
+            return False
+        xy = callerInteractor.GetEventPosition()
+        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+            return self._press(callerInteractor, xy, viewWidget)
+        if self._drag is not None and eventId == vtk.vtkCommand.MouseMoveEvent:
+            self._drag.update(xy)
+            return True
+        if self._drag is not None and eventId == vtk.vtkCommand.LeftButtonReleaseEvent:
+            self._release(xy)
+            return True
+        return False
+
+    def _press(self, interactor, xy, view_widget):
+        self._end_drag()  # a release outside the view never came
+        volume, segmentation, segment_id = self._nodes()
+        if not segment_id:
+            self._show("Select (or add) a segment first: each object is one segment.")
+            return True
+        point = self.xyToRas(xy, view_widget)
+        self._prompt_view = view_widget.mrmlSliceNode()
+        tool = self.scriptedEffect.parameter("Tool")
+        if tool == "box":
+            self._drag = BoxDrag(self.scriptedEffect, view_widget, xy, point)
+            return True
+        positive = tool == "include" and not interactor.GetShiftKey()
+        Controller.get().click(volume, segmentation, segment_id, self._prompt_view, point, positive,
+                               self.scriptedEffect.saveStateForUndo)
+        return True
+
+    def _release(self, xy):
+        drag = self._drag
+        self._end_drag()
+        volume, segmentation, segment_id = self._nodes()
+        Controller.get().box(volume, segmentation, segment_id, drag.view.mrmlSliceNode(), drag.start_ras,
+                             self.xyToRas(xy, drag.view), self.scriptedEffect.saveStateForUndo)
+
+    def _end_drag(self):
+        if self._drag is not None:
+            self._drag.remove()
+            self._drag = None
+
+    def processViewNodeEvents(self, callerViewNode, eventId, viewWidget):
+        volume, segmentation, _ = self._nodes()
+        if callerViewNode is not None and callerViewNode.IsA("vtkMRMLSliceNode") and volume and segmentation:
+            Controller.get().view_changed(volume, segmentation, callerViewNode)
+
+    # ---- propagation -----------------------------------------------------------------------
+
+    def _propagation_view(self):
+        if self._prompt_view is not None:
+            return self._prompt_view
+        return slicer.app.layoutManager().sliceWidget(DEFAULT_VIEW).mrmlSliceNode()
+
+    def _slice_from_view(self, spin_box):
+        volume, segmentation, _ = self._nodes()
+        controller = Controller.get()
+        if not controller.ensure_ready():
+            return
+        with controller.reporting("Reading the view's slice"):
+            spin_box.value = controller.segmenter_for(volume, segmentation).view_slice_index(self._propagation_view())
+
+    def onPropagate(self):
+        volume, segmentation, segment_id = self._nodes()
+        if not segment_id:
+            self._show("Select the segment to propagate first.")
+            return
+        first, last = self.ui.firstSliceSpinBox.value, self.ui.lastSliceSpinBox.value
+        options = dict(direction=self.ui.directionComboBox.currentText, start=None if first < 0 else first,
+                       stop=None if last < 0 else last, stop_after_absent=self.ui.stopAfterAbsentSpinBox.value)
+        segment_ids = None if self.ui.allSegmentsCheckBox.checked else [segment_id]
+        Controller.get().propagate(volume, segmentation, segment_ids, self._propagation_view(), options,
+                                   self.scriptedEffect.saveStateForUndo)
