@@ -5,7 +5,7 @@ import logging
 import sys
 
 # module name -> imported lazily so `samed2 --help` stays fast and light
-_COMMAND_MODULES = ["weights", "seg", "segment", "demo", "bank", "train", "eval"]
+_COMMAND_MODULES = ["weights", "seg", "segment", "demo", "bank", "train", "eval", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

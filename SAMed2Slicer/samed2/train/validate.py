@@ -1,0 +1,105 @@
+"""Validation Dice: a tight box from the ground truth on each validation slice, decoded without memory.
+
+Each slice is encoded with its fixed partner (slices 2p and 2p+1 along the axis; an odd last slice
+with itself), exactly as an interactive session encodes it, and the mask is compared with the
+truth at the slice's own resolution.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from samed2.model import SAM2Model
+from samed2.train.data import held_out
+from samed2.train.losses import dice_score
+from samed2.train.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT
+from samed2.train.volumes import CaseVolume
+from samed2.volume import logits_to_slice, preprocess_slices, slice_box_to_model
+
+MAX_SLICES_PER_CASE = 16
+
+
+@dataclass
+class ValidationSet:
+    """Which slices of which cases are validated, and for which label values."""
+
+    cases: list  # CaseVolume
+    slices: list  # per case: the slice indices to validate
+    values: list
+
+    @classmethod
+    def build(cls, train_cases: list[CaseVolume], val_cases: list[CaseVolume], values: list[int],
+              holdout_every: int, holdout_offset: int) -> "ValidationSet":
+        cases, slices = [], []
+        for case in train_cases:
+            chosen = [k for k in _with_objects(case, values) if held_out(k, holdout_every, holdout_offset)]
+            if chosen:
+                cases.append(case)
+                slices.append(chosen)
+        for case in val_cases:
+            candidates = _with_objects(case, values)
+            picks = np.unique(np.linspace(0, len(candidates) - 1, MAX_SLICES_PER_CASE).round().astype(int))
+            if candidates:
+                cases.append(case)
+                slices.append([candidates[i] for i in picks])
+        return cls(cases, slices, list(values))
+
+    def __bool__(self) -> bool:
+        return bool(self.cases)
+
+
+def _with_objects(case: CaseVolume, values: list[int]) -> list[int]:
+    present = np.zeros(case.num_slices, dtype=bool)
+    for value in values:
+        present |= case.slices_with(value)
+    return [int(k) for k in np.nonzero(present)[0]]
+
+
+@torch.no_grad()
+def validation_dice(model: SAM2Model, data: ValidationSet, normalize: str) -> dict[str, float]:
+    """{"val_dice": mean over every (slice, object), "val_dice_<value>": mean per label}."""
+    was_training = model.training
+    model.eval()
+    per_value = defaultdict(list)
+    try:
+        for case, slices in zip(data.cases, data.slices):
+            for k in slices:
+                for value, dice in _slice_dice(model, case, k, data.values, normalize):
+                    per_value[value].append(dice)
+    finally:
+        model.train(was_training)
+    every = [d for dices in per_value.values() for d in dices]
+    result = {"val_dice": float(np.mean(every)) if every else float("nan")}
+    result.update({f"val_dice_{v}": float(np.mean(per_value[v])) if per_value[v] else float("nan")
+                   for v in data.values})
+    return result
+
+
+def _slice_dice(model: SAM2Model, case: CaseVolume, k: int, values: list[int], normalize: str):
+    device = model.no_mem_embed.device
+    first = k - k % 2
+    partner = min(first + 1, case.num_slices - 1)
+    images = preprocess_slices(case.image_slices([first, partner]), model.image_size, normalize).to(device)
+    image = model.encode_images(images).select(slice(k - first, k - first + 1))
+    pix = model.without_memory(image)
+    for value in values:
+        truth = case.object_slices([k], value)[0]
+        box = _tight_box(truth)
+        if box is None:
+            continue
+        corners = slice_box_to_model(box, truth.shape, model.image_size).reshape(1, 2, 2).to(device)
+        labels = torch.tensor([[BOX_TOP_LEFT, BOX_BOTTOM_RIGHT]], dtype=torch.int32, device=device)
+        pred = model.decode(pix, image.high_res, corners, labels, multimask=model.use_multimask(True, 2))
+        mask = logits_to_slice(pred.low_res_masks, truth.shape)[0, 0] > 0
+        yield value, float(dice_score(mask[None].cpu(), torch.from_numpy(truth)[None])[0])
+
+
+def _tight_box(mask: np.ndarray):
+    """(x0, y0, x1, y1) around a mask in slice pixels; None when absent or one pixel thin."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0 or rows.min() == rows.max() or cols.min() == cols.max():
+        return None
+    return np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float32)

@@ -1,0 +1,112 @@
+"""Loading a case for training: the image, its label map on the image's grid, the intensity window, the labels.
+
+A label map whose grid differs from the image's (size, spacing, origin or direction) is resampled
+onto the image grid in physical space (nearest neighbour) with a warning that lists the
+differences; one that does not overlap the image at all is refused. Arrays are never matched
+by index alone.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from samed2.errors import InputError
+from samed2.labelmap import LabelMap, bounds_overlap, grid_differences, physical_bounds, read_labelmap, resample_like
+from samed2.presets import IntensityWindow, get_preset
+from samed2.train.cases import Case
+from samed2.volume import Volume, get_slice, load_volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaseVolume:
+    """One case on one grid: raw voxels, the resolved intensity window and the label values [k, j, i]."""
+
+    name: str
+    volume: Volume
+    window: IntensityWindow
+    labels: np.ndarray
+    axis: int
+    names: dict  # label value -> name, where the label map carries names
+
+    @property
+    def num_slices(self) -> int:
+        return self.volume.num_slices(self.axis)
+
+    def image_slices(self, indices) -> np.ndarray:
+        """(T, H, W) float32 in [0, 1]: the preset applied to these slices only (the volume is untouched)."""
+        return np.stack([self.window.apply(self.volume.get_slice(self.axis, int(k))) for k in indices])
+
+    def object_slices(self, indices, value: int) -> np.ndarray:
+        """(T, H, W) bool: where label `value` is on these slices."""
+        return np.stack([get_slice(self.labels, self.axis, int(k)) == value for k in indices])
+
+    def slices_with(self, value: int) -> np.ndarray:
+        """Bool per slice along the axis: does label `value` appear on it."""
+        array_axis = 2 - self.axis
+        other = tuple(a for a in range(3) if a != array_axis)
+        return (self.labels == value).any(axis=other)
+
+
+def load_case(case: Case, axis: int, preset: str) -> CaseVolume:
+    """Read a case's image and label map, put the labels on the image grid, resolve the intensity preset."""
+    volume = load_volume(case.image)
+    labelmap = read_labelmap(case.label)
+    if labelmap.is_probability:
+        raise InputError(f"{case.label} is a probability map; training needs a label map with integer labels")
+    labels = labels_on_grid(labelmap, volume, case.name)
+    window = get_preset(preset, volume.array, volume.modality).resolve(volume.array)
+    return CaseVolume(case.name, volume, window, labels, axis, dict(labelmap.names))
+
+
+def labels_on_grid(labelmap: LabelMap, volume: Volume, name: str) -> np.ndarray:
+    """The label values on the volume's voxel grid, [k, j, i]: as read when the grids agree, else resampled."""
+    reference = volume.to_sitk(np.zeros(volume.array.shape, dtype=np.uint8))
+    differences = grid_differences(labelmap.image, reference)
+    image = labelmap.image
+    if differences:
+        if not bounds_overlap(physical_bounds(image), physical_bounds(reference)):
+            raise InputError(f"case {name}: the label map {labelmap.source} does not overlap its image in physical "
+                             f"space ({'; '.join(differences)}): it belongs to another image")
+        log.warning("case %s: label map grid differs from the image (%s); resampled onto the image grid "
+                    "(nearest neighbour, physical space)", name, "; ".join(differences))
+        image = resample_like(image, reference)
+    return sitk.GetArrayFromImage(image)
+
+
+def resolve_labels(requested: list, labelmaps_names: dict[str, dict[int, str]]) -> list[int]:
+    """Label values for the requested values or names, checked against every case's label names.
+
+    `labelmaps_names` maps case name -> {value: name}. A name must mean the same value in every
+    case that names it, and at least one case must name it.
+    """
+    values = []
+    for token in requested:
+        text = str(token).strip()
+        if text.lstrip("-").isdigit():
+            values.append(int(text))
+            continue
+        values.append(_value_of_name(text, labelmaps_names))
+    return values
+
+
+def _value_of_name(name: str, labelmaps_names: dict[str, dict[int, str]]) -> int:
+    key = _name_key(name)
+    found = {case: value for case, names in labelmaps_names.items()
+             for value, label_name in names.items() if _name_key(label_name) == key}
+    if not found:
+        known = sorted({n for names in labelmaps_names.values() for n in names.values()})
+        listing = ", ".join(known) if known else "none: the label maps carry no names, use label values"
+        raise InputError(f"no case names a label {name!r}; names found: {listing}")
+    if len(set(found.values())) > 1:
+        raise InputError(f"label {name!r} has different values in different cases: {found}")
+    return next(iter(found.values()))
+
+
+def _name_key(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+

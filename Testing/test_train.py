@@ -1,0 +1,375 @@
+"""samed2 train: data discovery and geometry, prompts, checkpoints, exact resume after SIGKILL, DDP under
+torchrun, the export `samed2 weights import` accepts, and the test-trained model's accuracy.
+
+Runs use the shared abdominal CT (real data). The micro config trains in seconds and checks the
+mechanics; the session's `trained_model` fixture checks that training produces a model that works.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from samed2.bank import ConfidenceBank
+from samed2.cli import main as cli_main
+from samed2.errors import InputError, WeightsError
+from samed2.model import build_model
+from samed2.session import Session
+from samed2.train.cases import find_cases, split_cases
+from samed2.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from samed2.train.options import DEFAULT_PARTS
+from samed2.train.prompts import PromptSet, corrective_click, jittered_box, scaled_jitter
+from samed2.train.startpoint import initial_model, set_trainable
+from samed2.train.volumes import load_case, resolve_labels
+from samed2.volume import load_volume, logits_to_slice, preprocess_slices, slice_box_to_model
+from samed2.weights import import_checkpoint, load_weights
+from trained_model import (IMAGE, LABELS, LEFT_KIDNEY, LIVER, RIGHT_KIDNEY, build_trained_model,  # noqa: F401
+                           shrunk_samed2_config, trained_model)
+
+MICRO_CONFIG = shrunk_samed2_config(image_size=64, embed_dim=16, stages=[1, 1, 2, 1], d_model=32, mem_dim=16,
+                                    memory_layers=1, feedforward=64, dropout=0.0)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def micro_files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("micro")
+    (folder / "micro.json").write_text(json.dumps(MICRO_CONFIG))
+    (folder / "cases.csv").write_text(f"image,label\n{IMAGE},{LABELS}\n")
+    return folder
+
+
+def micro_args(files: Path, out: Path, steps: int, *extra: str) -> list:
+    return ["--data", str(files / "cases.csv"), "--init", f"random:{files / 'micro.json'}", "--out", str(out),
+            "--labels", "5,2,3", "--holdout-every", "5", "--clip-length", "3", "--steps", str(steps),
+            "--warmup-steps", "2", "--lr", "2e-3", "--train", "all", "--seed", "3", "--device", "cpu",
+            "--num-threads", "1", "--deterministic", "--no-progress", "--bank-size", "8", "--bank-min-iou", "0",
+            "--log-every", "1", "--val-every", "4", *extra]
+
+
+def run_module(args: list, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "samed2.train", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def exported_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / f"{run_dir.name}.pt", weights_only=True)["model"]
+
+
+def box_of(mask: np.ndarray):
+    rows, cols = np.nonzero(mask)
+    return (cols.min(), rows.min(), cols.max(), rows.max())
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+# ---------------------------------------------------------------- cases, labels, geometry
+
+
+def test_train_finds_cases_in_csv_and_folder_layout_and_splits_by_case(tmp_path):
+    images, labels = tmp_path / "set" / "imagesTr", tmp_path / "set" / "labelsTr"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    for case in ("a", "b", "c", "d", "e"):
+        (images / f"{case}_0000.nii.gz").symlink_to(IMAGE)
+        (labels / f"{case}.nii.gz").symlink_to(LABELS)
+    cases = find_cases(tmp_path / "set")
+    assert [c.name for c in cases] == ["a", "b", "c", "d", "e"]
+    train, val = split_cases(cases, 0.4, seed=1)
+    assert len(val) == 2 and {c.name for c in train} | {c.name for c in val} == set("abcde")
+    assert split_cases(cases, 0.4, seed=1) == (train, val)  # seeded
+
+    (images / "f.nii.gz").symlink_to(IMAGE)
+    with pytest.raises(InputError, match="no label map"):
+        find_cases(tmp_path / "set")
+
+    csv = tmp_path / "list.csv"
+    csv.write_text("image,label,split\nset/imagesTr/a_0000.nii.gz,set/labelsTr/a.nii.gz,train\n"
+                   "set/imagesTr/b_0000.nii.gz,set/labelsTr/b.nii.gz,val\n")
+    train, val = split_cases(find_cases(csv), 0.0, seed=0)
+    assert [c.name for c in train] == ["a_0000"] and [c.name for c in val] == ["b_0000"]
+
+
+def test_train_resamples_a_label_map_stored_on_another_grid_in_physical_space(tmp_path):
+    original = sitk.ReadImage(str(LABELS))
+    # the same labels stored with the i axis reversed: same physical positions, mirrored array
+    mirrored = sitk.Flip(original, [True, False, False], flipAboutOrigin=False)
+    assert not np.array_equal(sitk.GetArrayFromImage(mirrored), sitk.GetArrayFromImage(original))
+    sitk.WriteImage(mirrored, str(tmp_path / "mirrored.nii.gz"))
+    case = find_cases(_csv(tmp_path, IMAGE, tmp_path / "mirrored.nii.gz"))[0]
+    loaded = load_case(case, axis=2, preset="auto")
+    np.testing.assert_array_equal(loaded.labels, sitk.GetArrayFromImage(original))
+
+    elsewhere = sitk.Image(original)
+    elsewhere.SetOrigin([o + 2000.0 for o in original.GetOrigin()])
+    sitk.WriteImage(elsewhere, str(tmp_path / "elsewhere.nii.gz"))
+    with pytest.raises(InputError, match="does not overlap"):
+        load_case(find_cases(_csv(tmp_path, IMAGE, tmp_path / "elsewhere.nii.gz"))[0], axis=2, preset="auto")
+
+
+def _csv(folder: Path, image: Path, label: Path) -> Path:
+    path = folder / f"{label.name}.csv"
+    path.write_text(f"image,label\n{image},{label}\n")
+    return path
+
+
+def test_train_chooses_labels_by_value_or_name():
+    names = {"ct": {5: "liver", 2: "kidney_right"}}
+    assert resolve_labels(["Liver", "2", "kidney right"], names) == [5, 2, 2]
+    with pytest.raises(InputError, match="kidney_right, liver"):
+        resolve_labels(["spleen"], names)
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_train_boxes_use_the_reference_jitter_scaled_to_the_model():
+    assert scaled_jitter(20, 1024) == 20 and scaled_jitter(20, 512) == 10 and scaled_jitter(20, 256) == 5
+    mask = np.zeros((64, 64), bool)
+    mask[20:30, 10:40] = True
+    rng = np.random.default_rng(0)
+    boxes = np.array([jittered_box(mask, 5, rng) for _ in range(200)])
+    tight = np.array([10, 20, 39, 29])
+    growth = np.abs(boxes - tight)
+    assert growth.min() == 0 and growth.max() == 5  # 0..jitter on each side, never more
+    assert (boxes[:, :2] <= tight[:2]).all() and (boxes[:, 2:] >= tight[2:]).all()  # only ever grows
+
+
+def test_train_click_prompts_put_positives_inside_and_negatives_near_outside():
+    mask = np.zeros((64, 64), bool)
+    mask[20:30, 10:40] = True
+    prompts = PromptSet.from_truth(np.stack([mask, mask]), use_box=False, jitter=0, rng=np.random.default_rng(2),
+                                   with_negative=True)
+    assert prompts.labels.tolist() == [[1, 0], [1, 0]] and prompts.num_points == 2
+    for (px, py), (nx, ny) in prompts.points:
+        assert mask[int(py), int(px)] and not mask[int(ny), int(nx)]
+        assert 17 <= ny <= 32 and 2 <= nx <= 47  # near the object: its box grown by a quarter
+    points, labels = PromptSet.from_truth(mask[None], use_box=True, jitter=0, rng=np.random.default_rng(2)).as_points("cpu")
+    assert points.tolist() == [[[10.0, 20.0], [39.0, 29.0]]] and labels.tolist() == [[2, 3]]
+
+
+def test_train_corrective_clicks_land_on_the_larger_error():
+    truth = np.zeros((32, 32), bool)
+    truth[8:24, 8:24] = True
+    rng = np.random.default_rng(1)
+    shrunk = np.zeros_like(truth)
+    shrunk[12:20, 12:20] = True
+    (x, y), label = corrective_click(shrunk, truth, rng)
+    assert label == 1 and truth[int(y), int(x)] and not shrunk[int(y), int(x)]
+    spilled = np.zeros_like(truth)
+    spilled[4:28, 4:28] = True
+    (x, y), label = corrective_click(spilled, truth, rng)
+    assert label == 0 and spilled[int(y), int(x)] and not truth[int(y), int(x)]
+    assert corrective_click(truth, truth, rng) is None
+
+
+# ---------------------------------------------------------------- model set-up
+
+
+def test_train_default_parts_are_adapters_decoder_and_memory(micro_files):
+    model, config, _ = initial_model(f"random:{micro_files / 'micro.json'}", None, None, seed=0)
+    names = set(set_trainable(model, list(DEFAULT_PARTS)))
+    assert any(".adapter." in n for n in names)
+    assert not any(n.startswith("image_encoder.") and ".adapter." not in n for n in names)
+    assert any(n.startswith("sam_mask_decoder.") for n in names)
+    assert any(n.startswith("memory_attention.") for n in names) and "no_mem_embed" in names
+    assert not any(n.startswith("sam_prompt_encoder.") for n in names)
+    everything = set_trainable(model, ["all"])
+    assert len(everything) == len(list(model.parameters()))
+
+
+def test_train_init_takes_a_checkpoint_file_a_config_name_or_random(micro_files, tmp_path):
+    model, config, _ = initial_model(f"random:{micro_files / 'micro.json'}", None, None, seed=0)
+    weights = tmp_path / "mine.pt"
+    torch.save({"model": model.state_dict()}, weights)
+    with pytest.raises(InputError, match="--config"):
+        initial_model(str(weights), None, None, seed=0)
+    (tmp_path / "mine.config.json").write_text(json.dumps(config))
+    loaded, _, source = initial_model(str(weights), None, None, seed=1)
+    assert "checkpoint" in source
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    random_again, _, _ = initial_model(str(micro_files / "micro.json"), None, None, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(random_again.state_dict().values(), model.state_dict().values()))
+    _, named, source = initial_model("sam2-hiera-tiny", None, None, seed=0)  # a config name only: random init
+    assert "random" in source and named["model"]["image_encoder"]["trunk"]["embed_dim"] == 96
+    with pytest.raises(WeightsError, match="samed2 weights download sam2.1-hiera-tiny"):
+        initial_model("sam2.1-hiera-tiny", None, str(tmp_path / "empty-cache"), seed=0)
+    with pytest.raises(InputError, match="not a file, a checkpoint name or a config name"):
+        initial_model("no-such-model", None, None, seed=0)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_train_checkpoint_writes_are_atomic(tmp_path):
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, {"step": 1, "model": {"w": torch.ones(3)}})
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"step": 2, "model": {"w": torch.zeros(3)}, "broken": lambda: None})
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+    with pytest.raises(InputError, match="not a samed2 training checkpoint"):
+        torch.save({"model": {}}, tmp_path / "other.pt")
+        load_checkpoint(tmp_path / "other.pt")
+
+
+# ---------------------------------------------------------------- runs: resume, DDP, export
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(micro_files, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    result = run_module(micro_args(micro_files, out, 24, "--checkpoint-every", "2", "--augment"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_train_run_writes_metrics_plot_checkpoint_and_export(uninterrupted_run):
+    rows = (uninterrupted_run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"loss", "train_dice", "slices_per_s", "val_dice", "val_dice_5"} <= set(header)
+    assert len(rows) == 1 + 24
+    validated = [r for r in rows[1:] if r.split(",")[header.index("val_dice")]]
+    assert len(validated) == 6  # every 4 steps
+    assert (uninterrupted_run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_checkpoint(checkpoint_path(uninterrupted_run))["step"] == 24
+    assert (uninterrupted_run / "straight.bank.safetensors").exists()
+
+
+def test_resume_after_sigkill_reaches_the_same_weights(micro_files, uninterrupted_run, tmp_path):
+    out = tmp_path / "straight"  # same folder name, so the export has the same name
+    args = micro_args(micro_files, out, 24, "--checkpoint-every", "2", "--augment")
+    process = subprocess.Popen([sys.executable, "-m", "samed2.train", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint_path(out).exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = load_checkpoint(checkpoint_path(out))["step"]
+    assert killed_at < 24, "the run finished before it could be killed"
+    assert not (out / "straight.pt").exists()
+
+    result = run_module(["--resume", "--out", str(out), "--num-threads", "1", "--deterministic", "--no-progress"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed, straight = exported_state(out), exported_state(uninterrupted_run)
+    assert resumed.keys() == straight.keys()
+    different = [k for k in straight if not torch.equal(resumed[k], straight[k])]
+    assert not different, f"resumed from step {killed_at}: {len(different)} tensors differ, e.g. {different[:3]}"
+    assert ConfidenceBank.load(out / "straight.bank.safetensors").ious.tolist() == \
+        ConfidenceBank.load(uninterrupted_run / "straight.bank.safetensors").ious.tolist()
+    loss_column = [r.split(",")[3] for r in (out / "metrics.csv").read_text().splitlines()]
+    assert loss_column == [r.split(",")[3] for r in (uninterrupted_run / "metrics.csv").read_text().splitlines()]
+
+
+def test_ddp_two_processes_train_like_one_process_accumulating_two(micro_files, tmp_path):
+    common = micro_args(micro_files, tmp_path / "x", 3, "--checkpoint-every", "3")
+    single = run_module([*_with_out(common, tmp_path / "single"), "--accumulate", "2"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "samed2.train", *_with_out(common, tmp_path / "ddp")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = exported_state(tmp_path / "single"), exported_state(tmp_path / "ddp")
+    worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert worst < 1e-4, f"DDP weights differ from single-process accumulation by {worst}"
+    initial = build_model(MICRO_CONFIG).state_dict()
+    assert any(not torch.equal(initial[k], two[k]) for k in two)  # it trained
+    rows = (tmp_path / "ddp" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3  # written by rank 0 only
+    assert [r.split(",")[3] for r in rows] == [r.split(",")[3] for r in
+                                               (tmp_path / "single" / "metrics.csv").read_text().splitlines()]
+
+
+def _with_out(args: list, out: Path) -> list:
+    args = list(args)
+    args[args.index("--out") + 1] = str(out)
+    return args
+
+
+def test_train_export_is_accepted_by_samed2_weights_import(uninterrupted_run, tmp_path):
+    weights = uninterrupted_run / "straight.pt"
+    config = json.loads((uninterrupted_run / "straight.config.json").read_text())
+    cached = import_checkpoint(weights, name="micro-run", config=config, cache_dir=tmp_path / "cache")
+    model = load_weights(build_model(config), cached)
+    assert len(ConfidenceBank.load(uninterrupted_run / "straight.bank.safetensors")) > 0
+    assert model.image_size == 64
+
+
+def test_train_refuses_to_overwrite_a_run_without_resume(micro_files, uninterrupted_run, capsys):
+    assert cli_main(["train", *micro_args(micro_files, uninterrupted_run, 2)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the test-trained model
+
+
+def held_out_box_dice(model, volume, labels, slices, value) -> list:
+    """Dice per held-out slice of a tight box prompt on it, encoded with its fixed pair partner."""
+    from samed2.presets import default_preset
+
+    window = default_preset(volume.array, volume.modality).resolve(volume.array)
+    scores = []
+    for k in slices:
+        truth = labels[k] == value
+        if truth.sum() < 2:
+            continue
+        first = k - k % 2
+        pair = [window.apply(volume.get_slice(2, i)) for i in (first, min(first + 1, volume.num_slices(2) - 1))]
+        with torch.no_grad():
+            image = model.encode_images(preprocess_slices(pair, model.image_size)).select(slice(k - first, k - first + 1))
+            corners = slice_box_to_model(box_of(truth), truth.shape, model.image_size).reshape(1, 2, 2)
+            pred, _ = model.track_step(k, image, {}, {}, volume.num_slices(2), corners,
+                                       torch.tensor([[2, 3]], dtype=torch.int32), is_init_cond_frame=True)
+        mask = (logits_to_slice(pred.low_res_masks, truth.shape)[0, 0] > 0).numpy()
+        scores.append(dice(mask, truth))
+    return scores
+
+
+@pytest.mark.trained
+def test_trained_model_segments_held_out_slices_from_a_box(trained_model):
+    model = build_trained_model(trained_model)
+    volume = load_volume(IMAGE)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(LABELS)))
+    figures = {value: held_out_box_dice(model, volume, labels, trained_model.held_out, value)
+               for value in (LIVER, RIGHT_KIDNEY, LEFT_KIDNEY)}
+    means = {value: float(np.mean(scores)) for value, scores in figures.items()}
+    print(f"\nheld-out slices {trained_model.held_out}: box Dice liver {means[LIVER]:.3f}, "
+          f"right kidney {means[RIGHT_KIDNEY]:.3f}, left kidney {means[LEFT_KIDNEY]:.3f} "
+          f"(trained in {trained_model.seconds:.0f} s)")
+    assert all(len(scores) >= 4 for scores in figures.values())
+    assert means[LIVER] >= 0.80
+    assert means[RIGHT_KIDNEY] >= 0.60 and means[LEFT_KIDNEY] >= 0.60
+
+
+@pytest.mark.trained
+def test_trained_model_propagates_through_memory_and_stops_where_the_kidney_ends(trained_model):
+    model = build_trained_model(trained_model)
+    volume = load_volume(IMAGE)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(LABELS)))
+    with Session(volume, model, axis=2, device="cpu") as session:
+        for obj_id, value in ((1, RIGHT_KIDNEY), (2, LEFT_KIDNEY), (3, LIVER)):
+            present = np.nonzero((labels == value).any(axis=(1, 2)))[0]
+            middle = int(present[len(present) // 2])
+            session.add_prompt(obj_id, middle, box=box_of(labels[middle] == value))
+        results = list(session.propagate())
+        masks = {obj_id: session.mask_volume(obj_id) for obj_id in (1, 2, 3)}
+    for obj_id, value in ((1, RIGHT_KIDNEY), (2, LEFT_KIDNEY)):
+        true_last = int(np.nonzero((labels == value).any(axis=(1, 2)))[0].max())
+        predicted_last = max(r.index for r in results if r.obj_id == obj_id and r.present)
+        assert abs(predicted_last - true_last) <= 2, f"label {value}: ends at {predicted_last}, truly at {true_last}"
+    liver = dice(masks[3], labels == LIVER)
+    print(f"\nliver propagated from one box: Dice {liver:.3f}")
+    assert liver >= 0.75
