@@ -1,0 +1,84 @@
+"""`samed2 eval`: the CVPR 2025 interactive protocol or propagation-only numbers on labelled volumes."""
+import argparse
+import logging
+from pathlib import Path
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+DATA_HELP = """\
+cases to evaluate: IMAGE LABELMAP (one case), a CSV file with the columns image,label (paths relative
+to the CSV's folder; optional column case = a name), or a folder DIR/imagesTr/<case>.nii.gz (or
+<case>_0000.nii.gz, .nii, .nrrd, .mha, or a DICOM folder <case>/) with DIR/labelsTr/<case>.nii.gz
+(and optionally DIR/imagesVal/ + DIR/labelsVal/), the layout `samed2 train` reads"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model with the CVPR 2025 interactive protocol or propagation only",
+                       description="cvpr25: a box on the middle slice of each object, propagated, then 5 corrective "
+                                   "clicks at the deepest voxel of the largest 3D error; DSC, NSD (2 mm), their AUC "
+                                   "over the clicks and the time of each step. propagation: a box on the middle "
+                                   "slice, propagated both ways; Dice per slice and overall. Writes results.json, "
+                                   "objects.csv, steps.csv or slices.csv and a PNG plot to --out.")
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH", help=DATA_HELP)
+    p.add_argument("--protocol", choices=["cvpr25", "propagation"], default="cvpr25")
+    p.add_argument("--labels", type=_label_list, metavar="V,V,...",
+                   help="label values to evaluate, each as one object (default: every label of each case)")
+    p.add_argument("--model", default="samed2",
+                   help="cached weights name (see `samed2 weights list`) or a checkpoint file")
+    p.add_argument("--config", help="model config name or JSON file, for a checkpoint file given to --model")
+    p.add_argument("--bank", help="SAMed-2 confidence memory bank (.safetensors); needed by box-chain and hybrid")
+    p.add_argument("--strategy", default="track", choices=["track", "box-chain", "hybrid"])
+    p.add_argument("--clicks", type=int, default=5, help="corrective clicks of the cvpr25 protocol (default 5)")
+    p.add_argument("--axis", default="auto", choices=["auto", "0", "1", "2"],
+                   help="voxel axis to slice along; auto = the one closest to axial")
+    p.add_argument("--preset", default="auto", help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the results")
+    p.set_defaults(func=run)
+
+
+def _label_list(text: str) -> list:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive label values like 5,2,3, got {text!r}")
+    return values
+
+
+def run(args) -> int:
+    from .. import __version__
+    from ..device import pick_device
+    from ..evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
+    from .segment import _load_model
+
+    settings = EvalSettings(args.protocol, args.labels, None if args.axis == "auto" else int(args.axis),
+                            None if args.preset == "auto" else args.preset, args.device, args.strategy, args.clicks)
+    cases = list_cases(args.data)
+    model, bank = _load_model(args)
+    results = []
+    for number, (name, image, label) in enumerate(cases, start=1):
+        log.info("case %d/%d: %s", number, len(cases), name)
+        results += evaluate_case(load_case(name, image, label), model, settings, bank)
+    if not results:
+        raise InputError("none of the chosen labels occurs in any case: nothing was evaluated")
+    info = {"model": args.model, "config": args.config, "bank": args.bank, "cases": [c[0] for c in cases],
+            "device": str(pick_device(args.device)), "samed2": __version__}
+    for path in write_outputs(results, args.out, settings, info):
+        print(f"wrote {path}")
+    _print_table(results)
+    return 0
+
+
+def _print_table(results: list) -> None:
+    rows = [r.row() for r in results]
+    columns = [k for k in ("dsc_auc", "nsd_auc", "dsc_final", "nsd_final", "dsc", "nsd", "slice_dice_mean",
+                           "seconds_total", "seconds") if k in rows[0]]
+    print("case / label".ljust(40) + "".join(c.rjust(16) for c in columns))
+    for row in rows:
+        title = f"{row['case']} / {row['label']} {row['name']}"[:39]
+        print(title.ljust(40) + "".join(f"{row[c]:16.4f}" for c in columns))
