@@ -1,0 +1,28 @@
+"""`samed2 bench`: DESIGN section 9's performance targets as a table of ratios (and JSON)."""
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark clicks, encoding, propagation, bank and memory against references",
+                       description="Times our paths against the SAMed-2 reference flow and Meta's sam2 (when "
+                                   "installed) on the same machine, weights and inputs; prints a table of "
+                                   "ratios with targets. The full run takes up to 10 minutes on an idle 2-core CPU.")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--quick", action="store_true",
+                   help="small images and few frames (about a minute): checks the harness, not the targets")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..bench import FULL, QUICK, format_table, run as run_bench
+
+    report = run_bench(QUICK if args.quick else FULL, args.device, log=lambda m: print(f"bench: {m}", file=sys.stderr))
+    report["quick"] = args.quick
+    print(format_table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
