@@ -3,6 +3,7 @@ click on the liver in the red view of the rotated, flipped CT (under a transform
 propagation both ways within limits fills exactly the slices in the limits, each with the
 liver, and stops there."""
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (pytest fixtures)
 from test_slicer_logic import (  # noqa: F401 (pytest fixtures)
