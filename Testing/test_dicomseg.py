@@ -442,7 +442,7 @@ def test_export_seg_and_import_seg_commands(dcmqi, ct3, tmp_path, capsys):
     out = tmp_path / "liver.dcm"
     code = _seg_cli(["export-seg", "--labels", str(dcmqi / "liver_seg.nrrd"), "--dicom", str(ct3),
                      "--meta", str(dcmqi / "examples" / "seg-example.json"), "--out", str(out)])
-    liver_voxels = np.count_nonzero(sitk.GetArrayViewFromImage(read_labelmap(dcmqi / "liver_seg.nrrd").image))
+    liver_voxels = np.count_nonzero(sitk.GetArrayFromImage(read_labelmap(dcmqi / "liver_seg.nrrd").image))
     assert code == 0 and f"segment 1: Liver ({liver_voxels} voxels)" in capsys.readouterr().out
     assert_seg_valid(out, sorted(ct3.iterdir()))
     back = tmp_path / "liver_back.seg.nrrd"
@@ -461,7 +461,7 @@ def test_samed2_export_seg_from_the_shell(totalseg_dicom, data_dir, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "empty SOPInstanceUID" in result.stderr and "copy attributes" not in result.stderr
-    liver_voxels = np.count_nonzero(sitk.GetArrayViewFromImage(read_labelmap(command[3]).image) == TOTALSEG_LIVER)
+    liver_voxels = np.count_nonzero(sitk.GetArrayFromImage(read_labelmap(command[3]).image) == TOTALSEG_LIVER)
     assert f"segment 1: liver ({liver_voxels} voxels)" in result.stdout
     assert pydicom.dcmread(out).SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
     assert_seg_valid(out, sorted((tmp_path / "repaired").iterdir()))
