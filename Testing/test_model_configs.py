@@ -41,3 +41,19 @@ def test_checkpoint_samed2_is_sam2_small_plus_adapters_and_fusion():
     assert set(small) <= set(samed2)
     assert {k.split(".")[4] for k in extra} == {"adapter", "fancy_fusion"}
     assert len([k for k in extra if ".adapter." in k]) == 16 * 8
+
+
+def test_cached_dense_position_encoding_follows_loaded_weights():
+    """The prompt encoder's grid encoding is cached per click; loading other weights must refresh it."""
+    from conftest import golden_tiny_config
+
+    model = build_model(golden_tiny_config())
+    encoder = model.sam_prompt_encoder
+    before = encoder.dense_pe().clone()
+    state = model.state_dict()
+    state["sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.randn_like(
+        encoder.pe_layer.positional_encoding_gaussian_matrix)
+    model.load_state_dict(state)
+    fresh = encoder.pe_layer.grid(encoder.embedding_size, encoder.embedding_size).unsqueeze(0)
+    assert not torch.equal(encoder.dense_pe(), before)
+    assert torch.equal(encoder.dense_pe(), fresh)

@@ -52,7 +52,14 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def dense_pe(self) -> torch.Tensor:
-        return self.pe_layer.grid(self.embedding_size, self.embedding_size).unsqueeze(0)
+        """(1, C, h, w) encoding of the image embedding's grid; computed once per weights and device
+        (it only depends on the Fourier matrix), since every click needs it."""
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (matrix.data_ptr(), matrix._version, matrix.device, matrix.dtype)
+        if getattr(self, "_dense_pe_key", None) != key:
+            self._dense_pe = self.pe_layer.grid(self.embedding_size, self.embedding_size).unsqueeze(0)
+            self._dense_pe_key = key
+        return self._dense_pe
 
     def _encode_coords(self, points: torch.Tensor) -> torch.Tensor:
         return self.pe_layer.encode((points + 0.5) / self.input_size)
