@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from samed2.bank import ConfidenceBank, import_reference_bank, read_reference_bank
+from samed2.bank import ConfidenceBank, image_key, import_reference_bank, read_reference_bank
 from samed2.errors import WeightsError
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
@@ -109,3 +109,23 @@ def test_bank_grows_until_capacity(tmp_path):
     again = ConfidenceBank.load(tmp_path / "b.safetensors")
     assert again.capacity == 3 and torch.equal(again.ious, bank.ious)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def near_tie_bank(seed: int, entries: int = 40, channels: int = 16, side: int = 16):
+    """Entries whose cosines with a query (all about 0.8) lie close together, with equal confidence:
+    for some seeds only a float32 comparison tells the best apart."""
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(1, channels, side, side, generator=gen)
+    noise = torch.randn(entries, channels, side, side, generator=gen)
+    stored = 1.333 * query + noise * (1 + 0.001 * torch.rand(entries, 1, 1, 1, generator=gen))
+    memory = torch.zeros(entries, 2, side, side, dtype=torch.bfloat16)
+    return query, ConfidenceBank(image_key(stored), memory, memory.clone(), torch.full((entries,), 0.9))
+
+
+def test_bank_selection_is_the_float32_choice_among_near_ties():
+    query, bank = near_tie_bank(seed=5)
+    exact = (image_key(query) @ bank.keys.float().t())[0]
+    rough = bank.similarity(image_key(query))[0]
+    assert rough.argmax() != exact.argmax(), "the half-precision similarity alone picks another entry"
+    assert bank.select(query, k=1)[0, 0] == exact.argmax()
+    assert bank.select(query, k=3)[0].tolist() == exact.topk(3).indices.tolist()

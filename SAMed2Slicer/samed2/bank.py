@@ -22,7 +22,9 @@ from safetensors.torch import load_file, save_file
 from .errors import WeightsError
 
 DEFAULT_CAPACITY = 640
-_KEY_CHUNK = 64  # keys multiplied per step on the CPU, so fp16 keys are upcast a slice at a time
+ROUGH_ERROR = 2e-3
+"""Bound on the error of the half-precision similarity of unit keys (measured: 2.4e-4, the rounding
+of the half-precision result)."""
 
 
 def image_key(features: torch.Tensor) -> torch.Tensor:
@@ -51,20 +53,34 @@ class ConfidenceBank:
     # ---- retrieval ------------------------------------------------------------------------
 
     def similarity(self, keys: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity (B, N) of unit keys (B, D) with every stored key."""
+        """Cosine similarity (B, N) of unit keys (B, D) with every stored key, in half precision:
+        one pass over the stored keys, with errors below ROUGH_ERROR."""
         keys = keys.to(self.keys.device)
-        if self.keys.device.type != "cpu":
-            return (keys.to(self.keys.dtype) @ self.keys.t()).float()
-        parts = [keys @ chunk.float().t() for chunk in self.keys.split(_KEY_CHUNK)]
-        return torch.cat(parts, dim=1)
+        return (keys.to(self.keys.dtype) @ self.keys.t()).float()
+
+    def exact_similarity(self, keys: torch.Tensor, entries: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity (B, len(entries)) in float32 with the chosen stored keys only."""
+        keys = keys.to(self.keys.device)
+        return (keys @ self.keys[entries.to(self.keys.device)].float().t())
 
     def select(self, features: torch.Tensor, k: int = None) -> torch.Tensor:
         """Indices (B, k) of the entries scoring highest by max(0, cos) + sigmoid(IoU); k defaults to B."""
         if len(self) == 0:
             raise ValueError("the memory bank is empty")
         k = min(k or features.shape[0], len(self))
-        score = self.similarity(image_key(features)).clamp(min=0) + self.ious.sigmoid().to(features.device)
-        return score.topk(k, dim=1).indices.cpu()
+        confidence = self.ious.sigmoid().to(self.keys.device)
+        return self._top(image_key(features), k, lambda cos, entries: cos.clamp(min=0) + confidence[entries])
+
+    def _top(self, query: torch.Tensor, k: int, score) -> torch.Tensor:
+        """Indices (B, k) of the best score(cos, entries). Scores come from the fast half-precision
+        similarity; entries within its error of the k-th best are re-scored in float32, so the
+        choice is the float32 one."""
+        everything = torch.arange(len(self), device=self.keys.device)
+        rough = score(self.similarity(query), everything)
+        kth = rough.topk(k, dim=1).values[:, -1:]
+        close = torch.nonzero((rough >= kth - 2 * ROUGH_ERROR).any(dim=0))[:, 0]
+        rough[:, close] = score(self.exact_similarity(query, close), close)
+        return rough.topk(k, dim=1).indices.cpu()
 
     def memory(self, indices: torch.Tensor, device, dtype=torch.float32):
         """Memory tokens and positions (B, k*h*w, C_mem) for selections made for a batch of B images.
@@ -93,7 +109,7 @@ class ConfidenceBank:
             if len(self) < self.capacity:
                 self._append(keys[i], features[i], pos[i], iou)
                 continue
-            nearest = int(self.similarity(keys[i: i + 1]).argmax())
+            nearest = int(self._top(keys[i: i + 1], 1, lambda cos, entries: cos)[0, 0])
             if iou > float(self.ious[nearest]):
                 self._drop(nearest)
                 self._append(keys[i], features[i], pos[i], iou)
