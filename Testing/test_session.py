@@ -200,3 +200,149 @@ def test_session_out_of_memory_on_the_device_falls_back_to_cpu(ct_volume, tiny_m
         assert s.device.type == "cpu"
         assert "continuing on the CPU" in caplog.text
         assert mask.shape == s.slice_shape
+
+
+def count_track_steps(model):
+    """Batch size of every model.track_step call."""
+    calls = []
+    track_step = model.track_step
+
+    def counting(frame_idx, image, *args, **kwargs):
+        calls.append(image.features.shape[0])
+        return track_step(frame_idx, image, *args, **kwargs)
+    model.track_step = counting
+    return calls
+
+
+# one click (multimask output), box + two clicks, a box: different lengths, padded in the batch
+SEVERAL = {1: ([(60, 50, True)], None),
+           2: ([(40, 40, True), (90, 70, False)], (20, 20, 100, 80)),
+           3: ((), (30, 30, 80, 70))}
+REFINE = {1: ([(70, 60, False)], None), 2: ([(50, 45, True)], None), 3: ([(45, 40, True), (60, 50, True)], None)}
+
+
+def assert_same_object(a, b, index):
+    """The same result on a slice, up to float noise (one bfloat16 step in the stored memory features)."""
+    assert np.array_equal(a.masks[index], b.masks[index])
+    assert torch.allclose(a.logits[index], b.logits[index], atol=1e-5)
+    memory_a, memory_b = (o.cond.get(index) or o.non_cond[index] for o in (a, b))
+    for got, expected in zip(vars(memory_a).values(), vars(memory_b).values()):
+        rtol = 2 ** -7 if got.dtype == torch.bfloat16 else 1e-5
+        assert torch.allclose(got.float(), expected.float(), rtol=rtol, atol=1e-5)
+
+
+def test_add_prompts_decodes_objects_together_as_one_at_a_time(ct_volume, tiny_model):
+    with Session(ct_volume, tiny_model, device="cpu") as alone, Session(ct_volume, tiny_model, device="cpu") as together:
+        for prompts in (SEVERAL, REFINE):  # the second round refines with the first round's logits
+            expected = {obj_id: alone.add_prompt(obj_id, 15, points, box) for obj_id, (points, box) in prompts.items()}
+            calls = count_track_steps(tiny_model)
+            masks = together.add_prompts(15, prompts)
+            del tiny_model.track_step
+            assert calls == [3], "one batched model call"
+            assert masks.keys() == expected.keys()
+            for obj_id in prompts:
+                assert np.array_equal(masks[obj_id], expected[obj_id])
+                assert together.objects[obj_id].prompts[15] == alone.objects[obj_id].prompts[15]
+                assert_same_object(together.objects[obj_id], alone.objects[obj_id], 15)
+
+
+def test_add_prompts_refuses_bad_input_and_changes_nothing(session):
+    session.add_prompt(1, 10, box=(20, 20, 100, 80))
+    before = session.objects[1].prompts[10]
+    with pytest.raises(InputError, match="outside"):
+        session.add_prompts(10, {1: ([(40, 40, True)], None), 2: ([(500, 10, True)], None)})
+    with pytest.raises(InputError, match="outside"):
+        session.add_prompt(1, 10, points=[(40, 40, True), (500, 10, True)])
+    with pytest.raises(InputError, match="no prompts"):
+        session.add_prompts(10, {})
+    assert session.objects[1].prompts[10] == before and set(session.objects) == {1}
+
+
+def test_propagation_tracks_objects_prompted_on_one_slice_in_lockstep(ct_volume, tiny_model):
+    with Session(ct_volume, tiny_model, device="cpu") as alone, Session(ct_volume, tiny_model, device="cpu") as together:
+        for s in (alone, together):
+            s.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
+        expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], start=9, stop=21, stop_after_absent=2)]
+        calls = count_track_steps(tiny_model)
+        results = list(together.propagate([1, 2], start=9, stop=21, stop_after_absent=2))
+        del tiny_model.track_step
+        seen = {(r.obj_id, r.index) for r in results}
+        assert seen == {(r.obj_id, r.index) for r in expected} and len(seen) == len(results)
+        for r in results:
+            assert_same_object(together.objects[r.obj_id], alone.objects[r.obj_id], r.index)
+        both = [i for i in range(9, 22) if (1, i) in seen and (2, i) in seen]
+        assert both and calls.count(2) == len(both), "one batched call per slice both objects reach"
+        assert len(calls) == len({r.index for r in results})
+        assert not together.objects[1].dirty and not together.objects[2].dirty
+
+
+def test_propagation_in_lockstep_falls_back_where_memories_differ(ct_volume, tiny_model):
+    with Session(ct_volume, tiny_model, device="cpu") as alone, Session(ct_volume, tiny_model, device="cpu") as together:
+        for s in (alone, together):
+            s.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
+            list(s.propagate([1], direction="up", stop=18, stop_after_absent=0))  # only object 1 remembers 16-18
+            s.add_prompt(1, 15, points=[(70, 60, False)])
+        expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], start=12, stop=18, stop_after_absent=0)]
+        calls = count_track_steps(tiny_model)
+        results = list(together.propagate([1, 2], start=12, stop=18, stop_after_absent=0))
+        del tiny_model.track_step
+        assert calls == [1] * 6 + [2] * 3, "one by one up to 18, together from 14 down (same memories again)"
+        assert sorted((r.obj_id, r.index) for r in results) == sorted((r.obj_id, r.index) for r in expected)
+        for r in results:
+            assert_same_object(together.objects[r.obj_id], alone.objects[r.obj_id], r.index)
+
+
+def fake_tracking(session, present_ids):
+    """Replace the model's tracking: objects in `present_ids` are present, others absent; records the batches."""
+    batches = []
+
+    def track_slice(objs, index, step):
+        ids = [next(i for i, o in session.objects.items() if o is obj) for obj in objs]
+        batches.append(ids)
+        return [(np.ones(session.slice_shape, bool), obj_id in present_ids) for obj_id in ids]
+    session._track_slice = track_slice
+    return batches
+
+
+def test_propagation_in_lockstep_objects_stop_on_their_own(session):
+    session.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
+    batches = fake_tracking(session, present_ids={2})
+    results = list(session.propagate(direction="up", stop=19, stop_after_absent=2))
+    assert [(r.obj_id, r.index) for r in results] == [(1, 16), (2, 16), (1, 17), (2, 17), (2, 18), (2, 19)]
+    assert batches == [[1, 2], [1, 2], [2], [2]]
+
+
+def test_propagation_in_lockstep_cancels_between_slices(session):
+    session.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
+    batches = fake_tracking(session, present_ids={1, 2})
+    cancel = threading.Event()
+    seen = []
+    for result in session.propagate(direction="up", stop_after_absent=0, cancel=cancel):
+        seen.append((result.obj_id, result.index))
+        if len(seen) == 3:
+            cancel.set()
+    assert seen == [(1, 16), (2, 16), (1, 17), (2, 17)], "the slice under way is finished"
+    assert batches == [[1, 2], [1, 2]]
+    assert session.objects[1].dirty == session.objects[2].dirty == {15}
+
+
+@pytest.mark.parametrize("strategy", ["hybrid", "box-chain"])
+def test_objects_together_as_one_at_a_time_with_the_bank(ct_volume, tiny_model, strategy):
+    from samed2.bank import ConfidenceBank, image_key
+
+    with Session(ct_volume, tiny_model, device="cpu") as s:  # a one-entry bank from a real slice's memory
+        s.add_prompt(1, 20, box=(20, 20, 100, 80))
+        memory = s.objects[1].cond[20]
+        bank = ConfidenceBank(image_key(s.cache.get(20, "cpu").features), memory.features, memory.pos,
+                              torch.tensor([0.9]))
+    with Session(ct_volume, tiny_model, device="cpu", bank=bank, strategy=strategy) as alone, \
+            Session(ct_volume, tiny_model, device="cpu", bank=bank, strategy=strategy) as together:
+        prompts = {obj_id: SEVERAL[obj_id] for obj_id in (2, 3)}
+        for obj_id, (points, box) in prompts.items():
+            alone.add_prompt(obj_id, 15, points, box)
+        together.add_prompts(15, prompts)
+        expected = [r for obj_id in (2, 3) for r in alone.propagate([obj_id], start=12, stop=18, stop_after_absent=0)]
+        results = list(together.propagate([2, 3], start=12, stop=18, stop_after_absent=0))
+        assert sorted((r.obj_id, r.index) for r in results) == sorted((r.obj_id, r.index) for r in expected)
+        for obj_id, index in [(r.obj_id, r.index) for r in results] + [(2, 15), (3, 15)]:
+            assert_same_object(together.objects[obj_id], alone.objects[obj_id], index)

@@ -7,11 +7,13 @@ ahead of the user in the background.
 """
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import volume as vol
 from .bank import ConfidenceBank
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("track", "box-chain", "hybrid")
 DIRECTIONS = ("up", "down", "both")
 DEFAULT_CACHE_BYTES = 2 * 1024 ** 3
-POSITIVE, NEGATIVE, TOP_LEFT, BOTTOM_RIGHT = 1, 0, 2, 3
+POSITIVE, NEGATIVE, TOP_LEFT, BOTTOM_RIGHT, PAD = 1, 0, 2, 3, -1
 
 
 @dataclass
@@ -58,6 +60,56 @@ class SliceResult:
     index: int
     mask: np.ndarray
     present: bool
+
+
+@dataclass
+class StepInput:
+    """One object's inputs to a tracking step on a slice."""
+    cond: Dict[int, FrameMemory]
+    non_cond: Dict[int, FrameMemory]
+    reverse: bool = False
+    first: bool = False  # a first prompt on the slice: no frame memory (SAM 2's initial conditioning frame)
+    prompt: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # coords (1, k, 2), labels (1, k)
+    previous: Optional[torch.Tensor] = None  # logits of the slice's earlier prompts
+
+    def key(self):
+        """Steps with equal keys run as one batch."""
+        return (frozenset(self.cond), frozenset(self.non_cond), self.reverse, self.first, self.prompt is None,
+                self.previous is None)
+
+
+class StackedMemory(Mapping):
+    """Memories of several objects for the same frames, read as one batch (stacked when read)."""
+
+    def __init__(self, memories: List[Dict[int, FrameMemory]]):
+        self.memories = memories
+
+    def __getitem__(self, frame: int) -> FrameMemory:
+        return FrameMemory.cat([m[frame] for m in self.memories])
+
+    def __iter__(self):
+        return iter(self.memories[0])
+
+    def __len__(self):
+        return len(self.memories[0])
+
+
+def grouped(items, key) -> List[list]:
+    """Items with equal keys together, groups in order of first appearance."""
+    groups = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return list(groups.values())
+
+
+def pad_prompts(prompts):
+    """(coords (1, k, 2), labels (1, k)) prompts as one batch, padded as SAM pads (point (0, 0), label -1),
+    and the prompts' lengths (None when all are alike)."""
+    lengths = [labels.shape[1] for _, labels in prompts]
+    longest = max(lengths)
+    coords = torch.cat([F.pad(c, (0, 0, 0, longest - c.shape[1])) for c, _ in prompts])
+    labels = torch.cat([F.pad(lab, (0, longest - lab.shape[1]), value=PAD) for _, lab in prompts])
+    return coords, labels, lengths if len(set(lengths)) > 1 else None
 
 
 class Session:
@@ -219,19 +271,35 @@ class Session:
 
         Points accumulate per slice; a box replaces the slice's box; `replace` starts the slice over.
         """
+        return self.add_prompts(index, {obj_id: (points, box)}, replace)[obj_id]
+
+    def add_prompts(self, index: int, prompts: Dict[int, tuple], replace: bool = False) -> Dict[int, np.ndarray]:
+        """Prompts of several objects on one slice, {obj_id: (points, box)} as in add_prompt, decoded
+        together; returns each object's new mask. If any prompt is invalid, nothing changes."""
         self._check_index(index)
-        obj = self._object(obj_id)
-        prompts = SlicePrompts() if replace or index not in obj.prompts else obj.prompts[index]
+        if not prompts:
+            raise InputError("no prompts given")
+        merged = {obj_id: self._merged_prompts(obj_id, index, points, box, replace)
+                  for obj_id, (points, box) in prompts.items()}
+        objs = {obj_id: self._object(obj_id) for obj_id in merged}
+        for obj_id, slice_prompts in merged.items():
+            objs[obj_id].prompts[index] = slice_prompts
+        return self._call(self._predict_prompted, objs, index, replace)
+
+    def _merged_prompts(self, obj_id: int, index: int, points, box, replace: bool) -> SlicePrompts:
+        """The object's prompts on the slice with these added (checked; the object is not changed)."""
+        obj = self.objects.get(obj_id)
+        old = None if replace or obj is None else obj.prompts.get(index)
+        merged = SlicePrompts() if old is None else SlicePrompts(list(old.points), old.box)
         for x, y, positive in points:
             self._check_point(x, y)
-            prompts.points.append((float(x), float(y), bool(positive)))
+            merged.points.append((float(x), float(y), bool(positive)))
         if box is not None:
             vol.slice_box_to_model(box, self.slice_shape, self.image_size)  # validates the box
-            prompts.box = tuple(float(v) for v in box)
-        if not prompts.points and prompts.box is None:
+            merged.box = tuple(float(v) for v in box)
+        if not merged.points and merged.box is None:
             raise InputError("a prompt needs at least one point or a box")
-        obj.prompts[index] = prompts
-        return self._call(self._predict_prompted, obj, index, replace)
+        return merged
 
     def _check_point(self, x: float, y: float) -> None:
         rows, cols = self.slice_shape
@@ -251,24 +319,48 @@ class Session:
         return (torch.tensor([coords], dtype=torch.float32, device=self.device),
                 torch.tensor([labels], dtype=torch.int32, device=self.device))
 
-    def _predict_prompted(self, obj: TrackedObject, index: int, restart: bool) -> np.ndarray:
+    def _predict_prompted(self, objs: Dict[int, TrackedObject], index: int, restart: bool) -> Dict[int, np.ndarray]:
         image = self._embedding(index)
-        tracked = index in obj.non_cond
-        cond = {t: m for t, m in obj.cond.items() if t != index}
-        non_cond = {t: m for t, m in obj.non_cond.items() if t != index}
-        previous = None if restart or index not in obj.logits else obj.logits[index]
-        coords, labels = self._prompt_tensors(obj.prompts[index])
+        steps = [self._prompted_step(obj, index, restart) for obj in objs.values()]
         with torch.no_grad(), autocast(self.device):
-            pred, memory = self.model.track_step(
-                index, image, cond, non_cond, self.num_slices, coords, labels,
-                prev_mask_logits=previous, reverse=obj.reverse.get(index, False),
-                is_init_cond_frame=not tracked,
-                extra_memory=self._bank_memory(image) if not tracked or self.strategy == "hybrid" else None)
-        obj.non_cond.pop(index, None)
-        obj.locked.discard(index)
-        obj.cond[index] = memory.stored()
-        obj.dirty.add(index)
-        return self._store(obj, index, pred)
+            outputs = self._track(index, image, steps)
+        masks = {}
+        for (obj_id, obj), (pred, memory) in zip(objs.items(), outputs):
+            obj.non_cond.pop(index, None)
+            obj.locked.discard(index)
+            obj.cond[index] = memory.stored()
+            obj.dirty.add(index)
+            masks[obj_id] = self._store(obj, index, pred)
+        return masks
+
+    def _prompted_step(self, obj: TrackedObject, index: int, restart: bool) -> StepInput:
+        def others(frames):
+            return {t: m for t, m in frames.items() if t != index}
+        return StepInput(others(obj.cond), others(obj.non_cond), obj.reverse.get(index, False),
+                         first=index not in obj.non_cond, prompt=self._prompt_tensors(obj.prompts[index]),
+                         previous=None if restart else obj.logits.get(index))
+
+    def _track(self, index: int, image: ImageFeatures, steps: List[StepInput]) -> List[Tuple[Prediction, FrameMemory]]:
+        """Each step's (Prediction, FrameMemory), with one model call per group of steps with equal keys."""
+        outputs = {}
+        for group in grouped(range(len(steps)), lambda i: steps[i].key()):
+            outputs.update(zip(group, self._track_batch(index, image, [steps[i] for i in group])))
+        return [outputs[i] for i in range(len(steps))]
+
+    def _track_batch(self, index: int, image: ImageFeatures, steps: List[StepInput]):
+        """One model call for steps with equal keys: each step's (Prediction, FrameMemory)."""
+        n, like = len(steps), steps[0]
+        points = labels = lengths = None
+        if like.prompt is not None:
+            points, labels, lengths = pad_prompts([s.prompt for s in steps])
+        previous = None if like.previous is None else torch.cat([s.previous for s in steps])
+        extra = self._bank_memory(image) if like.first or self.strategy == "hybrid" else None
+        pred, memory = self.model.track_step(
+            index, image.expand(n), StackedMemory([s.cond for s in steps]), StackedMemory([s.non_cond for s in steps]),
+            self.num_slices, points, labels, prev_mask_logits=previous, reverse=like.reverse,
+            is_init_cond_frame=like.first, num_points=lengths,
+            extra_memory=None if extra is None else tuple(x.expand(n, -1, -1) for x in extra))
+        return [(pred.select(slice(i, i + 1)), memory.select(slice(i, i + 1))) for i in range(n)]
 
     def _bank_memory(self, image: ImageFeatures):
         """SAMed-2's bank memory for one slice: its best entry by similarity + confidence."""
@@ -331,6 +423,8 @@ class Session:
         time) outward, up to the limits [start, stop], the next prompted or hand-edited slice (half
         way to it when going both ways), or `stop_after_absent` consecutive slices where the object
         is predicted absent. `cancel` is checked between slices; results so far are kept.
+        Objects with the same walks (prompted on the same slices) are tracked together, one batched
+        model call per slice, so their results interleave slice by slice.
         """
         if direction not in DIRECTIONS:
             raise InputError(f"unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
@@ -341,14 +435,15 @@ class Session:
             if obj is None or not any(low <= f <= high for f in obj.fixed()):
                 raise InputError(f"object {obj_id} has no prompted slice between slices {low} and {high} "
                                  "to propagate from")
-        for obj_id in ids:
-            obj = self.objects[obj_id]
-            for walk in self._walks(obj, direction, low, high):
-                for result in self._run_walk(obj_id, obj, walk, stop_after_absent, cancel):
-                    yield result
+        walks = {obj_id: self._walks(self.objects[obj_id], direction, low, high) for obj_id in ids}
+        for group in grouped(ids, lambda obj_id: tuple(walks[obj_id])):  # objects with the same walks in lockstep
+            objs = {obj_id: self.objects[obj_id] for obj_id in group}
+            for walk in walks[group[0]]:
+                yield from self._run_walk(objs, walk, stop_after_absent, cancel)
                 if cancel is not None and cancel.is_set():
                     return
-            obj.dirty.clear()
+            for obj in objs.values():
+                obj.dirty.clear()
 
     def _limits(self, start, stop) -> Tuple[int, int]:
         low = 0 if start is None else start
@@ -381,36 +476,39 @@ class Session:
                 walks.append((seed, -1, max(end, low)))
         return walks
 
-    def _run_walk(self, obj_id, obj, walk, stop_after_absent, cancel) -> Iterator[SliceResult]:
+    def _run_walk(self, objs: Dict[int, TrackedObject], walk, stop_after_absent, cancel) -> Iterator[SliceResult]:
+        """One walk of several objects together, one job per slice; each object stops on its own."""
         seed, step, last = walk
-        absent = 0
+        active, absent = dict(objs), dict.fromkeys(objs, 0)
         for index in range(seed + step, last + step, step):
-            if cancel is not None and cancel.is_set():
+            if not active or (cancel is not None and cancel.is_set()):
                 return
-            mask, present = self._call(self._track_slice, obj, index, step)
-            yield SliceResult(obj_id, index, mask, present)
-            absent = 0 if present else absent + 1
-            if stop_after_absent and absent >= stop_after_absent:
-                return
-            if self.strategy == "box-chain" and not mask.any():
-                return
+            results = self._call(self._track_slice, list(active.values()), index, step)
+            for obj_id, (mask, present) in zip(list(active), results):
+                yield SliceResult(obj_id, index, mask, present)
+                absent[obj_id] = 0 if present else absent[obj_id] + 1
+                if (stop_after_absent and absent[obj_id] >= stop_after_absent) or \
+                        (self.strategy == "box-chain" and not mask.any()):
+                    del active[obj_id]
 
-    def _track_slice(self, obj: TrackedObject, index: int, step: int):
+    def _track_slice(self, objs: List[TrackedObject], index: int, step: int) -> List[Tuple[np.ndarray, bool]]:
+        """Track objects onto a slice: each one's (mask, present)."""
         reverse = step < 0
         image = self._embedding(index)
         if 0 <= index + step < self.num_slices and index + step not in self.cache:
             self._worker.submit(self._encode_ahead, [self._group(index + step)], priority=BACKGROUND)
         with torch.no_grad(), autocast(self.device):
             if self.strategy == "box-chain":
-                pred, memory = self._box_chain_step(obj, index, step, image)
+                outputs = [self._box_chain_step(obj, index, step, image) for obj in objs]
             else:
-                extra = self._bank_memory(image) if self.strategy == "hybrid" else None
-                pred, memory = self.model.track_step(index, image, obj.cond, obj.non_cond, self.num_slices,
-                                                     reverse=reverse, extra_memory=extra)
-        obj.non_cond[index] = memory.stored()
-        obj.reverse[index] = reverse
-        mask = self._store(obj, index, pred)
-        return mask, bool((pred.object_score_logits > 0).all()) and mask.any()
+                outputs = self._track(index, image, [StepInput(obj.cond, obj.non_cond, reverse) for obj in objs])
+        results = []
+        for obj, (pred, memory) in zip(objs, outputs):
+            obj.non_cond[index] = memory.stored()
+            obj.reverse[index] = reverse
+            mask = self._store(obj, index, pred)
+            results.append((mask, bool((pred.object_score_logits > 0).all()) and mask.any()))
+        return results
 
     def _box_chain_step(self, obj: TrackedObject, index: int, step: int, image: ImageFeatures):
         """SAMed-2's image mode: the previous slice's mask box as the prompt, with bank memory."""
@@ -421,9 +519,8 @@ class Session:
             return pred, self.model.frame_memory(image, pred, from_points=False)
         rows, cols = np.nonzero(previous)
         box = (cols.min(), rows.min(), cols.max(), rows.max())
-        coords, labels = self._prompt_tensors(SlicePrompts(box=box))
-        return self.model.track_step(index, image, {}, {}, self.num_slices, coords, labels,
-                                     is_init_cond_frame=True, extra_memory=self._bank_memory(image))
+        prompt = self._prompt_tensors(SlicePrompts(box=box))
+        return self._track_batch(index, image, [StepInput({}, {}, first=True, prompt=prompt)])[0]
 
     # ---- results --------------------------------------------------------------------------
 

@@ -58,13 +58,16 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def _attend(self, q, k, v):
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
+    def _attend(self, q, k, v, key_mask=None):
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, Nk) True = attended
+        dropout = self.dropout_p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 
-    def forward(self, q, k, v):
-        return self._attend(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v)))
+    def forward(self, q, k, v, key_mask=None):
+        return self._attend(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v)),
+                            key_mask)
 
 
 def axial_rope_angles(dim: int, width: int, height: int, theta: float) -> torch.Tensor:

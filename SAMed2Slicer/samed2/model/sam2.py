@@ -3,8 +3,8 @@
 Tensors are kept image-shaped (B, C, H, W) or batch-first token sequences (B, N, C); state
 dict keys follow the official layout so official checkpoints load strictly.
 """
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, fields
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,11 @@ class ImageFeatures:
         return ImageFeatures([x.to(**kwargs) for x in self.high_res], self.features.to(**kwargs),
                              self.pos.to(**kwargs))
 
+    def expand(self, n: int) -> "ImageFeatures":
+        """One image's features as a batch of n (views, no copies)."""
+        return ImageFeatures([x.expand(n, -1, -1, -1) for x in self.high_res], self.features.expand(n, -1, -1, -1),
+                             self.pos.expand(n, -1, -1, -1))
+
 
 @dataclass
 class Prediction:
@@ -44,6 +49,9 @@ class Prediction:
     obj_ptr: torch.Tensor  # (B, C)
     object_score_logits: torch.Tensor  # (B, 1)
     high_res_masks: Optional[torch.Tensor] = None  # (B, 1, S, S) when not just an upsampling
+
+    def select(self, rows) -> "Prediction":
+        return _select_rows(self, rows)
 
 
 @dataclass
@@ -57,6 +65,20 @@ class FrameMemory:
     def stored(self) -> "FrameMemory":
         """The compact form kept between frames: features in bfloat16, as SAM 2's video predictor keeps them."""
         return FrameMemory(self.features.to(torch.bfloat16), self.pos, self.obj_ptr)
+
+    def select(self, rows) -> "FrameMemory":
+        return _select_rows(self, rows)
+
+    @staticmethod
+    def cat(memories: List["FrameMemory"]) -> "FrameMemory":
+        """Several objects' memories of one frame as one batch."""
+        return FrameMemory(*(torch.cat([getattr(m, f.name) for m in memories]) for f in fields(FrameMemory)))
+
+
+def _select_rows(batch, rows):
+    """A batch dataclass cut to some of its rows (a slice keeps the batch dimension)."""
+    values = (getattr(batch, f.name) for f in fields(batch))
+    return type(batch)(*(None if x is None else x[rows] for x in values))
 
 
 class SAM2Model(nn.Module):
@@ -146,12 +168,15 @@ class SAM2Model(nn.Module):
     # ---- prompts -> masks -----------------------------------------------------------------
 
     def decode(self, features: torch.Tensor, high_res: list, points=None, labels=None, boxes=None,
-               mask_inputs=None, multimask: bool = False) -> Prediction:
+               mask_inputs=None, multimask=False, num_points=None) -> Prediction:
         """Prompt encoder + mask decoder on (memory-conditioned) features.
 
         points (B, N, 2) and boxes (B, 4) are in model-input pixels; labels (B, N) use the
         prompt encoder's codes (1 positive, 0 negative, 2/3 box corners, -1 padding).
         mask_inputs (B, 1, H, W) are mask logits used as a dense prompt.
+        multimask: a bool, or a (B,) bool tensor choosing per row (see MaskDecoder.forward).
+        num_points (B,): each row's own number of points when rows of different lengths were padded
+        to N with -1; the padding is hidden from attention, so each row decodes as if alone.
         """
         b = features.shape[0]
         if points is None and boxes is None:
@@ -166,15 +191,20 @@ class SAM2Model(nn.Module):
         sparse, dense = self.sam_prompt_encoder(
             points=(points, labels) if points is not None else None, boxes=boxes, masks=dense_prompt,
             batch_size=b)
+        keep = None
+        if num_points is not None:  # the tokens after the N points (SAM's own padding, a box) stay
+            position = torch.arange(sparse.shape[1], device=sparse.device)
+            counts = torch.as_tensor(num_points, device=sparse.device)
+            keep = (position >= points.shape[1]) | (position < counts[:, None])
         masks, ious, tokens, obj_score = self.sam_mask_decoder(
             features, self.sam_prompt_encoder.dense_pe(), sparse, dense, multimask_output=multimask,
-            high_res_features=high_res or None)
+            high_res_features=high_res or None, sparse_mask=keep)
         if self.pred_obj_scores:
             masks = torch.where(obj_score[:, :, None, None] > 0, masks, NO_OBJECT_SCORE)
         masks = masks.float()
         token = tokens[:, 0]
         best = masks
-        if multimask:
+        if torch.is_tensor(multimask) or multimask:
             rows = torch.arange(b, device=masks.device)
             pick = torch.argmax(ious, dim=-1)
             best = masks[rows, pick].unsqueeze(1)
@@ -340,16 +370,22 @@ class SAM2Model(nn.Module):
     def track_step(self, frame_idx: int, image: ImageFeatures, cond: Dict[int, FrameMemory],
                    non_cond: Dict[int, FrameMemory], num_frames: int, points=None, labels=None,
                    mask_inputs=None, prev_mask_logits=None, reverse: bool = False,
-                   is_init_cond_frame: bool = False, run_memory_encoder: bool = True, extra_memory=None):
-        """One frame of SAM 2 tracking. Returns (Prediction, FrameMemory or None)."""
+                   is_init_cond_frame: bool = False, run_memory_encoder: bool = True, extra_memory=None,
+                   num_points=None):
+        """One frame of SAM 2 tracking. Returns (Prediction, FrameMemory or None).
+
+        num_points: each row's own number of points, for rows padded with -1 (see decode).
+        """
         if mask_inputs is not None and self.mask_input_as_output:
             pred = self.mask_as_output(image, mask_inputs)
         else:
             pix = self.conditioned_features(frame_idx, image, cond, non_cond, num_frames, reverse,
                                             is_init_cond_frame, extra_memory)
-            num_points = 0 if labels is None else labels.shape[1]
+            counts = num_points or [0 if labels is None else labels.shape[1]]
+            rows = [self.use_multimask(is_init_cond_frame, n) for n in counts]
+            multimask = rows[0] if len(set(rows)) == 1 else torch.tensor(rows, device=pix.device)
             pred = self.decode(pix, image.high_res, points, labels, mask_inputs=prev_mask_logits,
-                               multimask=self.use_multimask(is_init_cond_frame, num_points))
+                               multimask=multimask, num_points=num_points)
         if not run_memory_encoder:
             return pred, None
         return pred, self.frame_memory(image, pred, from_points=points is not None)

@@ -117,17 +117,18 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate=downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries, keys, query_pe, key_pe):
+    def forward(self, queries, keys, query_pe, key_pe, token_mask=None):
+        """token_mask (B, N_tokens): tokens other tokens and the image may attend to (None: all)."""
         if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
+            queries = self.self_attn(queries, queries, queries, token_mask)
         else:
             q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
+            queries = queries + self.self_attn(q, q, queries, token_mask)
         queries = self.norm1(queries)
         k = keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries, token_mask))
         return queries, keys
 
 
@@ -140,12 +141,12 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image, image_pe, point_embedding):
+    def forward(self, image, image_pe, point_embedding, token_mask=None):
         keys = image.flatten(2).permute(0, 2, 1)
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries = point_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+            queries, keys = layer(queries, keys, point_embedding, key_pe, token_mask)
         attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
 
@@ -188,30 +189,46 @@ class MaskDecoder(nn.Module):
         self.stability_delta = dynamic_multimask_stability_delta
         self.stability_thresh = dynamic_multimask_stability_thresh
 
-    def forward(self, image_embeddings, image_pe, sparse, dense, multimask_output: bool, high_res_features=None):
-        """Returns masks (B, M, 4h, 4w), ious (B, M), output tokens (B, M', C), object score (B, 1)."""
-        masks, ious, mask_tokens, obj_score = self._predict(image_embeddings, image_pe, sparse, dense,
-                                                           high_res_features)
-        if multimask_output:
-            masks, ious = masks[:, 1:], ious[:, 1:]
-        elif self.dynamic_multimask and not self.training:
-            masks, ious = self._select_stable(masks, ious)
-        else:
-            masks, ious = masks[:, :1], ious[:, :1]
-        tokens = mask_tokens[:, 1:] if multimask_output and self.use_multimask_token_for_obj_ptr else mask_tokens[:, :1]
-        return masks, ious, tokens, obj_score
+    def forward(self, image_embeddings, image_pe, sparse, dense, multimask_output, high_res_features=None,
+                sparse_mask=None):
+        """Returns masks (B, M, 4h, 4w), ious (B, M), output tokens (B, M', C), object score (B, 1).
 
-    def _predict(self, image, image_pe, sparse, dense, high_res_features):
+        multimask_output is a bool, or a (B,) bool tensor choosing per row: then a single-output row
+        repeats its one output in all M places (so the best of them is that output).
+        sparse_mask (B, N) hides prompt tokens from attention (False = hidden).
+        """
+        masks, ious, mask_tokens, obj_score = self._predict(image_embeddings, image_pe, sparse, dense,
+                                                           high_res_features, sparse_mask)
+        if not torch.is_tensor(multimask_output):
+            pick = self._multimask if multimask_output else self._single_mask
+            return (*pick(masks, ious, mask_tokens), obj_score)
+        rows = multimask_output
+        both = zip(self._multimask(masks, ious, mask_tokens), self._single_mask(masks, ious, mask_tokens))
+        return (*(torch.where(rows.reshape(-1, *[1] * (m.dim() - 1)), m, s) for m, s in both), obj_score)
+
+    def _multimask(self, masks, ious, mask_tokens):
+        tokens = mask_tokens[:, 1:] if self.use_multimask_token_for_obj_ptr else mask_tokens[:, :1]
+        return masks[:, 1:], ious[:, 1:], tokens
+
+    def _single_mask(self, masks, ious, mask_tokens):
+        if self.dynamic_multimask and not self.training:
+            return (*self._select_stable(masks, ious), mask_tokens[:, :1])
+        return masks[:, :1], ious[:, :1], mask_tokens[:, :1]
+
+    def _predict(self, image, image_pe, sparse, dense, high_res_features, sparse_mask=None):
         heads = [self.iou_token.weight, self.mask_tokens.weight]
         if self.pred_obj_scores:
             heads.insert(0, self.obj_score_token.weight)
         first = 1 if self.pred_obj_scores else 0
         tokens = torch.cat(heads, dim=0).unsqueeze(0).expand(sparse.shape[0], -1, -1)
+        token_mask = None
+        if sparse_mask is not None:
+            token_mask = torch.cat([sparse_mask.new_ones(sparse.shape[0], tokens.shape[1]), sparse_mask], dim=1)
         tokens = torch.cat([tokens, sparse], dim=1)
         src = image + dense
         b, c, h, w = src.shape
         pos = image_pe.expand(b, -1, -1, -1)
-        hs, src = self.transformer(src, pos, tokens)
+        hs, src = self.transformer(src, pos, tokens, token_mask)
         iou_token = hs[:, first]
         mask_tokens = hs[:, first + 1: first + 1 + self.num_mask_tokens]
         src = src.transpose(1, 2).reshape(b, c, h, w)
