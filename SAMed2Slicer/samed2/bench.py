@@ -301,36 +301,57 @@ def reference_click(b: Bench, model, bank, key_list, image: torch.Tensor, prompt
     return stages
 
 
+@dataclass
+class Case:
+    """A model with its inputs: two adjacent slices, the first one's cached embedding, a click."""
+
+    model: SAM2Model
+    pair: torch.Tensor
+    image: ImageFeatures
+    prompt: tuple
+
+
+def make_case(b: Bench, model: SAM2Model) -> Case:
+    size = model.image_size
+    pair = b.slices([b.center, b.center + 1], size, "none")
+    image = as_cached(model.encode_images(pair).select(slice(0, 1)))  # also the warm-up
+    return Case(model, pair, image, b.click(size))
+
+
 def samed2_rows(b: Bench) -> List[Row]:
     s = b.settings
-    b.log(f"SAMed-2 at {s.image_size}: clicks, pair encoding, bank of {s.bank_entries}")
+    b.log(f"SAMed-2 at {s.image_size} (and {s.fast_size}, the fast mode): clicks, pair encoding, "
+          f"bank of {s.bank_entries}")
     model = sized_model(SAMED2, s.image_size, seed=s.seed).to(b.device)
-    pair = b.slices([b.center, b.center + 1], s.image_size, "none")
-    prompt = b.click(s.image_size)
+    full = make_case(b, model)
+    fast = make_case(b, sized_model(SAMED2, s.fast_size, state=model.state_dict()).to(b.device))
     bank = random_bank(s.bank_entries, model, s.seed, b.device)
     keys_at = bank.keys.data_ptr()
-    image = as_cached(model.encode_images(pair).select(slice(0, 1)))  # also the warm-up
-    med = time_samed2(b, model, bank, pair, image, prompt)
+    med = time_samed2(b, full, fast, bank)
     restacked = bank.keys.data_ptr() != keys_at
     rows = [click_row(b, med), bank_click_row(b, med), pair_row(med), bank_row(b, bank, med, restacked)]
-    full_mask = our_click(b, model, image, prompt)
     del bank
-    return rows + [fast_mode_row(b, model.state_dict(), med, full_mask), bf16_row(b)]
+    return rows + [fast_mode_row(b, full, fast, med), bf16_row(b)]
 
 
-def time_samed2(b: Bench, model, bank, pair: torch.Tensor, image: ImageFeatures, prompt) -> Dict[str, float]:
-    """Medians of the reference's click stages, our bank click stages, pair encoding and plain clicks."""
+def time_samed2(b: Bench, full: Case, fast: Case, bank: ConfidenceBank) -> Dict[str, float]:
+    """Medians of the reference's click stages, our bank click stages, pair encoding and plain clicks,
+    full size and fast mode, interleaved run by run."""
+    model, image, prompt = full.model, full.image, full.prompt
     key_list = list(bank.keys.unbind(0))  # the reference keeps one key per entry (views here: no copy)
     reference_retrieve(key_list, bank.ious, image.features, 1)  # warm-up
     our_bank_click(b, model, bank, image, prompt)
     times: Dict[str, list] = {}
     for _ in range(b.settings.repeats):
-        for name, t in reference_click(b, model, bank, key_list, pair[:1], prompt).items():
+        for name, t in reference_click(b, model, bank, key_list, full.pair[:1], prompt).items():
             times.setdefault("ref_" + name, []).append(t)
-        times.setdefault("pair", []).append(b.clock.time(model.encode_images, pair)[0])
+        times.setdefault("pair", []).append(b.clock.time(model.encode_images, full.pair)[0])
+        times.setdefault("fast_pair", []).append(b.clock.time(fast.model.encode_images, fast.pair)[0])
         for name, t in our_bank_click(b, model, bank, image, prompt).items():
             times.setdefault(name, []).append(t)
-    times["click"] = [b.clock.time(our_click, b, model, image, prompt)[0] for _ in range(b.settings.clicks)]
+    for _ in range(b.settings.clicks):
+        for name, case in (("click", full), ("fast_click", fast)):
+            times.setdefault(name, []).append(b.clock.time(our_click, b, case.model, case.image, case.prompt)[0])
     return {name: median(values) for name, values in times.items()}
 
 
@@ -378,22 +399,15 @@ def bank_row(b: Bench, bank: ConfidenceBank, med: dict, restacked: bool) -> Row:
                         "key_device": str(bank.keys.device)})
 
 
-def fast_mode_row(b: Bench, state: dict, med: dict, full_mask: np.ndarray) -> Row:
+def fast_mode_row(b: Bench, full: Case, fast: Case, med: dict) -> Row:
     """The CPU fast mode: the same weights at a smaller input (MedSAM2's 512 px)."""
     s = b.settings
-    b.log(f"fast mode: SAMed-2 at {s.fast_size}")
-    model = sized_model(SAMED2, s.fast_size, state=state).to(b.device)
-    pair = b.slices([b.center, b.center + 1], s.fast_size, "none")
-    prompt = b.click(s.fast_size)
-    image = as_cached(model.encode_images(pair).select(slice(0, 1)))
-    pair_s = median([b.clock.time(model.encode_images, pair)[0] for _ in range(s.repeats)])
-    click_s = median([b.clock.time(our_click, b, model, image, prompt)[0] for _ in range(s.clicks)])
-    iou = mask_iou(our_click(b, model, image, prompt), full_mask)
+    iou = mask_iou(our_click(b, fast.model, fast.image, fast.prompt), our_click(b, full.model, full.image, full.prompt))
     return Row("fast_mode", f"CPU fast mode: {s.fast_size} px input instead of {s.image_size} px",
-               Measure(pair_s, "s", f"pair encoding at {s.fast_size} px"),
+               Measure(med["fast_pair"], "s", f"pair encoding at {s.fast_size} px"),
                Measure(med["pair"], "s", f"pair encoding at {s.image_size} px"),
-               med["pair"] / pair_s, "full / fast (encoder speed-up)", "documented speed and mask agreement",
-               details={"click_s": click_s, "full_click_s": med["click"], "mask_iou_vs_full": iou,
+               med["pair"] / med["fast_pair"], "full / fast (encoder speed-up)", "documented speed and mask agreement",
+               details={"click_s": med["fast_click"], "full_click_s": med["click"], "mask_iou_vs_full": iou,
                         "note": "native for models trained at 512 (MedSAM2); for 1024-trained models the mask "
                                 "IoU here (random weights) is no accuracy figure: measure with samed2 eval"})
 
@@ -665,7 +679,8 @@ def cpu_model() -> str:
 
 
 def machine(device: torch.device) -> dict:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+    info = {"cpu": cpu_model(), "cpu_family_model": f"{cpuinfo('cpu family')}/{cpuinfo('model')}",
+            "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "os": platform.platform(), "device": str(device),
             "cpu_features": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})}
