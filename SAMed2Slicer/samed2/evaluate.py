@@ -36,6 +36,7 @@ import numpy as np
 
 from .errors import InputError
 from .labelmap import atomic_output
+from .strategy import DEFAULT as DEFAULT_STRATEGY
 from .volume import Volume, get_slice, ijk_to_slice_coords
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class EvalSettings:
     axis: Optional[int] = None  # None: the voxel axis closest to axial
     preset: Optional[str] = None
     device: str = "auto"
-    strategy: str = "track"
+    strategy: str = DEFAULT_STRATEGY
     clicks: int = CLICKS
 
     def __post_init__(self):

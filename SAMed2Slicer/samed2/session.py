@@ -22,11 +22,11 @@ from .embedding_cache import STORAGE_DTYPE, EmbeddingCache
 from .errors import InputError
 from .model import FrameMemory, ImageFeatures, Prediction, SAM2Model
 from .presets import IntensityPreset, default_preset, get_preset
+from .strategy import DEFAULT as DEFAULT_STRATEGY, NEEDS_BANK, STRATEGIES
 from .worker import BACKGROUND, TorchWorker
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("track", "box-chain", "hybrid")
 DIRECTIONS = ("up", "down", "both")
 DEFAULT_CACHE_BYTES = 2 * 1024 ** 3
 POSITIVE, NEGATIVE, TOP_LEFT, BOTTOM_RIGHT, PAD = 1, 0, 2, 3, -1
@@ -115,10 +115,10 @@ def pad_prompts(prompts):
 class Session:
     def __init__(self, volume: vol.Volume, model: SAM2Model, axis: int = 2, preset=None, device: str = "auto",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, bank: Optional[ConfidenceBank] = None,
-                 strategy: str = "track", encode_batch: Optional[int] = None):
+                 strategy: str = DEFAULT_STRATEGY, encode_batch: Optional[int] = None):
         if strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if strategy != "track" and bank is None:
+        if strategy in NEEDS_BANK and bank is None:
             raise InputError(f"strategy {strategy!r} needs SAMed-2's confidence memory bank")
         self.volume, self.axis, self.strategy, self.bank = volume, vol.checked_axis(axis), strategy, bank
         self.device = pick_device(device)
