@@ -225,6 +225,9 @@ def assert_same_object(a, b, index):
     """The same result on a slice, up to float noise (one bfloat16 step in the stored memory features)."""
     assert np.array_equal(a.masks[index], b.masks[index])
     assert torch.allclose(a.logits[index], b.logits[index], atol=1e-5)
+    assert (index in a.pending) == (index in b.pending)
+    if index in a.pending:  # a prompted slice: its memory is encoded when propagation needs it
+        return
     memory_a, memory_b = (o.cond.get(index) or o.non_cond[index] for o in (a, b))
     for got, expected in zip(vars(memory_a).values(), vars(memory_b).values()):
         rtol = 2 ** -7 if got.dtype == torch.bfloat16 else 1e-5
@@ -332,7 +335,7 @@ def test_objects_together_as_one_at_a_time_with_the_bank(ct_volume, tiny_model, 
 
     with Session(ct_volume, tiny_model, device="cpu") as s:  # a one-entry bank from a real slice's memory
         s.add_prompt(1, 20, box=(20, 20, 100, 80))
-        memory = s.objects[1].cond[20]
+        memory = s.frame_memory(1, 20)
         bank = ConfidenceBank(image_key(s.cache.get(20, "cpu").features), memory.features, memory.pos,
                               torch.tensor([0.9]))
     with Session(ct_volume, tiny_model, device="cpu", bank=bank, strategy=strategy) as alone, \
@@ -346,3 +349,26 @@ def test_objects_together_as_one_at_a_time_with_the_bank(ct_volume, tiny_model, 
         assert sorted((r.obj_id, r.index) for r in results) == sorted((r.obj_id, r.index) for r in expected)
         for obj_id, index in [(r.obj_id, r.index) for r in results] + [(2, 15), (3, 15)]:
             assert_same_object(together.objects[obj_id], alone.objects[obj_id], index)
+
+
+def test_a_click_runs_no_memory_encoder_propagation_encodes_the_prompted_slice(ct_volume, tiny_model):
+    """Clicks decode only; the prompted slice's memory is encoded once, from its last prediction, when
+    propagation first needs it, and equals what encoding it at click time would give."""
+    encoded = []
+    hook = tiny_model.memory_encoder.register_forward_hook(lambda module, args, out: encoded.append(1))
+    try:
+        with Session(ct_volume, tiny_model, device="cpu") as s:
+            s.add_prompt(1, 15, box=(20, 20, 100, 80))
+            s.add_prompt(1, 15, points=[(60, 50, True)])
+            assert encoded == [] and 15 in s.objects[1].pending
+            image = s._call(s._embedding, 15)
+            with torch.no_grad():
+                expected = tiny_model.frame_memory(image, s.objects[1].pending[15], from_points=True).stored()
+            encoded.clear()
+            list(s.propagate(start=14, stop=16))
+            assert 15 not in s.objects[1].pending
+            assert len(encoded) == 1 + 2, "the prompted slice once, then each tracked slice"
+            memory = s.frame_memory(1, 15)
+    finally:
+        hook.remove()
+    assert torch.equal(memory.features, expected.features) and torch.equal(memory.obj_ptr, expected.obj_ptr)

@@ -42,6 +42,8 @@ class SlicePrompts:
 class TrackedObject:
     prompts: Dict[int, SlicePrompts] = field(default_factory=dict)
     cond: Dict[int, FrameMemory] = field(default_factory=dict)  # prompted or hand-edited slices
+    # prompted slices whose memory is not encoded yet: a click runs no memory encoder, propagation does
+    pending: Dict[int, Prediction] = field(default_factory=dict)
     non_cond: Dict[int, FrameMemory] = field(default_factory=dict)  # propagated slices
     logits: Dict[int, torch.Tensor] = field(default_factory=dict)  # low-res logits per slice
     masks: Dict[int, np.ndarray] = field(default_factory=dict)  # bool masks at slice size
@@ -51,7 +53,7 @@ class TrackedObject:
 
     def fixed(self) -> List[int]:
         """Slices propagation must not overwrite."""
-        return sorted(set(self.cond) | self.locked)
+        return sorted(set(self.cond) | set(self.pending) | self.locked)
 
 
 @dataclass
@@ -321,14 +323,16 @@ class Session:
 
     def _predict_prompted(self, objs: Dict[int, TrackedObject], index: int, restart: bool) -> Dict[int, np.ndarray]:
         image = self._embedding(index)
+        self._encode_pending([obj for obj in objs.values() if index in obj.non_cond])  # tracked: reads memory
         steps = [self._prompted_step(obj, index, restart) for obj in objs.values()]
         with torch.no_grad(), autocast(self.device):
-            outputs = self._track(index, image, steps)
+            outputs = self._track(index, image, steps, encode_memory=False)
         masks = {}
-        for (obj_id, obj), (pred, memory) in zip(objs.items(), outputs):
+        for (obj_id, obj), (pred, _) in zip(objs.items(), outputs):
             obj.non_cond.pop(index, None)
+            obj.cond.pop(index, None)
             obj.locked.discard(index)
-            obj.cond[index] = memory.stored()
+            obj.pending[index] = pred
             obj.dirty.add(index)
             masks[obj_id] = self._store(obj, index, pred)
         return masks
@@ -340,15 +344,16 @@ class Session:
                          first=index not in obj.non_cond, prompt=self._prompt_tensors(obj.prompts[index]),
                          previous=None if restart else obj.logits.get(index))
 
-    def _track(self, index: int, image: ImageFeatures, steps: List[StepInput]) -> List[Tuple[Prediction, FrameMemory]]:
-        """Each step's (Prediction, FrameMemory), with one model call per group of steps with equal keys."""
+    def _track(self, index: int, image: ImageFeatures, steps: List[StepInput],
+               encode_memory: bool = True) -> List[Tuple[Prediction, Optional[FrameMemory]]]:
+        """Each step's (Prediction, FrameMemory or None), with one model call per group of steps with equal keys."""
         outputs = {}
         for group in grouped(range(len(steps)), lambda i: steps[i].key()):
-            outputs.update(zip(group, self._track_batch(index, image, [steps[i] for i in group])))
+            outputs.update(zip(group, self._track_batch(index, image, [steps[i] for i in group], encode_memory)))
         return [outputs[i] for i in range(len(steps))]
 
-    def _track_batch(self, index: int, image: ImageFeatures, steps: List[StepInput]):
-        """One model call for steps with equal keys: each step's (Prediction, FrameMemory)."""
+    def _track_batch(self, index: int, image: ImageFeatures, steps: List[StepInput], encode_memory: bool = True):
+        """One model call for steps with equal keys: each step's (Prediction, FrameMemory or None)."""
         n, like = len(steps), steps[0]
         points = labels = lengths = None
         if like.prompt is not None:
@@ -358,9 +363,28 @@ class Session:
         pred, memory = self.model.track_step(
             index, image.expand(n), StackedMemory([s.cond for s in steps]), StackedMemory([s.non_cond for s in steps]),
             self.num_slices, points, labels, prev_mask_logits=previous, reverse=like.reverse,
-            is_init_cond_frame=like.first, num_points=lengths,
+            is_init_cond_frame=like.first, num_points=lengths, run_memory_encoder=encode_memory,
             extra_memory=None if extra is None else tuple(x.expand(n, -1, -1) for x in extra))
-        return [(pred.select(slice(i, i + 1)), memory.select(slice(i, i + 1))) for i in range(n)]
+        return [(pred.select(slice(i, i + 1)), memory and memory.select(slice(i, i + 1))) for i in range(n)]
+
+    def frame_memory(self, obj_id: int, index: int) -> FrameMemory:
+        """The stored memory of an object's prompted, hand-edited or tracked slice (encoded now if pending)."""
+        obj = self.objects[obj_id]
+        if index in obj.pending:
+            self._call(self._encode_pending, [obj])
+        memory = obj.cond.get(index) or obj.non_cond.get(index)
+        if memory is None:
+            raise InputError(f"object {obj_id} has no result on slice {index}")
+        return memory
+
+    def _encode_pending(self, objs) -> None:
+        """Encode the memories of prompted slices, which tracking reads. Worker thread only."""
+        for obj in objs:
+            for index, pred in list(obj.pending.items()):
+                with torch.no_grad(), autocast(self.device):
+                    memory = self.model.frame_memory(self._embedding(index), pred, from_points=True)
+                obj.cond[index] = memory.stored()
+                del obj.pending[index]
 
     def _bank_memory(self, image: ImageFeatures):
         """SAMed-2's bank memory for one slice: its best entry by similarity + confidence."""
@@ -398,13 +422,14 @@ class Session:
             pred = self.model.mask_as_output(image, big.to(self.device))
             memory = self.model.frame_memory(image, pred, from_points=False)
         obj.non_cond.pop(index, None)
+        obj.pending.pop(index, None)
         obj.cond[index] = memory.stored()
         obj.logits[index] = pred.low_res_masks.float()
 
     def clear_slice(self, obj_id: int, index: int) -> None:
         """Forget the prompts, edits and result of one slice of an object."""
         obj = self._object(obj_id)
-        for store in (obj.prompts, obj.cond, obj.non_cond, obj.logits, obj.masks):
+        for store in (obj.prompts, obj.cond, obj.pending, obj.non_cond, obj.logits, obj.masks):
             store.pop(index, None)
         obj.locked.discard(index)
         obj.dirty.discard(index)
@@ -494,6 +519,7 @@ class Session:
     def _track_slice(self, objs: List[TrackedObject], index: int, step: int) -> List[Tuple[np.ndarray, bool]]:
         """Track objects onto a slice: each one's (mask, present)."""
         reverse = step < 0
+        self._encode_pending(objs)
         image = self._embedding(index)
         if 0 <= index + step < self.num_slices and index + step not in self.cache:
             self._worker.submit(self._encode_ahead, [self._group(index + step)], priority=BACKGROUND)
