@@ -3,7 +3,6 @@ click on the liver in the red view of the rotated, flipped CT (under a transform
 propagation both ways within limits fills exactly the slices in the limits, each with the
 liver, and stops there."""
 import numpy as np
-import pytest
 import SimpleITK as sitk
 from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (pytest fixtures)
 from test_slicer_logic import (  # noqa: F401 (pytest fixtures)
@@ -33,7 +32,6 @@ def inner_voxel(mask_2d):
     return int(columns[nearest]), int(rows[nearest])
 
 
-@pytest.mark.trained
 def test_mrml_propagation_with_the_trained_model_fills_the_liver_between_the_limits(
         ct, views, trained_model, data_dir):  # noqa: F811
     liver = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "totalseg" / "example_seg.nii.gz"))) == LIVER

@@ -1,9 +1,18 @@
 """A model trained during the test session on the shared CT, so behavioural tests have one that works.
 
 Random weights give meaningless masks. The `trained_model` fixture trains a shrunk SAMed-2 config
-(Hiera with temporal adapters, every part trainable from random init) with `samed2.train` on
-totalseg/example_ct_sm.nii.gz + example_seg.nii.gz, axial slices, holding out every 5th slice
-(k % 5 == 0) for measurement. Track-mode clips teach memory propagation and the object score.
+(Hiera with temporal adapters, 128 px input, every part trainable from random init) with
+`samed2.train` on totalseg/example_ct_sm.nii.gz + example_seg.nii.gz (liver and both kidneys), axial
+slices, holding out every 5th slice (k % 5 == 2: interleaved between training slices, away from the
+volume's ends) for measurement. It takes about 5 minutes on 2 CPU cores (one torch thread is as
+fast as two for a model this small).
+
+The recipe, found by measurement (README, "The test-trained model"): 40 % of the clips in image
+mode (every slice prompted: the box path), the rest tracked (the memory path); the memory encoder's
+mask path and the memory attention learn 30x and 2x faster than the rest (--lr-scale). Without
+that, the memory features of different objects stay nearly equal (0.4 % apart) after 700 steps and
+tracking follows the liver whatever object was prompted. Tracking small objects stays weak at this
+budget: the left kidney is followed onto the right one.
 
 The result is cached across sessions and runs under $SAMED2_TEST_CACHE, else the repository's
 git-ignored .cache/, in a folder named by a hash of the training and model code, this file, the
@@ -40,8 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "totalseg"
 IMAGE, LABELS = DATA / "example_ct_sm.nii.gz", DATA / "example_seg.nii.gz"
 LIVER, RIGHT_KIDNEY, LEFT_KIDNEY = 5, 2, 3
-TRAINED_LABELS = [LIVER, RIGHT_KIDNEY, LEFT_KIDNEY, 1, 6]  # + spleen and stomach, for variety
-HOLDOUT_EVERY, HOLDOUT_OFFSET = 5, 0
+TRAINED_LABELS = [LIVER, RIGHT_KIDNEY, LEFT_KIDNEY]
+HOLDOUT_EVERY, HOLDOUT_OFFSET = 5, 2
 NAME = "fixture"
 
 
@@ -75,12 +84,13 @@ def shrunk_samed2_config(image_size: int, embed_dim: int, stages: list, d_model:
 
 
 FIXTURE_CONFIG = shrunk_samed2_config(image_size=128, embed_dim=32, stages=[1, 2, 3, 1], d_model=128, mem_dim=64,
-                                      memory_layers=2, feedforward=512)
+                                      memory_layers=2, feedforward=512, dropout=0.0)
 FIXTURE_OPTIONS = dict(
     labels=[str(v) for v in TRAINED_LABELS], axis=2, holdout_every=HOLDOUT_EVERY, holdout_offset=HOLDOUT_OFFSET,
-    train_parts=["all"], clip_length=4, max_objects=3, steps=600, lr=1e-3, warmup_steps=30,
-    box_prob=0.8, correct_prob=0.2, image_mode_prob=0.3, bank_size=64, checkpoint_every=100, log_every=25,
-    val_every=100, seed=0, name=NAME, progress=False,
+    train_parts=["all"], clip_length=4, max_objects=3, steps=700, lr=1e-3, warmup_steps=30,
+    lr_scales={"memory_encoder.mask_downsampler": 30.0, "memory_attention": 2.0},
+    box_prob=0.8, correct_prob=0.1, image_mode_prob=0.4, bank_size=64, bank_min_iou=0.0, checkpoint_every=100,
+    log_every=25, val_every=100, seed=0, name=NAME, progress=False,
 )
 
 
@@ -117,7 +127,7 @@ def cache_key() -> str:
     return digest.hexdigest()[:16]
 
 
-def train_or_reuse(num_threads: int = 2) -> TrainedModel:
+def train_or_reuse(num_threads: int = 1) -> TrainedModel:
     """The cached trained model, training it first (or finishing an interrupted training) if needed."""
     run_dir = cache_root() / f"trained-{cache_key()}"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from SAMed2SlicerLib.geometry import engine_volume, view_axis
 from SAMed2SlicerLib.prompts import SEGMENT, add_box, add_point, collect_prompts, prompt_nodes, prompted_axes
 from SAMed2SlicerLib.propagation import PropagationRun
 from SAMed2SlicerLib.segments import EditStep, Target, UndoStack, check_editable, read_slices
-from samed2.strategy import DEFAULT as DEFAULT_STRATEGY
 
 log = logging.getLogger(__name__)
 CACHE_BYTES_PER_AXIS = 1024 ** 3
@@ -53,7 +52,7 @@ class Segmenter:
     """
 
     def __init__(self, volume_node, segmentation_node, model, device="auto", preset="auto",
-                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy=DEFAULT_STRATEGY, bank=None):
+                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy=None, bank=None):
         check_editable(segmentation_node)
         self.volume_node = volume_node
         self.segmentation_node = segmentation_node

@@ -36,7 +36,6 @@ import numpy as np
 
 from .errors import InputError
 from .labelmap import atomic_output
-from .strategy import DEFAULT as DEFAULT_STRATEGY
 from .volume import Volume, get_slice, ijk_to_slice_coords
 
 log = logging.getLogger(__name__)
@@ -295,7 +294,7 @@ class EvalSettings:
     axis: Optional[int] = None  # None: the voxel axis closest to axial
     preset: Optional[str] = None
     device: str = "auto"
-    strategy: str = DEFAULT_STRATEGY
+    strategy: Optional[str] = None  # None: the default for the bank given (samed2.strategy)
     clicks: int = CLICKS
 
     def __post_init__(self):

@@ -22,7 +22,7 @@ from .embedding_cache import STORAGE_DTYPE, EmbeddingCache
 from .errors import InputError
 from .model import FrameMemory, ImageFeatures, Prediction, SAM2Model
 from .presets import IntensityPreset, default_preset, get_preset
-from .strategy import DEFAULT as DEFAULT_STRATEGY, NEEDS_BANK, STRATEGIES
+from .strategy import NEEDS_BANK, STRATEGIES, resolve
 from .worker import BACKGROUND, TorchWorker
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,8 @@ def pad_prompts(prompts):
 class Session:
     def __init__(self, volume: vol.Volume, model: SAM2Model, axis: int = 2, preset=None, device: str = "auto",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, bank: Optional[ConfidenceBank] = None,
-                 strategy: str = DEFAULT_STRATEGY, encode_batch: Optional[int] = None):
+                 strategy: Optional[str] = None, encode_batch: Optional[int] = None):
+        strategy = resolve(strategy, bank is not None)
         if strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if strategy in NEEDS_BANK and bank is None:

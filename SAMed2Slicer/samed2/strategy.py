@@ -5,8 +5,17 @@
   with the confidence bank's memory;
 - "hybrid": memory tracking with the bank's memory beside the frame memories.
 
-DEFAULT is the winner of the evaluation harness on the test-trained model (README, Evaluation).
+The default is the winner of the evaluation harness on the test-trained model (README, Evaluation):
+box-chain where a confidence bank is loaded, track (the only strategy without one) otherwise.
 """
+from typing import Optional
+
 STRATEGIES = ("track", "box-chain", "hybrid")
 NEEDS_BANK = ("box-chain", "hybrid")
-DEFAULT = "track"
+DEFAULT_WITH_BANK = "box-chain"
+DEFAULT_WITHOUT_BANK = "track"
+
+
+def resolve(strategy: Optional[str], has_bank: bool) -> str:
+    """The strategy asked for, or the default for a session with or without a bank."""
+    return strategy or (DEFAULT_WITH_BANK if has_bank else DEFAULT_WITHOUT_BANK)

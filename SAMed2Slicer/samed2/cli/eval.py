@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from ..errors import InputError
-from ..strategy import DEFAULT as DEFAULT_STRATEGY, STRATEGIES
+from ..strategy import STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ def register(sub) -> None:
                    help="cached weights name (see `samed2 weights list`) or a checkpoint file")
     p.add_argument("--config", help="model config name or JSON file, for a checkpoint file given to --model")
     p.add_argument("--bank", help="SAMed-2 confidence memory bank (.safetensors); needed by box-chain and hybrid")
-    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES)
+    p.add_argument("--strategy", choices=STRATEGIES, help="propagation strategy (default: box-chain with --bank, "
+                                                           "else track)")
     p.add_argument("--clicks", type=int, default=5, help="corrective clicks of the cvpr25 protocol (default 5)")
     p.add_argument("--axis", default="auto", choices=["auto", "0", "1", "2"],
                    help="voxel axis to slice along; auto = the one closest to axial")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..strategy import DEFAULT as DEFAULT_STRATEGY, STRATEGIES
+from ..strategy import STRATEGIES
 
 log = logging.getLogger(__name__)
 SPACES = {"ras": "RAS", "lps": "LPS"}
@@ -31,8 +31,9 @@ def register(sub) -> None:
     p.add_argument("--range", metavar="A:B", help="propagate only between slices A and B (inclusive)")
     p.add_argument("--stop-after-absent", type=int, default=3,
                    help="stop after this many slices without the object (0: never)")
-    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES,
-                   help=f"propagation strategy (default {DEFAULT_STRATEGY}); box-chain and hybrid need --bank")
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="propagation strategy (default: box-chain with --bank, else track); box-chain and hybrid "
+                        "need --bank")
     p.add_argument("--preset", default="auto", help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
