@@ -57,3 +57,12 @@ def test_cached_dense_position_encoding_follows_loaded_weights():
     fresh = encoder.pe_layer.grid(encoder.embedding_size, encoder.embedding_size).unsqueeze(0)
     assert not torch.equal(encoder.dense_pe(), before)
     assert torch.equal(encoder.dense_pe(), fresh)
+
+
+def test_cached_dense_position_encoding_works_for_a_model_built_in_inference_mode():
+    from conftest import golden_tiny_config
+
+    with torch.inference_mode():
+        encoder = build_model(golden_tiny_config()).sam_prompt_encoder
+        first = encoder.dense_pe()
+        assert encoder.dense_pe() is first  # kept, not recomputed

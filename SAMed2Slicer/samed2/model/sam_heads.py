@@ -52,14 +52,14 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def dense_pe(self) -> torch.Tensor:
-        """(1, C, h, w) encoding of the image embedding's grid; computed once per weights and device
-        (it only depends on the Fourier matrix), since every click needs it."""
+        """(1, C, h, w) encoding of the image embedding's grid. Every click needs it and it depends only
+        on the small Fourier matrix, so it is kept with a copy of the matrix it came from."""
         matrix = self.pe_layer.positional_encoding_gaussian_matrix
-        key = (matrix.data_ptr(), matrix._version, matrix.device, matrix.dtype)
-        if getattr(self, "_dense_pe_key", None) != key:
-            self._dense_pe = self.pe_layer.grid(self.embedding_size, self.embedding_size).unsqueeze(0)
-            self._dense_pe_key = key
-        return self._dense_pe
+        source, grid = getattr(self, "_dense_pe", (None, None))
+        if source is None or source.device != matrix.device or not torch.equal(source, matrix):
+            grid = self.pe_layer.grid(self.embedding_size, self.embedding_size).unsqueeze(0)
+            self._dense_pe = (matrix.clone(), grid)
+        return grid
 
     def _encode_coords(self, points: torch.Tensor) -> torch.Tensor:
         return self.pe_layer.encode((points + 0.5) / self.input_size)
