@@ -372,3 +372,33 @@ def test_a_click_runs_no_memory_encoder_propagation_encodes_the_prompted_slice(c
     finally:
         hook.remove()
     assert torch.equal(memory.features, expected.features) and torch.equal(memory.obj_ptr, expected.obj_ptr)
+
+
+def test_clicks_on_a_slice_share_its_bank_attention(ct_volume, tiny_model):
+    """With a bank, the first-prompt memory attention depends on the slice only: computed once per slice
+    and shared by later clicks and objects there, with the same masks as computing it each time."""
+    from samed2.bank import ConfidenceBank, image_key
+
+    with Session(ct_volume, tiny_model, device="cpu") as s:
+        s.add_prompt(1, 20, box=(20, 20, 100, 80))
+        memory = s.frame_memory(1, 20)
+        bank = ConfidenceBank(image_key(s.cache.get(20, "cpu").features), memory.features, memory.pos,
+                              torch.tensor([0.9]))
+    attended = []
+    attend = tiny_model.attend_memory
+    tiny_model.attend_memory = lambda *args, **kwargs: attended.append(1) or attend(*args, **kwargs)
+    try:
+        with Session(ct_volume, tiny_model, device="cpu", bank=bank, strategy="hybrid") as s:
+            s.add_prompt(1, 15, box=(30, 30, 80, 70))
+            s.add_prompt(1, 15, points=[(50, 50, True)])
+            s.add_prompt(2, 15, points=[(60, 50, True)])
+            kept = s._bank_attended[15]
+            s._bank_attended.clear()  # the same click, attention computed afresh
+            s.add_prompt(3, 15, points=[(60, 50, True)])
+            fresh = s._bank_attended[15]
+            logits = [s.objects[i].logits[15] for i in (2, 3)]
+    finally:
+        del tiny_model.attend_memory
+    assert attended == [1, 1], "once for slice 15, once after the reset"
+    assert torch.equal(kept, fresh)
+    assert torch.equal(*logits)

@@ -7,6 +7,7 @@ ahead of the user in the background.
 """
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DIRECTIONS = ("up", "down", "both")
 DEFAULT_CACHE_BYTES = 2 * 1024 ** 3
+BANK_ATTENDED_SLICES = 16  # slices whose bank-attended features are kept (4 MB each at 1024 px)
 POSITIVE, NEGATIVE, TOP_LEFT, BOTTOM_RIGHT, PAD = 1, 0, 2, 3, -1
 
 
@@ -133,6 +135,7 @@ class Session:
         pair = 2 if model.needs_pairs else 1
         self.encode_batch = max(pair, encode_batch or (8 if self.device.type == "cuda" else pair))
         self.cache = EmbeddingCache(cache_bytes)
+        self._bank_attended: "OrderedDict[int, torch.Tensor]" = OrderedDict()
         self.objects: Dict[int, TrackedObject] = {}
         self._worker = TorchWorker()
 
@@ -192,6 +195,7 @@ class Session:
 
     def _fall_back_to_cpu(self) -> None:
         log.warning("out of memory on %s: continuing on the CPU (slower)", self.device)
+        self._bank_attended.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.device = torch.device("cpu")
@@ -360,12 +364,14 @@ class Session:
         if like.prompt is not None:
             points, labels, lengths = pad_prompts([s.prompt for s in steps])
         previous = None if like.previous is None else torch.cat([s.previous for s in steps])
-        extra = self._bank_memory(image) if like.first or self.strategy == "hybrid" else None
+        conditioned = self._bank_conditioned(index, image) if like.first else None
+        extra = self._bank_memory(image) if not like.first and self.strategy == "hybrid" else None
         pred, memory = self.model.track_step(
             index, image.expand(n), StackedMemory([s.cond for s in steps]), StackedMemory([s.non_cond for s in steps]),
             self.num_slices, points, labels, prev_mask_logits=previous, reverse=like.reverse,
             is_init_cond_frame=like.first, num_points=lengths, run_memory_encoder=encode_memory,
-            extra_memory=None if extra is None else tuple(x.expand(n, -1, -1) for x in extra))
+            extra_memory=None if extra is None else tuple(x.expand(n, -1, -1) for x in extra),
+            conditioned=None if conditioned is None else conditioned.expand(n, -1, -1, -1))
         return [(pred.select(slice(i, i + 1)), memory and memory.select(slice(i, i + 1))) for i in range(n)]
 
     def frame_memory(self, obj_id: int, index: int) -> FrameMemory:
@@ -386,6 +392,21 @@ class Session:
                     memory = self.model.frame_memory(self._embedding(index), pred, from_points=True)
                 obj.cond[index] = memory.stored()
                 del obj.pending[index]
+
+    def _bank_conditioned(self, index: int, image: ImageFeatures) -> Optional[torch.Tensor]:
+        """A slice's features after attending to its bank entry (SAMed-2's image mode), kept for the
+        slice's next clicks: they depend on the slice and the bank only. None without a bank."""
+        if self.bank is None or len(self.bank) == 0:
+            return None
+        if index in self._bank_attended:
+            self._bank_attended.move_to_end(index)
+            return self._bank_attended[index]
+        attended = self.model.conditioned_features(index, image, {}, {}, self.num_slices, is_init_cond_frame=True,
+                                                   extra_memory=self._bank_memory(image))
+        self._bank_attended[index] = attended
+        while len(self._bank_attended) > BANK_ATTENDED_SLICES:
+            self._bank_attended.popitem(last=False)
+        return attended
 
     def _bank_memory(self, image: ImageFeatures):
         """SAMed-2's bank memory for one slice: its best entry by similarity + confidence."""

@@ -371,16 +371,18 @@ class SAM2Model(nn.Module):
                    non_cond: Dict[int, FrameMemory], num_frames: int, points=None, labels=None,
                    mask_inputs=None, prev_mask_logits=None, reverse: bool = False,
                    is_init_cond_frame: bool = False, run_memory_encoder: bool = True, extra_memory=None,
-                   num_points=None):
+                   num_points=None, conditioned=None):
         """One frame of SAM 2 tracking. Returns (Prediction, FrameMemory or None).
 
         num_points: each row's own number of points, for rows padded with -1 (see decode).
+        conditioned: the frame's memory-conditioned features when computed before (they depend on the
+        image and the memories only, so clicks on a slice can share them); replaces the memory inputs.
         """
         if mask_inputs is not None and self.mask_input_as_output:
             pred = self.mask_as_output(image, mask_inputs)
         else:
-            pix = self.conditioned_features(frame_idx, image, cond, non_cond, num_frames, reverse,
-                                            is_init_cond_frame, extra_memory)
+            pix = conditioned if conditioned is not None else self.conditioned_features(
+                frame_idx, image, cond, non_cond, num_frames, reverse, is_init_cond_frame, extra_memory)
             counts = num_points or [0 if labels is None else labels.shape[1]]
             rows = [self.use_multimask(is_init_cond_frame, n) for n in counts]
             multimask = rows[0] if len(set(rows)) == 1 else torch.tensor(rows, device=pix.device)
