@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from ..errors import InputError
-from ..strategy import STRATEGIES
+from ..strategy import STRATEGIES, resolve
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,11 @@ def run(args) -> int:
     from ..evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
     from .segment import _load_model
 
-    settings = EvalSettings(args.protocol, args.labels, None if args.axis == "auto" else int(args.axis),
-                            None if args.preset == "auto" else args.preset, args.device, args.strategy, args.clicks)
     cases = list_cases(args.data)
     model, bank = _load_model(args)
+    settings = EvalSettings(args.protocol, args.labels, None if args.axis == "auto" else int(args.axis),
+                            None if args.preset == "auto" else args.preset, args.device,
+                            resolve(args.strategy, bank is not None), args.clicks)
     results = []
     for number, (name, image, label) in enumerate(cases, start=1):
         log.info("case %d/%d: %s", number, len(cases), name)
