@@ -66,3 +66,13 @@ def test_cached_dense_position_encoding_works_for_a_model_built_in_inference_mod
         encoder = build_model(golden_tiny_config()).sam_prompt_encoder
         first = encoder.dense_pe()
         assert encoder.dense_pe() is first  # kept, not recomputed
+
+
+@pytest.mark.parametrize("channels, side", [(256, 16), (64, 32)])
+def test_upsample2x_equals_the_transposed_convolution(channels, side):
+    from samed2.model.layers import upsample2x
+
+    torch.manual_seed(0)
+    conv = torch.nn.ConvTranspose2d(channels, channels // 4, kernel_size=2, stride=2)
+    x = torch.randn(2, channels, side, side)
+    torch.testing.assert_close(upsample2x(conv, x), conv(x), rtol=1e-5, atol=1e-5)

@@ -159,3 +159,14 @@ def sine_1d(positions: torch.Tensor, dim: int, temperature: float = 10000) -> to
     dim_t = temperature ** (2 * (dim_t // 2) / half)
     angles = positions.unsqueeze(-1) / dim_t
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def upsample2x(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` for a transposed convolution with kernel 2 and stride 2, as one matrix product: each
+    input pixel becomes a 2 x 2 block. The same result, about twice as fast as the CPU's
+    transposed-convolution kernel at the mask decoder's sizes."""
+    b, c, h, w = x.shape
+    out = conv.weight.shape[1]
+    y = x.flatten(2).transpose(1, 2) @ conv.weight.reshape(c, out * 4)  # (B, h*w, out*2*2)
+    y = y.reshape(b, h, w, out, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, out, 2 * h, 2 * w)
+    return y + conv.bias.reshape(1, -1, 1, 1)

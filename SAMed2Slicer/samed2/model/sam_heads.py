@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import MLP, Attention, LayerNorm2d
+from .layers import MLP, Attention, LayerNorm2d, upsample2x
 
 # Point labels understood by the prompt encoder.
 PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
@@ -235,9 +235,9 @@ class MaskDecoder(nn.Module):
         up1, norm1, act1, up2, act2 = self.output_upscaling
         if self.use_high_res_features:
             feat_s0, feat_s1 = high_res_features
-            upscaled = act2(up2(act1(norm1(up1(src) + feat_s1))) + feat_s0)
+            upscaled = act2(upsample2x(up2, act1(norm1(upsample2x(up1, src) + feat_s1))) + feat_s0)
         else:
-            upscaled = act2(up2(act1(norm1(up1(src)))))
+            upscaled = act2(upsample2x(up2, act1(norm1(upsample2x(up1, src)))))
         hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         b, c, h, w = upscaled.shape
         masks = (hyper @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
