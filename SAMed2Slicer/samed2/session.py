@@ -22,6 +22,7 @@ from .device import autocast, is_out_of_memory, pick_device
 from .embedding_cache import STORAGE_DTYPE, EmbeddingCache
 from .errors import InputError
 from .model import FrameMemory, ImageFeatures, Prediction, SAM2Model
+from .model.sam_heads import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
 from .presets import IntensityPreset, default_preset, get_preset
 from .strategy import NEEDS_BANK, STRATEGIES, resolve
 from .worker import BACKGROUND, TorchWorker
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 DIRECTIONS = ("up", "down", "both")
 DEFAULT_CACHE_BYTES = 2 * 1024 ** 3
 BANK_ATTENDED_SLICES = 16  # slices whose bank-attended features are kept (4 MB each at 1024 px)
-POSITIVE, NEGATIVE, TOP_LEFT, BOTTOM_RIGHT, PAD = 1, 0, 2, 3, -1
 
 
 @dataclass
@@ -318,7 +318,7 @@ class Session:
         if prompts.box is not None:
             box = vol.slice_box_to_model(prompts.box, self.slice_shape, self.image_size).reshape(2, 2)
             coords += box.tolist()
-            labels += [TOP_LEFT, BOTTOM_RIGHT]
+            labels += [BOX_TOP_LEFT, BOX_BOTTOM_RIGHT]
         if prompts.points:
             xy = vol.slice_points_to_model([p[:2] for p in prompts.points], self.slice_shape, self.image_size)
             coords += xy.reshape(-1, 2).tolist()

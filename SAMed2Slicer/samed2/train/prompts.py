@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-POSITIVE, NEGATIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = 1, 0, 2, 3
+from samed2.model.sam_heads import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, POSITIVE
 
 
 def scaled_jitter(jitter_at_1024: float, image_size: int) -> int:
