@@ -29,11 +29,10 @@ from samed2.evaluate import (
     run_propagation,
     scores,
     surface_dice,
-    tight_box,
 )
 from samed2.session import Session
 from samed2.strategy import STRATEGIES, resolve
-from samed2.volume import get_slice
+from samed2.volume import get_slice, mask_box
 
 CT = DATA / "totalseg" / "example_ct_sm.nii.gz"
 SEG = DATA / "totalseg" / "example_seg.nii.gz"
@@ -150,13 +149,13 @@ def test_eval_click_lands_on_its_voxel_of_the_sessions_slice(axis):
     assert plane[int(y), int(x)] and plane.sum() == 1 and positive
 
 
-def test_eval_box_prompt_is_on_the_median_voxel_slice_with_a_tight_box():
+def test_eval_box_prompt_is_on_the_median_voxel_slice_with_a_mask_box():
     truth = np.zeros((10, 20, 20), dtype=bool)
     truth[1, 4:6, 4:6] = True  # 4 voxels on slice 1
     truth[6:9, 3:12, 5:15] = True  # 90 on each of slices 6-8
     assert extent(truth, 2) == (1, 8)
     assert middle_slice(truth, 2) == 7  # the extent's middle (4) is empty
-    assert tight_box(get_slice(truth, 2, 7)) == (5, 3, 14, 11)
+    assert mask_box(get_slice(truth, 2, 7)) == (5, 3, 14, 11)
     assert middle_slice(truth, 0) == 9  # along i: columns 5..14, the median voxel is in column 9
 
 
@@ -178,7 +177,7 @@ def test_eval_cvpr25_session_prompts_box_then_clicks_on_their_slices(ct_case, ti
     box_step, clicks = result.steps[0], result.click_steps
     assert [s.prompt for s in result.steps] == ["box", "click1", "click2", "click3", "click4", "click5"]
     assert box_step.slice == middle_slice(truth, 2)
-    assert prompts[box_step.slice].box == tight_box(truth[box_step.slice])
+    assert prompts[box_step.slice].box == mask_box(truth[box_step.slice])
     for step in clicks:
         k, j, i = step.click.kji
         assert step.slice == k and (float(i), float(j), step.click.positive) in prompts[k].points
@@ -237,7 +236,7 @@ def test_eval_cli_cvpr25_writes_json_csv_and_plot(tmp_path, tiny_files, ct_case)
     [obj] = report["objects"]
     truth = ct_case.labels == RIGHT_KIDNEY
     box = obj["steps"][0]
-    assert box["slice"] == middle_slice(truth, 2) and tuple(box["box"]) == tight_box(truth[box["slice"]])
+    assert box["slice"] == middle_slice(truth, 2) and tuple(box["box"]) == mask_box(truth[box["slice"]])
     for step in obj["steps"][1:]:
         assert step["click"]["positive"] == bool(truth[tuple(step["click"]["kji"])])
     click_dsc = [s["dsc"] for s in obj["steps"][1:]]

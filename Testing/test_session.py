@@ -329,15 +329,20 @@ def test_propagation_in_lockstep_cancels_between_slices(session):
     assert session.objects[1].dirty == session.objects[2].dirty == {15}
 
 
-@pytest.mark.parametrize("strategy", ["hybrid", "box-chain"])
-def test_objects_together_as_one_at_a_time_with_the_bank(ct_volume, tiny_model, strategy):
+def one_entry_bank(ct_volume, tiny_model):
+    """A confidence bank holding one real slice's memory."""
     from samed2.bank import ConfidenceBank, image_key
 
-    with Session(ct_volume, tiny_model, device="cpu") as s:  # a one-entry bank from a real slice's memory
+    with Session(ct_volume, tiny_model, device="cpu") as s:
         s.add_prompt(1, 20, box=(20, 20, 100, 80))
         memory = s.frame_memory(1, 20)
-        bank = ConfidenceBank(image_key(s.cache.get(20, "cpu").features), memory.features, memory.pos,
+        return ConfidenceBank(image_key(s.cache.get(20, "cpu").features), memory.features, memory.pos,
                               torch.tensor([0.9]))
+
+
+@pytest.mark.parametrize("strategy", ["hybrid", "box-chain"])
+def test_objects_together_as_one_at_a_time_with_the_bank(ct_volume, tiny_model, strategy):
+    bank = one_entry_bank(ct_volume, tiny_model)
     with Session(ct_volume, tiny_model, device="cpu", bank=bank, strategy=strategy) as alone, \
             Session(ct_volume, tiny_model, device="cpu", bank=bank, strategy=strategy) as together:
         prompts = {obj_id: SEVERAL[obj_id] for obj_id in (2, 3)}
@@ -377,13 +382,7 @@ def test_a_click_runs_no_memory_encoder_propagation_encodes_the_prompted_slice(c
 def test_clicks_on_a_slice_share_its_bank_attention(ct_volume, tiny_model):
     """With a bank, the first-prompt memory attention depends on the slice only: computed once per slice
     and shared by later clicks and objects there, with the same masks as computing it each time."""
-    from samed2.bank import ConfidenceBank, image_key
-
-    with Session(ct_volume, tiny_model, device="cpu") as s:
-        s.add_prompt(1, 20, box=(20, 20, 100, 80))
-        memory = s.frame_memory(1, 20)
-        bank = ConfidenceBank(image_key(s.cache.get(20, "cpu").features), memory.features, memory.pos,
-                              torch.tensor([0.9]))
+    bank = one_entry_bank(ct_volume, tiny_model)
     attended = []
     attend = tiny_model.attend_memory
     tiny_model.attend_memory = lambda *args, **kwargs: attended.append(1) or attend(*args, **kwargs)
@@ -402,3 +401,17 @@ def test_clicks_on_a_slice_share_its_bank_attention(ct_volume, tiny_model):
     assert attended == [1, 1], "once for slice 15, once after the reset"
     assert torch.equal(kept, fresh)
     assert torch.equal(*logits)
+
+
+def test_box_chain_prompts_the_box_of_the_previous_masks_largest_part(ct_volume, tiny_model):
+    """A speck does not widen the next slice's box, and a one-pixel-thin mask still gives a box."""
+    with Session(ct_volume, tiny_model, device="cpu", bank=one_entry_bank(ct_volume, tiny_model),
+                 strategy="box-chain") as s:
+        mask = np.zeros(s.slice_shape, dtype=bool)
+        mask[40, 30:60] = True
+        mask[5, 5] = True
+        s.set_mask(1, 15, mask)
+        boxes, prompt_tensors = [], s._prompt_tensors
+        s._prompt_tensors = lambda prompts: boxes.append(prompts.box) or prompt_tensors(prompts)
+        list(s.propagate([1], direction="up", stop=16, stop_after_absent=0))
+    assert boxes[0] == (30, 39.5, 59, 40.5)

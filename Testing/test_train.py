@@ -28,7 +28,7 @@ from samed2.train.options import DEFAULT_PARTS
 from samed2.train.prompts import PromptSet, corrective_click, jittered_box, scaled_jitter
 from samed2.train.startpoint import initial_model, set_trainable
 from samed2.train.volumes import load_case, resolve_labels
-from samed2.volume import load_volume, logits_to_slice, preprocess_slices, slice_box_to_model
+from samed2.volume import load_volume, logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
 from samed2.weights import import_checkpoint, load_weights
 from trained_model import (IMAGE, LABELS, LEFT_KIDNEY, LIVER, RIGHT_KIDNEY, build_trained_model,  # noqa: F401
                            shrunk_samed2_config, trained_model)
@@ -63,11 +63,6 @@ def run_module(args: list, **kwargs) -> subprocess.CompletedProcess:
 
 def exported_state(run_dir: Path) -> dict:
     return torch.load(run_dir / f"{run_dir.name}.pt", weights_only=True)["model"]
-
-
-def box_of(mask: np.ndarray):
-    rows, cols = np.nonzero(mask)
-    return (cols.min(), rows.min(), cols.max(), rows.max())
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -336,7 +331,7 @@ def held_out_box_dice(model, volume, labels, slices, value) -> list:
         pair = [window.apply(volume.get_slice(2, i)) for i in (first, min(first + 1, volume.num_slices(2) - 1))]
         with torch.no_grad():
             image = model.encode_images(preprocess_slices(pair, model.image_size)).select(slice(k - first, k - first + 1))
-            corners = slice_box_to_model(box_of(truth), truth.shape, model.image_size).reshape(1, 2, 2)
+            corners = slice_box_to_model(mask_box(truth), truth.shape, model.image_size).reshape(1, 2, 2)
             pred, _ = model.track_step(k, image, {}, {}, volume.num_slices(2), corners,
                                        torch.tensor([[2, 3]], dtype=torch.int32), is_init_cond_frame=True)
         mask = (logits_to_slice(pred.low_res_masks, truth.shape)[0, 0] > 0).numpy()
@@ -365,7 +360,7 @@ def test_trained_model_propagates_the_liver_through_memory_from_one_box(trained_
     volume = load_volume(IMAGE)
     liver = sitk.GetArrayFromImage(sitk.ReadImage(str(LABELS))) == LIVER
     with Session(volume, model, axis=2, device="cpu", strategy="track") as session:
-        session.add_prompt(1, 15, box=box_of(liver[15]))
+        session.add_prompt(1, 15, box=mask_box(liver[15]))
         tracked = sorted(r.index for r in session.propagate(stop_after_absent=0))
         mask = session.mask_volume(1)
     per_slice = [dice(mask[k], liver[k]) for k in range(volume.num_slices(2))]

@@ -16,7 +16,7 @@ from PIL import Image
 from samed2 import presets
 from samed2.errors import InputError
 from samed2.volume import (IMAGENET_MEAN, IMAGENET_STD, Volume, get_slice, ijk_to_slice_coords, load_volume,
-                           logits_to_slice, preprocess_slices, put_slice, slice_box_to_model,
+                           logits_to_slice, mask_box, preprocess_slices, put_slice, slice_box_to_model,
                            slice_coords_to_ijk, slice_points_to_model)
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -532,3 +532,18 @@ def test_volume_box_prompt_scaled_sorted_and_clipped():
         slice_box_to_model([10, 20, 10, 60], shape, size)
     with pytest.raises(InputError, match="outside the slice"):
         slice_box_to_model([130, 20, 160, 60], shape, size)
+
+
+def test_volume_mask_box_widens_thin_masks_and_can_ignore_specks():
+    mask = np.zeros((40, 50), dtype=bool)
+    assert mask_box(mask) is None
+    mask[10:20, 5:30] = True
+    assert mask_box(mask) == (5, 10, 29, 19)
+    line = np.zeros_like(mask)
+    line[7, 3:9] = True  # one row thin: the box reaches the row's pixel edges
+    assert mask_box(line) == (3, 6.5, 8, 7.5)
+    slice_box_to_model(mask_box(line), line.shape, 64)  # a valid prompt, not a zero-size box
+    speckled = mask.copy()
+    speckled[35, 45] = speckled[0, 0] = True
+    assert mask_box(speckled) == (0, 0, 45, 35)
+    assert mask_box(speckled, largest_only=True) == (5, 10, 29, 19)

@@ -36,7 +36,7 @@ import numpy as np
 
 from .errors import InputError
 from .labelmap import atomic_output
-from .volume import Volume, get_slice, ijk_to_slice_coords
+from .volume import Volume, get_slice, ijk_to_slice_coords, mask_box
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +168,6 @@ def extent(truth: np.ndarray, axis: int) -> tuple[int, int]:
     return int(positions.min()), int(positions.max())
 
 
-def tight_box(mask2d: np.ndarray) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) = the first and last column and row of a 2D mask."""
-    rows, cols = np.nonzero(mask2d)
-    return int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
-
-
 # ---------------------------------------------------------------- protocols
 
 
@@ -245,7 +239,7 @@ def _prompt_and_propagate(session, obj_id: int, index: int, limits, points=(), b
 
 def _box_step(session, obj_id: int, truth: np.ndarray, spacing_kji, limits) -> tuple[Step, np.ndarray]:
     index = middle_slice(truth, session.axis)
-    box = tight_box(get_slice(truth, session.axis, index))
+    box = mask_box(get_slice(truth, session.axis, index))
     seconds = _prompt_and_propagate(session, obj_id, index, limits, box=box)
     pred = session.mask_volume(obj_id)
     return Step("box", index, *scores(pred, truth, spacing_kji), seconds, box=box), pred

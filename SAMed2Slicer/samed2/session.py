@@ -561,12 +561,11 @@ class Session:
     def _box_chain_step(self, obj: TrackedObject, index: int, step: int, image: ImageFeatures):
         """SAMed-2's image mode: the previous slice's mask box as the prompt, with bank memory."""
         previous = obj.masks.get(index - step)
-        if previous is None or not previous.any():
+        box = None if previous is None else vol.mask_box(previous, largest_only=True)
+        if box is None:
             pred = self.model.mask_as_output(image, torch.zeros(1, 1, self.image_size, self.image_size,
                                                                   device=self.device))
             return pred, self.model.frame_memory(image, pred, from_points=False)
-        rows, cols = np.nonzero(previous)
-        box = (cols.min(), rows.min(), cols.max(), rows.max())
         prompt = self._prompt_tensors(SlicePrompts(box=box))
         return self._track_batch(index, image, [StepInput({}, {}, first=True, prompt=prompt)])[0]
 

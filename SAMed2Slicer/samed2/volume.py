@@ -36,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from .errors import InputError
 
@@ -568,3 +569,26 @@ def slice_box_to_model(box_xyxy, slice_shape: tuple[int, int], image_size: int) 
     clipped = torch.stack([x0.clamp(0, columns - 1), y0.clamp(0, rows - 1),
                            x1.clamp(0, columns - 1), y1.clamp(0, rows - 1)], dim=-1)
     return clipped * torch.tensor([image_size / columns, image_size / rows] * 2)
+
+
+def mask_box(mask2d: np.ndarray, largest_only: bool = False):
+    """(x0, y0, x1, y1) of a 2D mask: its first and last column and row; None when it is empty.
+
+    A mask one pixel thin gets a box out to that pixel's edges (half a pixel each side) rather
+    than a zero-size one. `largest_only` boxes the largest 8-connected component only, so that
+    stray specks do not widen the box.
+    """
+    mask2d = np.asarray(mask2d, dtype=bool)
+    if largest_only and mask2d.any():
+        components, count = ndimage.label(mask2d, structure=np.ones((3, 3)))
+        if count > 1:
+            mask2d = components == 1 + int(np.argmax(ndimage.sum_labels(mask2d, components, range(1, count + 1))))
+    rows, cols = np.nonzero(mask2d)
+    if rows.size == 0:
+        return None
+    (x0, x1), (y0, y1) = (_widened(cols.min(), cols.max()), _widened(rows.min(), rows.max()))
+    return x0, y0, x1, y1
+
+
+def _widened(low, high):
+    return (int(low), int(high)) if high > low else (float(low) - 0.5, float(high) + 0.5)

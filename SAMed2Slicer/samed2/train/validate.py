@@ -17,7 +17,7 @@ from samed2.train.data import held_out
 from samed2.train.losses import dice_score
 from samed2.train.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT
 from samed2.train.volumes import CaseVolume
-from samed2.volume import logits_to_slice, preprocess_slices, slice_box_to_model
+from samed2.volume import logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
 
 MAX_SLICES_PER_CASE = 16
 
@@ -87,7 +87,7 @@ def _slice_dice(model: SAM2Model, case: CaseVolume, k: int, values: list[int], n
     pix = model.without_memory(image)
     for value in values:
         truth = case.object_slices([k], value)[0]
-        box = _tight_box(truth)
+        box = mask_box(truth)
         if box is None:
             continue
         corners = slice_box_to_model(box, truth.shape, model.image_size).reshape(1, 2, 2).to(device)
@@ -96,10 +96,3 @@ def _slice_dice(model: SAM2Model, case: CaseVolume, k: int, values: list[int], n
         mask = logits_to_slice(pred.low_res_masks, truth.shape)[0, 0] > 0
         yield value, float(dice_score(mask[None].cpu(), torch.from_numpy(truth)[None])[0])
 
-
-def _tight_box(mask: np.ndarray):
-    """(x0, y0, x1, y1) around a mask in slice pixels; None when absent or one pixel thin."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0 or rows.min() == rows.max() or cols.min() == cols.max():
-        return None
-    return np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float32)
