@@ -5,7 +5,9 @@ For each clip (all its objects decoded together):
   few corrective clicks, each decoded with the previous mask as a dense prompt); every later
   slice is propagated with `track_step` through the memory of the slices before it;
 - image mode (a share of clips): every slice is prompted on its own, without memory, which is
-  SAMed-2's image mode and gives the prompt path more supervision per encoded slice.
+  SAMed-2's image mode and gives the prompt path more supervision per encoded slice. Where an
+  object ended on the slice before, the slice is prompted with that slice's box, as box-chain
+  propagation would prompt it, and learns that the object is absent.
 With a confidence bank, a share of clips also attend to the bank's best entry for each slice: on
 prompted slices (SAMed-2's selective memory, as a session with a bank prompts) and beside the frame
 memories on tracked slices (the session's "hybrid" strategy).
@@ -108,7 +110,7 @@ class ClipTrainer(nn.Module):
         with torch.no_grad():
             fpn, pos = self.model.image_encoder(images)
         decoder = self.model.sam_mask_decoder
-        high_res = [decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])] if decoder.use_high_res_features else []
+        high_res = decoder.high_res_features(fpn[0], fpn[1]) if decoder.use_high_res_features else []
         return ImageFeatures(high_res, fpn[-1], pos[-1])
 
     def _clip(self, clip: Clip, features: ImageFeatures, first_row: int, candidates: BankCandidates, device):
@@ -124,11 +126,16 @@ class ClipTrainer(nn.Module):
         if not image_mode:
             return self._tracked(clip, features, first_row, masks, frame, candidates)
         steps = []
+        on_slice = masks.flatten(2).amax(2) > 0  # (K, L)
         for t, row in enumerate(clip.frame_rows):
-            present = torch.nonzero(masks[:, t].flatten(1).amax(1) > 0)[:, 0]
+            present = torch.nonzero(on_slice[:, t])[:, 0]
             if len(present):
                 image = features.select(torch.full_like(present, first_row + row))
                 steps += frame.prompted(image, masks[present, t], with_memory=False)[0]
+            ended = torch.nonzero(~on_slice[:, t] & on_slice[:, t - 1])[:, 0] if t else present[:0]
+            if len(ended):
+                image = features.select(torch.full_like(ended, first_row + row))
+                steps.append(frame.carried_box(image, masks[ended, t - 1], masks[ended, t]))
         return steps, []
 
     def _tracked(self, clip: Clip, features: ImageFeatures, first_row: int, masks, frame, candidates):
@@ -168,6 +175,14 @@ class _FramePrompter:
             pred = self._decode(pix, image, prompts, pred.low_res_masks.detach())
             steps.append((pred, truth))
         return steps, self.model.frame_memory(image, pred, from_points=True) if with_memory else None
+
+    def carried_box(self, image: ImageFeatures, previous: torch.Tensor, truth: torch.Tensor):
+        """(Prediction, truth) for objects that ended on the slice before, prompted with that slice's box
+        as box-chain propagation prompts them: the object score learns to say "absent" there."""
+        prompts = PromptSet.from_truth(previous.cpu().numpy() > 0, True, self.jitter, self.rng)
+        pix = self.model.conditioned_features(0, image, {}, {}, 1, is_init_cond_frame=True,
+                                              extra_memory=self.bank_memory(image))
+        return self._decode(pix, image, prompts, None), truth
 
     def bank_memory(self, image: ImageFeatures):
         """The bank's best entry for this slice as memory tokens for every object, as a session picks it."""
