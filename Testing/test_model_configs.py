@@ -75,4 +75,29 @@ def test_upsample2x_equals_the_transposed_convolution(channels, side):
     torch.manual_seed(0)
     conv = torch.nn.ConvTranspose2d(channels, channels // 4, kernel_size=2, stride=2)
     x = torch.randn(2, channels, side, side)
-    torch.testing.assert_close(upsample2x(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+    skip = torch.randn(2, channels // 4, 2 * side, 2 * side).contiguous(memory_format=torch.channels_last)
+    for extra in (None, skip):
+        channels_last = upsample2x(conv, x.permute(0, 2, 3, 1), extra).permute(0, 3, 1, 2)
+        expected = conv(x) if extra is None else conv(x) + skip
+        torch.testing.assert_close(channels_last, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_cross_attention_folding_equals_the_plain_computation():
+    """Few prompt tokens with many image tokens: the folded products give the plain attention's result."""
+    from samed2.model.layers import Attention
+
+    torch.manual_seed(0)
+    attention = Attention(256, 8, downsample_rate=2).eval()
+    tokens, image = torch.randn(2, 9, 256), torch.randn(2, 1024, 256)
+    key_mask = torch.ones(2, 9, dtype=torch.bool)
+    key_mask[1, -2:] = False  # the second row's last two tokens are padding
+
+    def plain(q, k, v, mask=None):
+        return attention._attend(attention._heads(attention.q_proj(q)), attention._heads(attention.k_proj(k)),
+                                 attention._heads(attention.v_proj(v)), mask)
+
+    assert attention._few(tokens) and attention._many(image)
+    torch.testing.assert_close(attention(tokens, image + 1, image), plain(tokens, image + 1, image),
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(attention(image, tokens + 1, tokens, key_mask),
+                               plain(image, tokens + 1, tokens, key_mask), rtol=1e-4, atol=1e-5)

@@ -159,10 +159,7 @@ class SAM2Model(nn.Module):
         """(B, 3, S, S) preprocessed images -> features (B must be even with the temporal adapter)."""
         fpn, pos = self.image_encoder(images)
         decoder = self.sam_mask_decoder
-        if decoder.use_high_res_features:
-            high_res = [decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])]
-        else:
-            high_res = []
+        high_res = decoder.high_res_features(fpn[0], fpn[1]) if decoder.use_high_res_features else []
         return ImageFeatures(high_res, fpn[-1], pos[-1])
 
     # ---- prompts -> masks -----------------------------------------------------------------

@@ -231,22 +231,29 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, pos, tokens, token_mask)
         iou_token = hs[:, first]
         mask_tokens = hs[:, first + 1: first + 1 + self.num_mask_tokens]
-        src = src.transpose(1, 2).reshape(b, c, h, w)
-        up1, norm1, act1, up2, act2 = self.output_upscaling
-        if self.use_high_res_features:
-            feat_s0, feat_s1 = high_res_features
-            upscaled = act2(upsample2x(up2, act1(norm1(upsample2x(up1, src) + feat_s1))) + feat_s0)
-        else:
-            upscaled = act2(upsample2x(up2, act1(norm1(upsample2x(up1, src)))))
+        upscaled = self._upscale(src.reshape(b, h, w, c), high_res_features)
         hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        b, c, h, w = upscaled.shape
-        masks = (hyper @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        b, h, w, c = upscaled.shape
+        masks = (hyper @ upscaled.reshape(b, h * w, c).transpose(1, 2)).reshape(b, -1, h, w)
         ious = self.iou_prediction_head(iou_token)
         if self.pred_obj_scores:
             obj_score = self.pred_obj_score_head(hs[:, 0])
         else:
             obj_score = 10.0 * ious.new_ones(ious.shape[0], 1)
         return masks, ious, mask_tokens, obj_score
+
+    def _upscale(self, src, high_res_features):
+        """`output_upscaling` (plus the high-resolution features) computed channels-last:
+        (B, h, w, C) -> (B, 4h, 4w, C/8)."""
+        up1, norm1, act1, up2, act2 = self.output_upscaling
+        feat_s0, feat_s1 = high_res_features if self.use_high_res_features else (None, None)
+        x = act1(norm1.channels_last(upsample2x(up1, src, feat_s1)))
+        return act2(upsample2x(up2, x, feat_s0))
+
+    def high_res_features(self, fpn_s0, fpn_s1) -> list:
+        """The decoder's high-resolution inputs, stored channels-last (as `_upscale` reads them)."""
+        return [conv(fpn).contiguous(memory_format=torch.channels_last)
+                for conv, fpn in ((self.conv_s0, fpn_s0), (self.conv_s1, fpn_s1))]
 
     def _select_stable(self, masks, ious):
         """Keep the single-mask output when it is stable, else the best of the multimask outputs."""
