@@ -329,14 +329,14 @@ def test_propagation_in_lockstep_cancels_between_slices(session):
     assert session.objects[1].dirty == session.objects[2].dirty == {15}
 
 
-def one_entry_bank(ct_volume, tiny_model):
+def one_entry_bank(ct_volume, tiny_model, index: int = 20):
     """A confidence bank holding one real slice's memory."""
     from samed2.bank import ConfidenceBank, image_key
 
     with Session(ct_volume, tiny_model, device="cpu") as s:
-        s.add_prompt(1, 20, box=(20, 20, 100, 80))
-        memory = s.frame_memory(1, 20)
-        return ConfidenceBank(image_key(s.cache.get(20, "cpu").features), memory.features, memory.pos,
+        s.add_prompt(1, index, box=(20, 20, 100, 80))
+        memory = s.frame_memory(1, index)
+        return ConfidenceBank(image_key(s.cache.get(index, "cpu").features), memory.features, memory.pos,
                               torch.tensor([0.9]))
 
 
@@ -415,3 +415,33 @@ def test_box_chain_prompts_the_box_of_the_previous_masks_largest_part(ct_volume,
         s._prompt_tensors = lambda prompts: boxes.append(prompts.box) or prompt_tensors(prompts)
         list(s.propagate([1], direction="up", stop=16, stop_after_absent=0))
     assert boxes[0] == (30, 39.5, 59, 40.5)
+
+
+def test_precompute_chooses_bank_entries_and_attends_the_scrolled_to_slice(ct_volume, tiny_model):
+    """With a bank, background encoding also picks each slice's entry (as a click would pick it) and
+    prepares the scrolled-to slice's bank attention, so a first click there runs the decoder only,
+    with the same mask as a session that did nothing ahead."""
+    from samed2.bank import ConfidenceBank
+
+    entries = [one_entry_bank(ct_volume, tiny_model, index) for index in (12, 17)]
+    bank = ConfidenceBank(*(torch.cat([getattr(e, name) for e in entries])
+                            for name in ("keys", "features", "pos", "ious")))
+    attended = []
+    attend = tiny_model.attend_memory
+    tiny_model.attend_memory = lambda *args, **kwargs: attended.append(1) or attend(*args, **kwargs)
+    try:
+        with Session(ct_volume, tiny_model, device="cpu", bank=bank) as ahead, \
+                Session(ct_volume, tiny_model, device="cpu", bank=bank) as cold:
+            ahead.precompute(14, radius=2)
+            ahead.wait_idle()
+            assert sorted(ahead._bank_choice) == [12, 13, 14, 15, 16, 17]
+            for index, choice in ahead._bank_choice.items():
+                assert choice == int(bank.select(ahead.cache.get(index, "cpu").features, k=1)[0, 0])
+            assert len(set(ahead._bank_choice.values())) > 1, "the slices do not all pick one entry"
+            assert attended == [1] and 14 in ahead._bank_attended
+            ahead.add_prompt(1, 14, box=(30, 30, 80, 70))
+            assert attended == [1], "the click used the prepared attention"
+            cold.add_prompt(1, 14, box=(30, 30, 80, 70))
+            assert torch.equal(ahead.objects[1].logits[14], cold.objects[1].logits[14])
+    finally:
+        del tiny_model.attend_memory

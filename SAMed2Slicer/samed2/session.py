@@ -136,6 +136,7 @@ class Session:
         self.encode_batch = max(pair, encode_batch or (8 if self.device.type == "cuda" else pair))
         self.cache = EmbeddingCache(cache_bytes)
         self._bank_attended: "OrderedDict[int, torch.Tensor]" = OrderedDict()
+        self._bank_choice: Dict[int, int] = {}  # slice -> its bank entry, chosen when the slice is encoded
         self.objects: Dict[int, TrackedObject] = {}
         self._worker = TorchWorker()
 
@@ -221,24 +222,35 @@ class Session:
         if cached is not None:
             return cached
         group = self._group(index)
-        result = None
-        for i, features in zip(group, self._encode(group)):
-            self.cache.put(i, features)
-            if i == index:
-                result = features
-        # the same precision as a cached copy, so a slice's result never depends on the cache
-        return result.to(dtype=STORAGE_DTYPE).to(dtype=torch.float32)
+        encoded = self._remember(group, self._encode(group))
+        return encoded[group.index(index)]
+
+    def _remember(self, indices: List[int], features: List[ImageFeatures]) -> List[ImageFeatures]:
+        """Cache encoded slices and, with a bank, choose each one's entry: one pass over the bank's keys
+        for the whole batch. Returns the features as the cache gives them back (the same precision, so
+        a slice's result never depends on whether it came from the cache)."""
+        stored = [f.to(dtype=STORAGE_DTYPE).to(dtype=torch.float32) for f in features]
+        for i, f in zip(indices, features):
+            self.cache.put(i, f)
+        if self.bank is not None and len(self.bank):
+            choices = self.bank.select(torch.cat([f.features for f in stored]), k=1)[:, 0].tolist()
+            self._bank_choice.update(zip(indices, choices))
+        return stored
 
     def _encode_ahead(self, groups: List[List[int]]) -> None:
         todo = [i for group in groups if any(g not in self.cache for g in group) for i in group]
         for start in range(0, len(todo), self.encode_batch):
             batch = todo[start: start + self.encode_batch]
-            for i, features in zip(batch, self._encode(batch)):
-                self.cache.put(i, features)
+            self._remember(batch, self._encode(batch))
+
+    def _attend_bank_ahead(self, index: int) -> None:
+        with torch.no_grad(), autocast(self.device):
+            self._bank_conditioned(index, self._embedding(index))
 
     def precompute(self, center: int, radius: int = 4) -> None:
         """Encode slices around `center` in the background, nearest first, in whole encoder groups,
-        no more than the cache can hold (so the nearest are not evicted by farther ones)."""
+        no more than the cache can hold (so the nearest are not evicted by farther ones). With a bank,
+        `center`'s bank attention is computed too, so a first click there is a decoder run."""
         self._check_index(center)
         order = sorted(range(max(0, center - radius), min(self.num_slices, center + radius + 1)),
                        key=lambda i: abs(i - center))
@@ -254,6 +266,8 @@ class Session:
         per_job = max(1, self.encode_batch // len(groups[0])) if groups else 1
         for start in range(0, len(groups), per_job):
             self._worker.submit(self._encode_ahead, groups[start: start + per_job], priority=BACKGROUND)
+            if start == 0 and self.bank is not None:  # right after the slice's own group
+                self._worker.submit(self._attend_bank_ahead, center, priority=BACKGROUND)
 
     def _cache_room(self) -> int:
         """How many slices the cache holds (unknown until one was cached: then assume all)."""
@@ -365,7 +379,7 @@ class Session:
             points, labels, lengths = pad_prompts([s.prompt for s in steps])
         previous = None if like.previous is None else torch.cat([s.previous for s in steps])
         conditioned = self._bank_conditioned(index, image) if like.first else None
-        extra = self._bank_memory(image) if not like.first and self.strategy == "hybrid" else None
+        extra = self._bank_memory(index, image) if not like.first and self.strategy == "hybrid" else None
         pred, memory = self.model.track_step(
             index, image.expand(n), StackedMemory([s.cond for s in steps]), StackedMemory([s.non_cond for s in steps]),
             self.num_slices, points, labels, prev_mask_logits=previous, reverse=like.reverse,
@@ -402,18 +416,19 @@ class Session:
             self._bank_attended.move_to_end(index)
             return self._bank_attended[index]
         attended = self.model.conditioned_features(index, image, {}, {}, self.num_slices, is_init_cond_frame=True,
-                                                   extra_memory=self._bank_memory(image))
+                                                   extra_memory=self._bank_memory(index, image))
         self._bank_attended[index] = attended
         while len(self._bank_attended) > BANK_ATTENDED_SLICES:
             self._bank_attended.popitem(last=False)
         return attended
 
-    def _bank_memory(self, image: ImageFeatures):
+    def _bank_memory(self, index: int, image: ImageFeatures):
         """SAMed-2's bank memory for one slice: its best entry by similarity + confidence."""
         if self.bank is None or len(self.bank) == 0:
             return None
-        chosen = self.bank.select(image.features, k=1)
-        return self.bank.memory(chosen, self.device)
+        if index not in self._bank_choice:
+            self._bank_choice[index] = int(self.bank.select(image.features, k=1)[0, 0])
+        return self.bank.memory(torch.tensor([[self._bank_choice[index]]]), self.device)
 
     def _store(self, obj: TrackedObject, index: int, pred: Prediction) -> np.ndarray:
         present = bool((pred.object_score_logits > 0).all())
