@@ -72,6 +72,7 @@ def test_bench_facts_that_are_not_timings(quick_run):
     assert rows["bank_retrieval"]["details"]["restacked_per_call"] is False
     assert rows["peak_rss"]["details"]["cache_within_budget"] is True
     assert rows["scroll_click"]["details"]["encoder_runs_in_warm_click"] == 0
+    assert rows["scroll_click"]["details"]["bank_attention_runs_in_warm_click"] == 0
     assert 0.0 <= rows["fast_mode"]["details"]["mask_iou_vs_full"] <= 1.0
     propagation = rows["propagation"]
     if not propagation["skipped"]:

