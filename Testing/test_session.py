@@ -445,3 +445,18 @@ def test_precompute_chooses_bank_entries_and_attends_the_scrolled_to_slice(ct_vo
             assert torch.equal(ahead.objects[1].logits[14], cold.objects[1].logits[14])
     finally:
         del tiny_model.attend_memory
+
+
+def test_session_cache_keeps_the_slice_read_last_as_handed_out(ct_volume, tiny_model):
+    """Clicks in a row on one slice skip the half-precision conversion; a new embedding for the slice
+    replaces the kept copy."""
+    with Session(ct_volume, tiny_model, axis=2, device="cpu") as s:
+        s.precompute(10, radius=1)
+        s.wait_idle()
+        first = s.cache.get(10, "cpu")
+        assert s.cache.get(10, "cpu") is first
+        assert s.cache.get(11, "cpu") is not first and s.cache.get(10, "cpu") is not first
+        again = s.cache.get(10, "cpu")
+        s.cache.put(10, again)
+        assert s.cache.get(10, "cpu") is not again
+        assert torch.equal(s.cache.get(10, "cpu").features, again.features)

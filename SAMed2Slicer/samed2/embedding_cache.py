@@ -13,7 +13,12 @@ def _nbytes(features: ImageFeatures) -> int:
 
 
 class EmbeddingCache:
-    """slice index -> ImageFeatures (batch of one). The shared position encoding is stored once."""
+    """slice index -> ImageFeatures (batch of one). The shared position encoding is stored once.
+
+    The slice read last is also kept as it was handed out (outside the budget: one slice), because
+    clicks come in runs on one slice and converting it back from half precision costs a click
+    several milliseconds.
+    """
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
@@ -21,6 +26,7 @@ class EmbeddingCache:
         self._pos = None
         self.nbytes = 0
         self.item_bytes = 0  # size of one slice's embedding, once one was stored
+        self._last = None  # ((index, device, dtype), ImageFeatures) of the last get
 
     def __contains__(self, index: int) -> bool:
         return index in self._items
@@ -33,9 +39,12 @@ class EmbeddingCache:
         if item is None:
             return None
         self._items.move_to_end(index)
-        return ImageFeatures([t.to(device=device, dtype=dtype) for t in item.high_res],
-                             item.features.to(device=device, dtype=dtype),
-                             self._pos.to(device=device, dtype=dtype))
+        key = (index, torch.device(device), dtype)
+        if self._last is None or self._last[0] != key:
+            self._last = key, ImageFeatures([t.to(device=device, dtype=dtype) for t in item.high_res],
+                                            item.features.to(device=device, dtype=dtype),
+                                            self._pos.to(device=device, dtype=dtype))
+        return self._last[1]
 
     def put(self, index: int, features: ImageFeatures) -> None:
         """Store (evicting the least recently used; an item larger than the whole budget is not kept)."""
@@ -45,9 +54,13 @@ class EmbeddingCache:
             self._pos = features.pos.detach().to(STORAGE_DTYPE)
         if index in self._items:
             self.nbytes -= _nbytes(self._items.pop(index))
+        if self._last is not None and self._last[0][0] == index:
+            self._last = None
         self._items[index] = compact
         self.item_bytes = _nbytes(compact)
         self.nbytes += self.item_bytes
         while self.nbytes > self.budget_bytes:
-            _, evicted = self._items.popitem(last=False)
+            index, evicted = self._items.popitem(last=False)
             self.nbytes -= _nbytes(evicted)
+            if self._last is not None and self._last[0][0] == index:
+                self._last = None

@@ -30,7 +30,7 @@ from .worker import BACKGROUND, TorchWorker
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("up", "down", "both")
-DEFAULT_CACHE_BYTES = 2 * 1024 ** 3
+DEFAULT_CACHE_BYTES = 1024 ** 3
 BANK_ATTENDED_SLICES = 16  # slices whose bank-attended features are kept (4 MB each at 1024 px)
 
 
