@@ -101,3 +101,18 @@ def test_decoder_cross_attention_folding_equals_the_plain_computation():
                                rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(attention(image, tokens + 1, tokens, key_mask),
                                plain(image, tokens + 1, tokens, key_mask), rtol=1e-4, atol=1e-5)
+
+
+def test_hiera_position_embedding_is_kept_until_its_parameters_change():
+    from conftest import golden_tiny_config
+    from samed2.model import build_model
+
+    trunk = build_model(golden_tiny_config()).image_encoder.trunk
+    with torch.no_grad():
+        first = trunk._pos_embed(16, 16)
+        assert trunk._pos_embed(16, 16) is first
+        assert trunk._pos_embed(8, 8).shape[1:3] == (8, 8)
+        trunk.pos_embed.add_(1.0)
+        changed = trunk._pos_embed(8, 8)
+        torch.testing.assert_close(changed, trunk._resized_pos_embed(8, 8))
+    assert trunk._pos_embed(8, 8).requires_grad, "with autograd it is computed afresh"
