@@ -368,3 +368,26 @@ def test_trained_model_propagates_the_liver_through_memory_from_one_box(trained_
     assert tracked == [k for k in range(30) if k != 15]
     assert dice(mask, liver) >= 0.75
     assert min(per_slice) > 0.5
+
+
+def test_propagation_stops_within_two_slices_of_the_kidneys_end(trained_model):
+    """A box on the middle slice of the left kidney, propagated up (towards its end; its other end is
+    the volume's edge) with the default strategy for a model with a bank (box-chain, the model's own
+    bank): the kidney is followed, and propagation stops within 2 slices of its last slice."""
+    model = build_trained_model(trained_model)
+    volume = load_volume(IMAGE)
+    kidney = sitk.GetArrayFromImage(sitk.ReadImage(str(LABELS))) == LEFT_KIDNEY
+    present = np.nonzero(kidney.any(axis=(1, 2)))[0]
+    middle, last = int(np.median(present)), int(present.max())
+    assert last < volume.num_slices(2) - 3, "the kidney must end inside the volume for this test"
+    with Session(volume, model, axis=2, device="cpu", bank=ConfidenceBank.load(trained_model.bank)) as session:
+        assert session.strategy == "box-chain"
+        session.add_prompt(1, middle, box=mask_box(kidney[middle]))
+        results = list(session.propagate(direction="up", stop_after_absent=2))
+    found = [r.index for r in results if r.mask.any()]
+    per_slice = {r.index: dice(r.mask, kidney[r.index]) for r in results if r.index <= last}
+    print(f"\nleft kidney ends on slice {last}; propagation from {middle} found it up to slice {max(found)} "
+          f"and stopped after slice {results[-1].index}; Dice per slice {np.round(list(per_slice.values()), 2)}")
+    assert abs(max(found) - last) <= 2
+    assert results[-1].index <= last + 2
+    assert np.mean(list(per_slice.values())) >= 0.7
