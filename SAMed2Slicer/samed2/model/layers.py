@@ -96,7 +96,7 @@ class Attention(nn.Module):
 
     def _few_to_many(self, q, k, v):
         """Few queries (B, n, C) attending to many keys and values (B, N, C)."""
-        b, n, _ = q.shape
+        n = q.shape[1]
         heads = self._heads(self.q_proj(q))  # (B, H, n, d)
         # q . (W_k x + b_k) = (W_k^T q) . x + q . b_k; the second term is the same for every key
         # of a query, and softmax ignores it.
