@@ -4,7 +4,7 @@ Random weights give meaningless masks. The `trained_model` fixture trains a shru
 (Hiera with temporal adapters, 128 px input, every part trainable from random init) with
 `samed2.train` on totalseg/example_ct_sm.nii.gz + example_seg.nii.gz (liver and both kidneys), axial
 slices, holding out every 5th slice (k % 5 == 2: interleaved between training slices, away from the
-volume's ends) for measurement. It takes about 9 minutes on 2 CPU cores (one torch thread is as
+volume's ends) for measurement. It takes about 8 minutes on 2 CPU cores (one torch thread is as
 fast as two for a model this small).
 
 The recipe, found by measurement (README, "The test-trained model"): half the clips in image mode

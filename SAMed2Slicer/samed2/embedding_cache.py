@@ -54,13 +54,15 @@ class EmbeddingCache:
             self._pos = features.pos.detach().to(STORAGE_DTYPE)
         if index in self._items:
             self.nbytes -= _nbytes(self._items.pop(index))
-        if self._last is not None and self._last[0][0] == index:
-            self._last = None
+        self._forget_last(index)
         self._items[index] = compact
         self.item_bytes = _nbytes(compact)
         self.nbytes += self.item_bytes
         while self.nbytes > self.budget_bytes:
             index, evicted = self._items.popitem(last=False)
             self.nbytes -= _nbytes(evicted)
-            if self._last is not None and self._last[0][0] == index:
-                self._last = None
+            self._forget_last(index)
+
+    def _forget_last(self, index: int) -> None:
+        if self._last is not None and self._last[0][0] == index:
+            self._last = None

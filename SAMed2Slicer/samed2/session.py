@@ -222,20 +222,19 @@ class Session:
         if cached is not None:
             return cached
         group = self._group(index)
-        encoded = self._remember(group, self._encode(group))
-        return encoded[group.index(index)]
+        features = self._encode(group)
+        self._remember(group, features)
+        # the same precision as a cached copy, so a slice's result never depends on the cache
+        return features[group.index(index)].to(dtype=STORAGE_DTYPE).to(dtype=torch.float32)
 
-    def _remember(self, indices: List[int], features: List[ImageFeatures]) -> List[ImageFeatures]:
-        """Cache encoded slices and, with a bank, choose each one's entry: one pass over the bank's keys
-        for the whole batch. Returns the features as the cache gives them back (the same precision, so
-        a slice's result never depends on whether it came from the cache)."""
-        stored = [f.to(dtype=STORAGE_DTYPE).to(dtype=torch.float32) for f in features]
+    def _remember(self, indices: List[int], features: List[ImageFeatures]) -> None:
+        """Cache encoded slices and, with a bank, choose each one's entry (from the features as the cache
+        gives them back): one pass over the bank's keys for the whole batch."""
         for i, f in zip(indices, features):
             self.cache.put(i, f)
         if self.bank is not None and len(self.bank):
-            choices = self.bank.select(torch.cat([f.features for f in stored]), k=1)[:, 0].tolist()
-            self._bank_choice.update(zip(indices, choices))
-        return stored
+            stored = torch.cat([f.features for f in features]).to(dtype=STORAGE_DTYPE).to(dtype=torch.float32)
+            self._bank_choice.update(zip(indices, self.bank.select(stored, k=1)[:, 0].tolist()))
 
     def _encode_ahead(self, groups: List[List[int]]) -> None:
         todo = [i for group in groups if any(g not in self.cache for g in group) for i in group]

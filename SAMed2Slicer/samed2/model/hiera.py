@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import MLP
+from .layers import MLP, kept
 
 
 def window_partition(x: torch.Tensor, size: int):
@@ -157,15 +157,8 @@ class Hiera(nn.Module):
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
         """(1, h, w, C) position embedding. Without autograd it is kept for the next image (the bicubic
         resize costs 2 % of a 1024 px encoding), with copies of the parameters it came from."""
-        if torch.is_grad_enabled():
-            return self._resized_pos_embed(h, w)
-        sources = (self.pos_embed, self.pos_embed_window)
-        kept = getattr(self, "_kept_pos", None)
-        if kept is None or kept[0] != (h, w) or not all(
-                a.device == b.device and torch.equal(a, b) for a, b in zip(kept[1], sources)):
-            kept = (h, w), tuple(t.detach().clone() for t in sources), self._resized_pos_embed(h, w)
-            self._kept_pos = kept
-        return kept[2]
+        return kept(self, "_kept_pos_embed", (h, w), (self.pos_embed, self.pos_embed_window),
+                    lambda: self._resized_pos_embed(h, w))
 
     def _resized_pos_embed(self, h: int, w: int) -> torch.Tensor:
         pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")

@@ -24,6 +24,20 @@ class MLP(nn.Module):
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 
+def kept(owner: nn.Module, name: str, key, sources, compute):
+    """`compute()`, kept on `owner` as `name` and reused for the same `key` while the small tensors
+    `sources` it derives from hold the same values (compared with copies). Under autograd, with
+    sources that need gradients, it is computed afresh: a kept result would carry an old graph."""
+    if torch.is_grad_enabled() and any(s.requires_grad for s in sources):
+        return compute()
+    held = getattr(owner, name, None)
+    if held is None or held[0] != key or not all(
+            a.device == b.device and torch.equal(a, b) for a, b in zip(held[1], sources)):
+        held = key, [s.detach().clone() for s in sources], compute()
+        setattr(owner, name, held)
+    return held[2]
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of an (N, C, H, W) tensor."""
 

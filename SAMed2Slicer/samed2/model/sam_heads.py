@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import MLP, Attention, LayerNorm2d, upsample2x
+from .layers import MLP, Attention, LayerNorm2d, kept, upsample2x
 
 # Point labels understood by the prompt encoder.
 PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
@@ -54,12 +54,9 @@ class PromptEncoder(nn.Module):
     def dense_pe(self) -> torch.Tensor:
         """(1, C, h, w) encoding of the image embedding's grid. Every click needs it and it depends only
         on the small Fourier matrix, so it is kept with a copy of the matrix it came from."""
-        matrix = self.pe_layer.positional_encoding_gaussian_matrix
-        source, grid = getattr(self, "_dense_pe", (None, None))
-        if source is None or source.device != matrix.device or not torch.equal(source, matrix):
-            grid = self.pe_layer.grid(self.embedding_size, self.embedding_size).unsqueeze(0)
-            self._dense_pe = (matrix.clone(), grid)
-        return grid
+        size = self.embedding_size
+        return kept(self, "_kept_dense_pe", size, [self.pe_layer.positional_encoding_gaussian_matrix],
+                    lambda: self.pe_layer.grid(size, size).unsqueeze(0))
 
     def _encode_coords(self, points: torch.Tensor) -> torch.Tensor:
         return self.pe_layer.encode((points + 0.5) / self.input_size)

@@ -165,8 +165,7 @@ class _FramePrompter:
         """([(Prediction, truth)] for the first decode and each correction, FrameMemory of the last or None)."""
         truth_np = truth.cpu().numpy() > 0
         prompts = PromptSet.from_truth(truth_np, self.use_box, self.jitter, self.rng, self.with_negative)
-        pix = self.model.conditioned_features(0, image, {}, {}, 1, is_init_cond_frame=True,
-                                              extra_memory=self.bank_memory(image))
+        pix = self._first_prompt_features(image)
         pred = self._decode(pix, image, prompts, None)
         steps = [(pred, truth)]
         for _ in range(self.rounds):
@@ -180,9 +179,12 @@ class _FramePrompter:
         """(Prediction, truth) for objects that ended on the slice before, prompted with that slice's box
         as box-chain propagation prompts them: the object score learns to say "absent" there."""
         prompts = PromptSet.from_truth(previous.cpu().numpy() > 0, True, self.jitter, self.rng)
-        pix = self.model.conditioned_features(0, image, {}, {}, 1, is_init_cond_frame=True,
-                                              extra_memory=self.bank_memory(image))
-        return self._decode(pix, image, prompts, None), truth
+        return self._decode(self._first_prompt_features(image), image, prompts, None), truth
+
+    def _first_prompt_features(self, image: ImageFeatures) -> torch.Tensor:
+        """A prompted slice's features: without frame memory, attending to the bank's entry if any."""
+        return self.model.conditioned_features(0, image, {}, {}, 1, is_init_cond_frame=True,
+                                               extra_memory=self.bank_memory(image))
 
     def bank_memory(self, image: ImageFeatures):
         """The bank's best entry for this slice as memory tokens for every object, as a session picks it."""
