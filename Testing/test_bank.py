@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from samed2.bank import ConfidenceBank, image_key, import_reference_bank, read_reference_bank
-from samed2.errors import WeightsError
+from samed2.errors import InputError, WeightsError
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
 
@@ -45,6 +45,16 @@ def test_bank_import_reads_the_official_formats(tmp_path, writer):
     assert torch.allclose(loaded.ious, torch.stack([e[2] for e in entries]))
     norms = loaded.keys.float().norm(dim=1)
     assert torch.allclose(norms, torch.ones(6), atol=1e-3), "keys are stored unit-normalised"
+
+
+def test_bank_import_refuses_an_output_it_cannot_write_before_reading(tmp_path):
+    source = tmp_path / "bank.pkl"
+    source.write_bytes(pickle.dumps(reference_entries()))
+    with pytest.raises(InputError, match="unsupported output format 'bank.pt': use .safetensors"):
+        import_reference_bank(source, tmp_path / "bank.pt")
+    with pytest.raises(InputError, match="output folder does not exist"):
+        import_reference_bank(source, tmp_path / "missing" / "bank.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.pkl"]
 
 
 @pytest.mark.parametrize("writer", ["pickle", "torch.save"])

@@ -82,6 +82,13 @@ def test_bench_facts_that_are_not_timings(quick_run):
         assert all(0 < fraction < 1 for fraction in details["mask_fraction"]), "masks must not be trivial"
 
 
+def test_bench_refuses_a_json_path_it_cannot_write_before_running(tmp_path):
+    run = subprocess.run([*SAMED2, "bench", "--quick", "--device", "cpu", "--json", str(tmp_path / "no" / "b.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "output folder does not exist" in run.stderr
+    assert "bench:" not in run.stderr, "refused before the first benchmark"
+
+
 def test_bench_without_meta_sam2_skips_its_rows(monkeypatch):
     monkeypatch.setitem(sys.modules, "sam2.build_sam", None)  # import fails as if not installed
     b = bench.Bench(bench.QUICK, torch.device("cpu"), log=lambda message: None)

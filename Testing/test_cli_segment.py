@@ -64,3 +64,34 @@ def test_session_cli_segment_bad_input_is_a_clear_error(checkpoint, data_dir, tm
     assert run.returncode == 2
     assert message in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "m.nii.gz").exists()
+
+
+@pytest.mark.parametrize("outputs, message", [
+    (["--out", "{tmp}/missing/m.nii.gz"], "output folder does not exist"),
+    (["--out", "{tmp}/m.png"], "unsupported output format 'm.png'"),
+    (["--out", "{tmp}/m.nrrd", "--overlay", "{tmp}/m.jpg"], "unsupported output format 'm.jpg'"),
+])
+def test_session_cli_segment_refuses_bad_output_paths_before_any_work(data_dir, tmp_path, outputs, message):
+    """A typo in an output name is reported first: the model named here does not exist, so reaching
+    it (or the propagation) would give another error."""
+    outputs = [arg.format(tmp=tmp_path) for arg in outputs]
+    run = segment(data_dir / "totalseg" / "example_ct_sm.nii.gz", "--model", "no-such-model", "--box", "30,30,80,70,15",
+                  "--coords", "voxel", *outputs)
+    assert run.returncode == 2
+    assert message in run.stderr and "no-such-model" not in run.stderr and "Traceback" not in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_session_cli_segment_logs_non_finite_voxels_as_a_warning_line(checkpoint, data_dir, tmp_path):
+    source = sitk.ReadImage(str(data_dir / "totalseg" / "example_ct_sm.nii.gz"))
+    array = sitk.GetArrayFromImage(source).astype(np.float32)
+    array[16, 10:20, 10:20] = np.nan
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(source)
+    sitk.WriteImage(image, str(tmp_path / "nan.nrrd"))  # NRRD keeps NaN (SimpleITK's NIfTI writer does not)
+    run = segment(tmp_path / "nan.nrrd", *checkpoint, "--box", "30,30,80,70,15", "--coords", "voxel",
+                  "--propagate", "up", "--range", "15:17", "--stop-after-absent", "0", "--out", tmp_path / "m.nrrd")
+    assert run.returncode == 0, run.stderr
+    warning = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.startswith("WARNING:")]
+    assert warning and "100 voxel(s) are NaN or infinite" in warning[0], run.stderr
+    assert "session.py" not in run.stderr, "a log line, not Python's warning with its source line"

@@ -279,6 +279,13 @@ def test_eval_cli_refuses_labels_absent_from_every_case(tmp_path, tiny_files, ca
     assert "none of the chosen labels" in capsys.readouterr().err
 
 
+def test_eval_cli_refuses_an_output_that_is_a_file_before_evaluating(tmp_path, capsys):
+    (tmp_path / "out").write_text("not a folder")
+    assert main(["eval", "--data", str(CT), str(SEG), "--model", "no-such-model", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file: give a folder" in err and "no-such-model" not in err
+
+
 def test_eval_lists_cases_from_a_pair_a_csv_or_the_training_folder_layout(tmp_path):
     (tmp_path / "imagesTr").mkdir()
     (tmp_path / "labelsTr").mkdir()

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import WeightsError
+from .files import atomic_output, check_output_path
 
 DEFAULT_CAPACITY = 640
 ROUGH_ERROR = 2e-3
@@ -128,16 +129,11 @@ class ConfidenceBank:
     # ---- files ----------------------------------------------------------------------------
 
     def save(self, path) -> None:
-        """Write the bank as safetensors (temp file + rename: never a partial file)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        """Write the bank as safetensors (never a partial file)."""
+        with atomic_output(path) as temporary:
             save_file({"keys": self.keys.cpu().contiguous(), "features": self.features.contiguous(),
-                       "pos": self.pos.contiguous(), "ious": self.ious.contiguous()}, str(tmp),
+                       "pos": self.pos.contiguous(), "ious": self.ious.contiguous()}, str(temporary),
                       metadata={"format": "samed2-bank", "capacity": str(self.capacity)})
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path, key_device="cpu") -> "ConfidenceBank":
@@ -217,6 +213,7 @@ def read_reference_bank(path) -> list:
 
 def import_reference_bank(path, out_path, capacity: int = DEFAULT_CAPACITY) -> ConfidenceBank:
     """Convert the official pickled bank to this project's safetensors bank, once."""
+    check_output_path(out_path, (".safetensors",))
     bank = ConfidenceBank.from_entries(read_reference_bank(path), capacity)
     bank.save(out_path)
     return bank

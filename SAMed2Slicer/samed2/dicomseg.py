@@ -26,7 +26,8 @@ from pydicom.sr.codedict import codes
 
 from samed2 import __version__
 from samed2.errors import DicomError, InputError
-from samed2.labelmap import (LabelMap, atomic_output, bounds_overlap, check_labelmap_image, grid_differences,
+from samed2.files import atomic_output
+from samed2.labelmap import (LabelMap, bounds_overlap, check_labelmap_image, grid_differences,
                              physical_bounds, read_labelmap, resample_like)
 from samed2.terminology import Code, SegMetadata, SegmentAttributes, SegmentTerm, default_term, load_seg_metadata
 

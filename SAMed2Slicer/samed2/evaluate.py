@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import InputError
-from .labelmap import atomic_output
+from .files import atomic_output
 from .volume import Volume, get_slice, ijk_to_slice_coords, mask_box
 
 log = logging.getLogger(__name__)

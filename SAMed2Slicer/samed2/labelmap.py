@@ -8,22 +8,20 @@ keys (so Slicer shows names and colours); NIfTI has no place for them, so they g
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from samed2.errors import InputError, OutputError
+from samed2.errors import InputError
+from samed2.files import atomic_output, check_output_path
 from samed2.terminology import default_term
 
 _FLOAT_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64)
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _NRRD_SUFFIXES = (".nrrd",)
+LABELMAP_SUFFIXES = (".seg.nrrd",) + _NIFTI_SUFFIXES + _NRRD_SUFFIXES
 # relative tolerance when deciding that two grids are the same (DICOM/NRRD round their numbers)
 GRID_TOLERANCE = 1e-4
 
@@ -150,41 +148,15 @@ def _read_sidecar(path: Path) -> tuple[dict[int, str], dict[int, tuple[int, int,
 
 
 def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return next((s for s in (".seg.nrrd",) + _NIFTI_SUFFIXES + _NRRD_SUFFIXES if name.endswith(s)), path.suffix)
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target folder; on success it replaces `path`, on any
-    failure it is removed, so no partial file is ever left behind."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    try:
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_suffix(path))
-    except OSError as exc:
-        raise OutputError(f"cannot write in {path.parent}: {exc}") from None
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(f"could not write {path}: {exc}") from exc
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """The label-map format's file ending of a checked output path."""
+    return next(s for s in LABELMAP_SUFFIXES if path.name.lower().endswith(s))
 
 
 def write_labelmap(labelmap: LabelMap, path: str | Path) -> Path:
     """Write a label map as .nii/.nii.gz (names in a `.labels.json` beside it), .nrrd or
     .seg.nrrd (names and colours in Slicer's segment header keys)."""
-    path = Path(path)
+    path = check_output_path(path, LABELMAP_SUFFIXES)
     suffix = _suffix(path)
-    if suffix not in _NIFTI_SUFFIXES + _NRRD_SUFFIXES + (".seg.nrrd",):
-        raise InputError(f"unsupported label map format {path.name!r}: use .nii.gz, .nii, .nrrd or .seg.nrrd")
     image = sitk.Image(labelmap.image)
     if suffix in (".seg.nrrd", ".nrrd") and not labelmap.is_probability:
         _set_segment_keys(image, labelmap)

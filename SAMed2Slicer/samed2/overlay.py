@@ -3,6 +3,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_output, check_output_path
+
 
 def render_overlay(image01: np.ndarray, mask: np.ndarray, path, points=(), boxes=(), title: str = "") -> Path:
     """Save a slice (values in [0, 1]) with the mask outlined and filled, positive points green,
@@ -25,7 +27,10 @@ def render_overlay(image01: np.ndarray, mask: np.ndarray, path, points=(), boxes
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    path = check_output_path(path, (".png",))
+    try:
+        with atomic_output(path) as temporary:
+            fig.savefig(temporary, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -3,6 +3,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 # module name -> imported lazily so `samed2 --help` stays fast and light
 _COMMAND_MODULES = ["weights", "seg", "segment", "demo", "bank", "train", "eval", "bench"]
@@ -29,11 +30,17 @@ def _attach_coordinate_values(argv):
     return out
 
 
+def _log_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as log lines ("WARNING: ..."), which progress bars know how to print around."""
+    logging.getLogger("samed2").warning("%s", message)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(_attach_coordinate_values(argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     logging.getLogger("highdicom").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    warnings.showwarning = _log_warning
     from samed2.errors import Samed2Error
 
     try:

@@ -18,11 +18,15 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..bench import FULL, QUICK, format_table, run as run_bench
+    from ..files import atomic_write, check_output_path
 
+    if args.json:
+        check_output_path(args.json, (".json",))
     report = run_bench(QUICK if args.quick else FULL, args.device, log=lambda m: print(f"bench: {m}", file=sys.stderr))
     report["quick"] = args.quick
     print(format_table(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        text = json.dumps(report, indent=2).encode("utf-8")
+        atomic_write(args.json, lambda stream: stream.write(text))
         print(f"wrote {args.json}")
     return 0

@@ -58,6 +58,8 @@ def run(args) -> int:
     from ..evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
     from .segment import _load_model
 
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file: give a folder for the results")
     cases = list_cases(args.data)
     model, bank = _load_model(args)
     settings = EvalSettings(args.protocol, args.labels, None if args.axis == "auto" else int(args.axis),

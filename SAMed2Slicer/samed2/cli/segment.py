@@ -43,8 +43,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..files import check_output_path
+    from ..labelmap import LABELMAP_SUFFIXES
     from ..volume import load_volume
 
+    check_output_path(args.out, LABELMAP_SUFFIXES)
+    if args.overlay:
+        check_output_path(args.overlay, (".png",))
     volume = load_volume(args.image)
     axis = _axis(args, volume)
     prompts = _prompts(args, volume, axis)
@@ -143,6 +148,7 @@ def _limits(text):
 
 def segment(volume, model, axis, prompts, args, bank=None) -> np.ndarray:
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ..session import Session
 
@@ -155,8 +161,9 @@ def segment(volume, model, axis, prompts, args, bank=None) -> np.ndarray:
             low, high = _limits(args.range)
             steps = session.propagate(direction=args.propagate, start=low, stop=high,
                                       stop_after_absent=args.stop_after_absent)
-            for _ in tqdm(steps, desc="propagating", unit="slice"):
-                pass
+            with logging_redirect_tqdm():
+                for _ in tqdm(steps, desc="propagating", unit="slice"):
+                    pass
         return session.mask_volume(1)
 
 

@@ -12,17 +12,16 @@ The export is what inference uses: `<name>.pt` in the official layout (`{"model"
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from samed2.bank import ConfidenceBank
-from samed2.errors import InputError, OutputError
+from samed2.errors import InputError
+from samed2.files import atomic_write
 
 FORMAT = "samed2-train"
 VERSION = 1
@@ -74,6 +73,7 @@ def bank_from_state(state) -> ConfidenceBank | None:
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     """torch.save to a temporary file beside `path`, flushed to disk, then renamed over it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(path), lambda stream: torch.save({"format": FORMAT, "version": VERSION, **payload}, stream))
 
 
@@ -95,6 +95,7 @@ def load_checkpoint(path: Path) -> dict:
 def export_model(run_dir: Path, name: str, state_dict: dict, config: dict, bank: ConfidenceBank | None) -> Path:
     """Write <name>.pt ({"model": state_dict}), <name>.config.json and, if any, <name>.bank.safetensors."""
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     weights = run_dir / f"{name}.pt"
     cpu_state = {key: value.detach().cpu() for key, value in state_dict.items()}
     atomic_write(weights, lambda stream: torch.save({"model": cpu_state}, stream))
@@ -104,18 +105,3 @@ def export_model(run_dir: Path, name: str, state_dict: dict, config: dict, bank:
         bank.save(run_dir / f"{name}.bank.safetensors")
     return weights
 
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(stream) on a temporary file in path's folder, fsync it, rename it over path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise OutputError(f"could not write {path}: {exc}") from exc
-    finally:
-        Path(temporary).unlink(missing_ok=True)

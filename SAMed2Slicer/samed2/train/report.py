@@ -7,7 +7,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from samed2.train.checkpoint import atomic_write
+from samed2.files import atomic_write
 
 TRAIN_COLUMNS = ("loss", "dice", "focal", "iou", "score", "train_dice", "track_dice")
 
@@ -41,6 +41,7 @@ class MetricsLog:
         writer.writeheader()
         writer.writerows({k: _cell(v) for k, v in row.items()} for row in self.rows)
         data = text.getvalue().encode("utf-8")
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
         atomic_write(Path(run_dir) / "metrics.csv", lambda stream: stream.write(data))
         atomic_write(Path(run_dir) / "metrics.png", self._plot)
 

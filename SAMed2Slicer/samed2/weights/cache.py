@@ -7,13 +7,13 @@ no hash, this record is what later verifies check against.
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Union
 
 from samed2.errors import WeightsError
+from samed2.files import atomic_write
 from samed2.weights.registry import Config
 
 MANIFEST_NAME = "manifest.json"
@@ -69,7 +69,9 @@ def read_manifest(cache: Path) -> dict[str, Record]:
 
 def _write_manifest(cache: Path, records: dict[str, Record]) -> None:
     payload = {"version": 1, "checkpoints": {name: asdict(record) for name, record in sorted(records.items())}}
-    write_atomic_text(cache / MANIFEST_NAME, json.dumps(payload, indent=1))
+    text = json.dumps(payload, indent=1).encode("utf-8")
+    cache.mkdir(parents=True, exist_ok=True)
+    atomic_write(cache / MANIFEST_NAME, lambda stream: stream.write(text))
 
 
 def store_record(cache: Path, record: Record) -> None:
@@ -83,15 +85,3 @@ def forget_record(cache: Path, name: str) -> None:
     if records.pop(name, None) is not None:
         _write_manifest(cache, records)
 
-
-def write_atomic_text(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
