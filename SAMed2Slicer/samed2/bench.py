@@ -617,10 +617,9 @@ def measure_session(settings: Settings, device_name: str) -> dict:
                  cache_bytes=DEFAULT_CACHE_BYTES, bank=bank) as session:
         out["precompute_s"], _ = clock.time(lambda: (session.precompute(center, settings.precompute_radius),
                                                      session.wait_idle()))
-        parts = PartTimes(model, clock)
-        out["warm_click_s"], _ = clock.time(session.add_prompt, 1, center, [(*liver_point(shape), True)])
-        out["warm_click_parts_s"], out["warm_click_encodes"] = parts.finish(), parts.calls["image_encoder"]
-        out["warm_click_attends"] = parts.calls["memory_attention"]
+        # object 1 is propagated below; 3 and 4 are new objects on the neighbouring slices
+        clicks = [(obj_id, center + offset, [(*liver_point(shape), True)]) for obj_id, offset in ((1, 0), (3, -1), (4, 1))]
+        out.update(scroll_then_click(session, model, clock, clicks, settings.precompute_radius))
         cold = center - 2 * (settings.precompute_radius + 4)
         out["cold_click_s"], _ = clock.time(session.add_prompt, 2, cold, [(*liver_point(shape), True)])
         steps = list(session.propagate([1], direction="up", stop=center + settings.propagate_slices,
@@ -632,6 +631,22 @@ def measure_session(settings: Settings, device_name: str) -> dict:
                    cached_slices=len(session.cache), slices=session.num_slices, propagated=len(steps),
                    cache_ok=cache_keeps_budget(session))
     return out
+
+
+def scroll_then_click(session: Session, model, clock: Clock, clicks, radius: int) -> dict:
+    """For each (object, slice, points): scroll there (the session prepares the slice in the background,
+    waited for), then click. The median click, each click's decoder time, and the encoder and bank
+    attention runs inside the clicks (none is the target)."""
+    seconds, decoder, encodes, attends = [], [], 0, 0
+    for obj_id, index, points in clicks:
+        session.precompute(index, radius)
+        session.wait_idle()
+        parts = PartTimes(model, clock)
+        seconds.append(clock.time(session.add_prompt, obj_id, index, points)[0])
+        decoder.append(parts.finish()["sam_mask_decoder"])
+        encodes, attends = encodes + parts.calls["image_encoder"], attends + parts.calls["memory_attention"]
+    return {"warm_click_s": median(seconds), "warm_clicks_s": seconds, "warm_click_decoder_s": decoder,
+            "warm_click_encodes": encodes, "warm_click_attends": attends}
 
 
 def session_rows(b: Bench) -> List[Row]:
@@ -668,13 +683,14 @@ def scroll_row(b: Bench, out: dict) -> Row:
     prepared = out["warm_click_encodes"] == 0 and out["warm_click_attends"] == 0
     return Row("scroll_click", f"Scroll, then click, with the {b.settings.bank_entries}-entry bank "
                                "(background encoding, bank choice and attention)",
-               Measure(warm, "s", "Session.add_prompt on a slice prepared in the background"),
+               Measure(warm, "s", f"Session.add_prompt on a slice prepared in the background "
+                                  f"(median of {len(out['warm_clicks_s'])} slices)"),
                Measure(cold, "s", "the same click on a slice not yet encoded (cold)"),
                cold / warm, "cold / warm (speed-up)",
                f"no encoder or bank attention in the click; <= {target * 1000:.0f} ms", prepared and warm <= target,
                details={"encoder_runs_in_warm_click": out["warm_click_encodes"],
                         "bank_attention_runs_in_warm_click": out["warm_click_attends"],
-                        "warm_click_parts_s": out["warm_click_parts_s"],
+                        "warm_clicks_s": out["warm_clicks_s"], "warm_click_decoder_s": out["warm_click_decoder_s"],
                         "background_precompute_s": out["precompute_s"]})
 
 
