@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from . import volume as vol
 from .bank import ConfidenceBank, image_key
 from .device import autocast, pick_device
-from .embedding_cache import STORAGE_DTYPE, EmbeddingCache
+from .embedding_cache import EmbeddingCache, as_stored
 from .model import ImageFeatures, SAM2Model, build_model, get_config
 from .presets import CT_WINDOWS, IntensityWindow, ct_window
 from .session import DEFAULT_CACHE_BYTES, Session
@@ -225,11 +225,6 @@ def soft_tissue() -> IntensityWindow:
     return IntensityWindow(level - width / 2, level + width / 2)
 
 
-def as_cached(features: ImageFeatures) -> ImageFeatures:
-    """Features as a session gets them back from its cache (stored in half precision)."""
-    return features.to(dtype=STORAGE_DTYPE).to(dtype=torch.float32)
-
-
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
@@ -328,7 +323,7 @@ class Case:
 def make_case(b: Bench, model: SAM2Model) -> Case:
     size = model.image_size
     pair = b.slices([b.center, b.center + 1], size, "none")
-    return Case(model, pair, as_cached(model.encode_images(pair)), b.click(size))  # also the warm-up
+    return Case(model, pair, as_stored(model.encode_images(pair)), b.click(size))  # also the warm-up
 
 
 def samed2_rows(b: Bench) -> List[Row]:

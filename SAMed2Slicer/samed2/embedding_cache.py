@@ -8,6 +8,12 @@ from .model import ImageFeatures
 STORAGE_DTYPE = torch.float16
 
 
+def as_stored(x):
+    """Features (a tensor or ImageFeatures) at the precision the cache hands them out with: rounded to
+    STORAGE_DTYPE, back in float32. A slice's result then never depends on whether it came from the cache."""
+    return x.to(dtype=STORAGE_DTYPE).to(dtype=torch.float32)
+
+
 def _nbytes(features: ImageFeatures) -> int:
     return sum(t.numel() * t.element_size() for t in [*features.high_res, features.features])
 

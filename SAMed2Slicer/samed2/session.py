@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import volume as vol
 from .bank import ConfidenceBank
 from .device import autocast, is_out_of_memory, pick_device
-from .embedding_cache import STORAGE_DTYPE, EmbeddingCache
+from .embedding_cache import EmbeddingCache, as_stored
 from .errors import InputError
 from .model import FrameMemory, ImageFeatures, Prediction, SAM2Model
 from .model.sam_heads import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
@@ -224,8 +224,7 @@ class Session:
         group = self._group(index)
         features = self._encode(group)
         self._remember(group, features)
-        # the same precision as a cached copy, so a slice's result never depends on the cache
-        return features[group.index(index)].to(dtype=STORAGE_DTYPE).to(dtype=torch.float32)
+        return as_stored(features[group.index(index)])
 
     def _remember(self, indices: List[int], features: List[ImageFeatures]) -> None:
         """Cache encoded slices and, with a bank, choose each one's entry (from the features as the cache
@@ -233,7 +232,7 @@ class Session:
         for i, f in zip(indices, features):
             self.cache.put(i, f)
         if self.bank is not None and len(self.bank):
-            stored = torch.cat([f.features for f in features]).to(dtype=STORAGE_DTYPE).to(dtype=torch.float32)
+            stored = as_stored(torch.cat([f.features for f in features]))
             self._bank_choice.update(zip(indices, self.bank.select(stored, k=1)[:, 0].tolist()))
 
     def _encode_ahead(self, groups: List[List[int]]) -> None:
