@@ -1,6 +1,6 @@
 """SAMed-2 module for 3D Slicer: the Qt panel. The logic lives in SAMed2SlicerLib (Qt-free), the
-effect and the controller shared with it in SAMed2SlicerQt, the engine in samed2; nothing here
-imports torch or installs anything at import time."""
+Segment Editor effect in SegmentEditorSAMed2Lib, the controller shared by both in SAMed2SlicerQt,
+the engine in samed2; nothing here imports torch or installs anything at import time."""
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +29,8 @@ HOMEPAGE = "https://github.com/samed2slicer/SAMed2Slicer"
 EFFECT_NAME = "SAMed-2"
 EXPORT_FORMATS = ("DICOM-SEG file", "DICOM-SEG into the DICOM database", "NIfTI file", "Slicer segmentation file")
 DOWNLOAD_POLL_MS = 200
+EFFECT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SegmentEditorSAMed2Lib",
+                             "SegmentEditorEffect.py").replace("\\", "/")
 
 
 class SAMed2Slicer(ScriptedLoadableModule):
@@ -50,16 +52,32 @@ class SAMed2Slicer(ScriptedLoadableModule):
             " Model) and SAM 2 (Segment Anything in Images and Videos, Meta AI). Both are"
             " reimplemented here; their weights keep their own licences."
         )
-        slicer.app.connect("startupCompleted()", registerEffect)
+        if startupCompleted():  # the module was loaded later (Extension Wizard, Reload)
+            registerEffect()
+        else:
+            slicer.app.connect("startupCompleted()", registerEffect)
+
+
+def startupCompleted():
+    """Whether Slicer has started: it emits startupCompleted() when its main window is first shown
+    (qSlicerApplicationHelper), so a visible main window means the signal has gone already."""
+    window = slicer.util.mainWindow()
+    return window is not None and window.isVisible()
 
 
 def registerEffect():
-    """Make the SAMed-2 effect available in every Segment Editor."""
-    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+    """Make the SAMed-2 effect available in every Segment Editor (once).
 
+    The package is imported first, so Slicer's loader finds the class on sys.modules (as its
+    ScriptedSegmentEditorEffect template's layout allows) instead of loading the file again."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+    import SegmentEditorSAMed2Lib  # noqa: F401 (sys.modules entry for setPythonSource)
+
+    factory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+    if any(effect.name == EFFECT_NAME for effect in factory.registeredEffects()):
+        return
     effect = effects.qSlicerSegmentEditorScriptedEffect(None)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SAMed2SlicerQt", "effect.py")
-    effect.setPythonSource(path.replace("\\", "/"))
+    effect.setPythonSource(EFFECT_SOURCE)
     effect.self().register()
 
 
@@ -115,6 +133,10 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor = self.ui.segmentEditorWidget
         editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         editor.connect("sourceVolumeNodeChanged(vtkMRMLVolumeNode*)", self.onSourceVolumeChanged)
+        # Effects registered after this editor was built (the SAMed-2 one at startupCompleted())
+        # appear only when the list is updated, as Slicer's Segment Editor module does it.
+        self._effectFactory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+        self._effectFactory.connect("effectRegistered(QString)", self.onEffectRegistered)
         self.ui.modelComboBox.connect("currentTextChanged(QString)", self.onModelChanged)
         self.ui.downloadButton.connect("clicked()", self.onDownload)
         self.ui.importButton.connect("clicked()", self.onImport)
@@ -130,6 +152,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.removeObservers()
+        self._effectFactory.disconnect("effectRegistered(QString)", self.onEffectRegistered)
         if self.showStatus in self.controller.listeners:
             self.controller.listeners.remove(self.showStatus)
 
@@ -139,6 +162,9 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self.refreshModels()
         self.onSourceVolumeChanged(self.ui.segmentEditorWidget.sourceVolumeNode())
+
+    def onEffectRegistered(self, name):
+        self.ui.segmentEditorWidget.updateEffectList()
 
     def exit(self):
         self.ui.segmentEditorWidget.setActiveEffect(None)

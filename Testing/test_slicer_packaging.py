@@ -1,9 +1,12 @@
 """Static checks of the Slicer extension: what CMake ships, what the index is told, what
 the panel uses, and which way the imports go."""
 import ast
+import functools
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from urllib.parse import urlparse
@@ -58,9 +61,33 @@ def shipped_files():
     return files
 
 
+CMAKE_PROBE = """cmake_minimum_required(VERSION 3.16)
+project(probe NONE)
+macro(slicerMacroBuildScriptedModule)  # as Slicer's macro parses its arguments
+  cmake_parse_arguments(MY_SLICER "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  message(STATUS "SCRIPTS=${MY_SLICER_SCRIPTS}")
+  message(STATUS "RESOURCES=${MY_SLICER_RESOURCES}")
+endmacro()
+add_subdirectory("MODULE_DIR" module)
+"""
+
+
+def cmake_executable():
+    beside_python = Path(sys.executable).with_name("cmake")  # the test extra's cmake wheel
+    return str(beside_python) if beside_python.is_file() else shutil.which("cmake")
+
+
+@functools.lru_cache(maxsize=None)
 def module_lists():
-    sets = cmake_sets(MODULE_DIR / "CMakeLists.txt")
-    return sets["MODULE_PYTHON_SCRIPTS"], sets["MODULE_PYTHON_RESOURCES"]
+    """The SCRIPTS and RESOURCES the module's CMakeLists.txt hands slicerMacroBuildScriptedModule,
+    from a real CMake configure of it (its globs evaluated by CMake)."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "CMakeLists.txt").write_text(CMAKE_PROBE.replace("MODULE_DIR", MODULE_DIR.as_posix()))
+        result = subprocess.run([cmake_executable(), "-S", folder, "-B", f"{folder}/build"],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lists = dict(re.findall(r"^-- (SCRIPTS|RESOURCES)=(.*)$", result.stdout, re.MULTILINE))
+    return lists["SCRIPTS"].split(";"), lists["RESOURCES"].split(";")
 
 
 def ui_object_names(path):
@@ -185,7 +212,7 @@ def test_slicer_module_metadata_matches_the_extension():
 
 GUI_FILES_AND_PANELS = [
     (f"{MODULE_NAME}.py", f"{MODULE_NAME}.ui"),
-    ("SAMed2SlicerQt/effect.py", "SegmentEditorSAMed2.ui"),
+    ("SegmentEditorSAMed2Lib/SegmentEditorEffect.py", "SegmentEditorSAMed2.ui"),
 ]
 
 
@@ -240,7 +267,8 @@ def test_slicer_logic_imports_without_torch():
 
 
 def gui_files():
-    return [MODULE_DIR / f"{MODULE_NAME}.py", *sorted((MODULE_DIR / "SAMed2SlicerQt").glob("*.py"))]
+    return [MODULE_DIR / f"{MODULE_NAME}.py", *sorted((MODULE_DIR / "SAMed2SlicerQt").glob("*.py")),
+            *sorted((MODULE_DIR / "SegmentEditorSAMed2Lib").glob("*.py"))]
 
 
 def test_slicer_gui_module_imports_no_torch_at_import_time():

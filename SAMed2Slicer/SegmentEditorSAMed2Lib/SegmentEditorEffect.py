@@ -1,6 +1,10 @@
 """The "SAMed-2" Segment Editor effect: include points, exclude points and boxes in any slice
-view, and propagation, for the selected segment. The SAMed-2 module registers it at start-up,
-so it works in Slicer's Segment Editor as in the module's own panel.
+view, and propagation, for the selected segment. The SAMed-2 module registers it (at start-up,
+or when the module is loaded later), so it works in Slicer's Segment Editor as in the module's
+own panel.
+
+Slicer may load this file as the module `SegmentEditorSAMed2Lib` itself (see __init__.py), so
+it imports only absolute names.
 
 The effect only turns mouse events into world coordinates and calls the shared Controller;
 the geometry, the engine calls and the segment writes are SAMed2SlicerLib's.
@@ -14,7 +18,8 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from SAMed2SlicerQt.controller import Controller
 
-MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EFFECT_SOURCE = os.path.abspath(__file__).replace("\\", "/")
+MODULE_DIR = os.path.dirname(os.path.dirname(EFFECT_SOURCE))
 DEFAULT_VIEW = "Red"
 DEFAULTS = (("Tool", "include"), ("Direction", "both"), ("FirstSlice", -1), ("LastSlice", -1),
             ("StopAfterAbsent", 3), ("AllSegments", 0))
@@ -72,7 +77,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
 
         cloned = effects.qSlicerSegmentEditorScriptedEffect(None)
-        cloned.setPythonSource(os.path.abspath(__file__).replace("\\", "/"))
+        cloned.setPythonSource(EFFECT_SOURCE)
         return cloned
 
     def icon(self):
