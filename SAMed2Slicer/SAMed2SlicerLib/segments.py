@@ -11,7 +11,7 @@ layout (samed2.volume): axis 2 -> rows j, columns i; axis 1 -> rows k, columns i
 axis 0 -> rows k, columns j.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import slicer
@@ -143,14 +143,20 @@ class SliceEdit:
 
 class EditStep:
     """One undoable step (an interaction or a propagation run): writes through it remember
-    what each slice held before its first write in the step."""
+    what each slice held before its first write in the step. `before_write` runs just before
+    the step's first write (the Segment Editor saves its undo state there: a step that writes
+    nothing leaves no undo state)."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, before_write: Optional[Callable[[], None]] = None):
         self.label = label
         self.memo: dict = {}  # the caller's own bookkeeping, undone with the step
         self._edits: Dict[Target, SliceEdit] = {}
+        self._before_write = before_write  # called once, before the step's first write
 
     def write(self, target: Target, masks: Dict[int, np.ndarray]) -> None:
+        if self._before_write is not None and masks:
+            before_write, self._before_write = self._before_write, None
+            before_write()
         edit = self._edits.setdefault(target, SliceEdit(target))
         edit.remember(read_slices(target, [i for i in masks if i not in edit.before]))
         write_slices(target, masks)

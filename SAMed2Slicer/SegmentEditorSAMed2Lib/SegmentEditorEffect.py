@@ -16,6 +16,7 @@ import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
+from SAMed2SlicerLib.prompts import hovered_prompt
 from SAMed2SlicerQt.controller import Controller
 
 EFFECT_SOURCE = os.path.abspath(__file__).replace("\\", "/")
@@ -85,8 +86,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def helpText(self):
         return ("<html>Segment with SAMed-2 / SAM 2: click on the object (include point), click where the result "
-                "leaks (exclude point, or Shift+click), or drag a box around it, in any slice view. The selected "
-                "segment's slice is updated at each prompt; prompts are markups you can drag or delete. Then "
+                "leaks (exclude point), or drag a box around it, in any slice view. The selected "
+                "segment's slice is updated at each prompt; prompts are markups you can drag (press on the point) or delete. Then "
                 "propagate through the volume, correct slices and propagate again.</html>")
 
     # ---- options panel -------------------------------------------------------------------
@@ -180,8 +181,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return False
 
     def _press(self, interactor, xy, view_widget):
+        """A left press makes a prompt, except with a modifier key (left to the view, as
+        Slicer's Draw effect does) or over a prompt's point or handle (Markups drags it)."""
         self._end_drag()  # a release outside the view never came
         volume, segmentation, segment_id = self._nodes()
+        if interactor.GetShiftKey() or interactor.GetControlKey() or interactor.GetAltKey():
+            return False
+        if segmentation is not None and hovered_prompt(segmentation) is not None:
+            return False
         if not segment_id:
             self._show("Select (or add) a segment first: each object is one segment.")
             return True
@@ -191,7 +198,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if tool == "box":
             self._drag = BoxDrag(self.scriptedEffect, view_widget, xy, point)
             return True
-        positive = tool == "include" and not interactor.GetShiftKey()
+        positive = tool == "include"
         Controller.get().click(volume, segmentation, segment_id, self._prompt_view, point, positive,
                                self.scriptedEffect.saveStateForUndo)
         return True
@@ -226,7 +233,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if not controller.ensure_ready():
             return
         with controller.reporting("Reading the view's slice"):
-            spin_box.value = controller.segmenter_for(volume, segmentation).view_slice_index(self._propagation_view())
+            spin_box.value = controller.logic.segmenter_for(volume, segmentation).view_slice_index(self._propagation_view())
 
     def onPropagate(self):
         volume, segmentation, segment_id = self._nodes()
