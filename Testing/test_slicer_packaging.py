@@ -2,6 +2,7 @@
 the panel uses, and which way the imports go."""
 import ast
 import functools
+import json
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ MODULE_NAME = "SAMed2Slicer"
 NOT_SHIPPED_DIRS = {"__pycache__"}
 NOT_SHIPPED_SUFFIXES = {".pyc", ".egg-info"}
 UI_OBJECT_TAGS = {"widget", "layout", "action", "actiongroup", "spacer"}
+SCHEMA = Path(__file__).with_name("slicer-extension-catalog-entry-schema-v1.0.2.json")
 
 
 def cmake_sets(path):
@@ -169,6 +171,7 @@ def test_slicer_module_ships_its_icon_and_panel():
     ("screenshoturls", "EXTENSION_SCREENSHOTURLS"),
     ("description", "EXTENSION_DESCRIPTION"),
     ("contributors", "EXTENSION_CONTRIBUTORS"),
+    ("status", "EXTENSION_STATUS"),
 ])
 def test_slicer_s4ext_agrees_with_cmake(s4ext_key, cmake_key):
     s4ext = s4ext_fields(REPO / f"{extension_variables()['project']}.s4ext")
@@ -185,6 +188,40 @@ def test_slicer_s4ext_names_the_project_and_its_repository():
     assert s4ext["enabled"] == "1"
     assert cmake["EXTENSION_DEPENDS"] == "PyTorch"
     assert cmake["EXTENSION_CATEGORY"] == "Segmentation"
+
+
+def test_slicer_extensions_index_json_follows_the_newest_catalog_schema():
+    """<project>.json is what the Extensions Index reads since Slicer 5.8. The schema is Slicer's
+    Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json (the newest there), kept beside
+    this test because CI reaches only PyPI."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    cmake = extension_variables()
+    entry = json.loads((REPO / f"{cmake['project']}.json").read_text())
+    jsonschema.validate(entry, schema, cls=jsonschema.Draft7Validator)
+    assert entry["$schema"] == schema["$id"]
+    assert entry["category"] == cmake["EXTENSION_CATEGORY"]
+    assert entry["build_dependencies"] == cmake["EXTENSION_DEPENDS"].split()
+    assert entry["scm_url"] == cmake["EXTENSION_HOMEPAGE"] + ".git"
+    assert entry["scm_revision"] == s4ext_fields(REPO / f"{cmake['project']}.s4ext")["scmrevision"]
+
+
+def test_slicer_extensions_index_json_schema_check_can_fail():
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    with pytest.raises(jsonschema.ValidationError, match="scm_url"):
+        jsonschema.validate({"$schema": schema["$id"], "category": "Segmentation"}, schema)
+    with pytest.raises(jsonschema.ValidationError, match="description"):
+        jsonschema.validate({"$schema": schema["$id"], "category": "Segmentation", "scm_url": "x",
+                             "description": "not an index field"}, schema)
+
+
+def test_slicer_network_self_test_is_not_registered_with_ctest():
+    """The module's self-test downloads a sample CT: extension dashboards build offline."""
+    text = re.sub(r"#[^\n]*", "", (MODULE_DIR / "CMakeLists.txt").read_text())
+    assert "slicer_add_python_unittest" not in text
 
 
 def test_slicer_extension_icon_is_a_repository_file():

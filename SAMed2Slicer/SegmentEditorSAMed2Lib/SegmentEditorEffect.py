@@ -158,7 +158,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.ui.propagateButton.enabled = not running
         self.ui.cancelButton.enabled = running
         if progress is not None:
-            self.ui.propagationProgressBar.value = int(round(100 * progress.fraction))
+            self.ui.propagationProgressBar.value = int(round(100 * (progress.fraction or 0)))
 
     # ---- mouse in slice views --------------------------------------------------------------
 
