@@ -66,36 +66,41 @@ def _slab(target, low, high, fill):
     return image, array
 
 
-def read_slices(target, indices) -> Dict[int, np.ndarray]:
-    """{index: bool mask} of the segment on those slices of the volume's grid."""
-    indices = sorted(set(int(i) for i in indices))
-    if not indices:
-        return {}
-    low, high = indices[0], indices[-1]
-    reference, _ = _slab(target, low, high, 0)
+def read_slab(target, low, high) -> np.ndarray:
+    """The segment on slices low..high along the target's axis of the volume's grid: a bool
+    [k, j, i] array holding just those slices."""
+    reference, empty = _slab(target, low, high, 0)
     labelmap = target.segment().GetRepresentation(
         slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
     on_grid = slicer.vtkOrientedImageData()
     if labelmap is None or not _has_voxels(labelmap) or not \
             slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
                 labelmap, reference, on_grid):
-        empty = np.zeros(_slice_shape(reference, target.axis), bool)
-        return {index: empty.copy() for index in indices}
+        return empty.astype(bool)
     shape = tuple(reversed(on_grid.GetDimensions()))
     values = numpy_support.vtk_to_numpy(on_grid.GetPointData().GetScalars()).reshape(shape)
-    inside = values == target.segment().GetLabelValue()
-    return {index: inside[slice_selector(target.axis, index - low)].copy() for index in indices}
+    return values == target.segment().GetLabelValue()
+
+
+def read_segment(segmentation_node, segment_id, volume_node) -> np.ndarray:
+    """The whole segment on the volume's grid, a bool [k, j, i] array."""
+    last = volume_node.GetImageData().GetDimensions()[2] - 1
+    return read_slab(Target(segmentation_node, segment_id, volume_node, 2), 0, last)
+
+
+def read_slices(target, indices) -> Dict[int, np.ndarray]:
+    """{index: bool mask} of the segment on those slices of the volume's grid."""
+    indices = sorted(set(int(i) for i in indices))
+    if not indices:
+        return {}
+    low = indices[0]
+    slab = read_slab(target, low, indices[-1])
+    return {index: slab[slice_selector(target.axis, index - low)].copy() for index in indices}
 
 
 def _has_voxels(image):
     extent = image.GetExtent()
     return extent[0] <= extent[1] and extent[2] <= extent[3] and extent[4] <= extent[5]
-
-
-def _slice_shape(image, axis):
-    dims = list(reversed(image.GetDimensions()))
-    del dims[2 - axis]
-    return tuple(dims)
 
 
 def write_slices(target, masks: Dict[int, np.ndarray]) -> None:
