@@ -102,3 +102,21 @@ def test_mrml_press_over_a_prompt_is_left_to_markups(ct, abdomen, views):
     assert hovered_prompt(abdomen) is prompt
     prompt.GetDisplayNode().SetActiveComponent(slicer.vtkMRMLMarkupsDisplayNode.ComponentNone, -1)
     assert hovered_prompt(abdomen) is None
+
+
+def test_mrml_undo_state_is_saved_only_by_actions_that_write(logic, ct, abdomen, views):
+    """The GUI passes the Segment Editor's saveStateForUndo as `before_write`: it runs once
+    before an action's first write, and not for an action that is refused or writes nothing."""
+    from samed2.errors import InputError
+
+    saved = []
+    with pytest.raises(InputError):
+        logic.click(ct, abdomen, "liver", views["Red"], world_point((-50, 50, 15)), before_write=lambda: saved.append(1))
+    assert saved == []
+    logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK), before_write=lambda: saved.append("click"))
+    assert saved == ["click"]
+    assert logic.apply_moved_prompts(before_write=lambda: saved.append("moved")) is None  # nothing moved
+    job = logic.propagate(ct, abdomen, views["Red"], ["liver"], direction="up", stop=18,
+                          before_write=lambda: saved.append("propagation"))
+    job.wait(timeout_s=120)
+    assert saved == ["click", "propagation"]

@@ -161,6 +161,33 @@ def test_slicer_module_ships_its_icon_and_panel():
     assert_png_size(MODULE_DIR / "Resources" / "Icons" / f"{MODULE_NAME}.png", (128, 128))
 
 
+OLDEST_SLICER_PYTHON = (3, 9)  # Slicer 5.6 and 5.8 (Slicer_REQUIRED_PYTHON_VERSION 3.9.10)
+
+
+def annotations(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield from (a.annotation for a in node.args.args + node.args.kwonlyargs if a.annotation)
+            if node.returns:
+                yield node.returns
+        elif isinstance(node, ast.AnnAssign):
+            yield node.annotation
+
+
+def test_slicer_module_parses_and_annotates_for_the_oldest_slicer_python():
+    """Every shipped file is valid Python 3.9, and none evaluates `X | Y` annotations at import
+    (a TypeError before 3.10) unless it postpones annotations."""
+    scripts, _ = module_lists()
+    for name in scripts:
+        source = (MODULE_DIR / name).read_text()
+        tree = ast.parse(source, feature_version=OLDEST_SLICER_PYTHON)
+        if "from __future__ import annotations" in source:
+            continue
+        unions = [ast.unparse(a) for a in annotations(tree)
+                  if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(a))]
+        assert unions == [], f"{name}: {unions}"
+
+
 # --- extension description ------------------------------------------------------------
 
 @pytest.mark.parametrize("s4ext_key, cmake_key", [
