@@ -62,6 +62,7 @@ class Controller(VTKObservationMixin):
         self._markup_timer = _timer(MARKUP_SETTLE_MS, self._apply_moved_prompts, single_shot=True)
         self._warm_up_timer = _timer(WARM_UP_SETTLE_MS, self._warm_up, single_shot=True)
         slicer.app.connect("aboutToQuit()", self.shutdown)
+        self.addObserver(slicer.mrmlScene, slicer.vtkMRMLScene.StartCloseEvent, self._on_scene_closing)
 
     @property
     def logic(self):
@@ -181,10 +182,12 @@ class Controller(VTKObservationMixin):
 
     def _apply_moved_prompts(self):
         with self.reporting("Updating the segment after moving prompts"):
-            if self.logic.segmenter is None or not self.logic.segmenter.pending_prompts() or \
-                    self.logic.segmenter.running is not None:
-                return
-            self.notify(written_message(self.logic.apply_moved_prompts(before_write=self._save_undo)))
+            written = self.logic.apply_moved_prompts(before_write=self._save_undo)
+            if written is not None:
+                self.notify(written_message(written))
+
+    def _on_scene_closing(self, caller=None, event=None):
+        self.removeObservers(self._on_markup_changed)  # the prompt nodes go with the scene
 
     def view_changed(self, volume, segmentation, slice_node):
         """A slice view moved: encode the slices around it soon (only once a segmenter exists)."""
