@@ -120,3 +120,16 @@ def test_mrml_undo_state_is_saved_only_by_actions_that_write(logic, ct, abdomen,
                           before_write=lambda: saved.append("propagation"))
     job.wait(timeout_s=120)
     assert saved == ["click", "propagation"]
+
+
+def test_mrml_warm_up_is_a_job_that_ends_when_the_slices_around_the_view_are_encoded(logic, ct, abdomen, views):
+    assert logic.warm_up(ct, abdomen, views["Red"]) is None, "no segmenter yet: nothing to warm up"
+    logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+    views["Red"].JumpSliceByCentering(*world_point((CLICK[0], CLICK[1], 20)))
+    job = logic.warm_up(ct, abdomen, views["Red"])
+    assert logic.warm_up(ct, abdomen, views["Red"]) is None, "one warm-up at a time"
+    while logic.jobs.jobs:
+        logic.jobs.tick()
+    assert job.error is None
+    cache = logic.segmenter.session(2).cache
+    assert all(index in cache for index in range(18, 23))
