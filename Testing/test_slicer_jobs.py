@@ -39,7 +39,7 @@ LIBC = ctypes.PyDLL(ctypes.util.find_library("c"))  # PyDLL: the GIL stays held 
 MAX_SLOWDOWN = 1.5  # the bound; measured here: see the README's "Slicer's main thread"
 MAX_GUI_BLOCK_S = 0.05  # the bound. A tick waits TICK_WAIT_S (20 ms) or writes (5-20 ms here); a wait
 # overran by up to 20 ms at a load average of 9 on this 2-core host (getting the GIL and the CPU back)
-RUNS = 2  # of each kind, alternating; the best of each is compared (the host is shared)
+RUNS = 3  # of each kind, alternating; the best of each is compared (the host is shared)
 
 
 def run_like_slicers_main_thread(poller, interval_ms=TICK_INTERVAL_MS):
@@ -94,11 +94,12 @@ def test_mrml_propagation_keeps_its_pace_while_slicers_main_thread_idles(ct, abd
     np.testing.assert_array_equal(free[0][2], slicer_like[0][2])
     slowdown = min(s[0] for s in slicer_like) / min(f[0] for f in free)
     longest_block = min(max(s[1]) for s in slicer_like)  # of the run the host's load disturbed least
-    print(f"free main thread {min(f[0] for f in free):.2f} s, Slicer-like {min(s[0] for s in slicer_like):.2f} s "
-          f"(x{slowdown:.2f}), longest GUI block {1000 * longest_block:.0f} ms "
-          f"(per run: {', '.join(f'{1000 * max(s[1]):.0f}' for s in slicer_like)} ms)")
-    assert slowdown <= MAX_SLOWDOWN
-    assert longest_block <= MAX_GUI_BLOCK_S
+    report = (f"free main thread {min(f[0] for f in free):.2f} s, Slicer-like {min(s[0] for s in slicer_like):.2f} s "
+              f"(x{slowdown:.2f}), longest GUI block {1000 * longest_block:.0f} ms "
+              f"(per run: {', '.join(f'{1000 * max(s[1]):.0f}' for s in slicer_like)} ms)")
+    print(report)
+    assert slowdown <= MAX_SLOWDOWN, report
+    assert longest_block <= MAX_GUI_BLOCK_S, report
 
 
 def test_slicer_job_that_fails_to_write_reports_once_and_stops():
