@@ -21,7 +21,7 @@ MODULE_NAME = "SAMed2Slicer"
 NOT_SHIPPED_DIRS = {"__pycache__"}
 NOT_SHIPPED_SUFFIXES = {".pyc", ".egg-info"}
 UI_OBJECT_TAGS = {"widget", "layout", "action", "actiongroup", "spacer"}
-SCHEMA = Path(__file__).with_name("slicer-extension-catalog-entry-schema-v1.0.2.json")
+SCHEMA = Path(__file__).with_name("extension_catalog_schema.json")
 
 
 def cmake_sets(path):
@@ -218,9 +218,9 @@ def test_slicer_s4ext_names_the_project_and_its_repository():
 
 
 def test_slicer_extensions_index_json_follows_the_newest_catalog_schema():
-    """<project>.json is what the Extensions Index reads since Slicer 5.8. The schema is Slicer's
-    Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json (the newest there), kept beside
-    this test because CI reaches only PyPI."""
+    """<project>.json is what the Extensions Index reads since Slicer 5.8. The schema beside this test
+    states the constraints of Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json (the
+    newest there), written here because CI reaches only PyPI."""
     import jsonschema
 
     schema = json.loads(SCHEMA.read_text())
