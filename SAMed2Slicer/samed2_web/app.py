@@ -18,6 +18,7 @@ from trame.decorators import change  # noqa: E402
 from trame.widgets import html  # noqa: E402
 from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
 from trame_slicer.rca_view import register_rca_factories  # noqa: E402
+from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition  # noqa: E402
 from trame_vuetify.ui.vuetify3 import SinglePageLayout  # noqa: E402
 from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
 from vtkmodules.vtkCommonCore import vtkCommand  # noqa: E402
@@ -30,7 +31,10 @@ from samed2.errors import Samed2Error  # noqa: E402
 EXPORTS = (("NIfTI", "Save NIfTI", "save-nifti"), ("DICOM-SEG", "Save DICOM-SEG", "save-dicom-seg"),
            ("Slicer segmentation", "Save .seg.nrrd", "save-seg-nrrd"))
 FIRST_SEGMENT_COLOR = (0.87, 0.51, 0.40)  # Slicer's liver colour: a hue the grey CT never has
-VIEW_LAYOUTS = {"Axial": "Axial Only", "Axial, coronal, sagittal": "Quad View"}
+VIEW_LAYOUTS = {"Axial": Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.axial_view()]),
+                "Axial, coronal, sagittal": Layout(LayoutDirection.Horizontal, [
+                    ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view(),
+                    ViewLayoutDefinition.sagittal_view()])}
 JOB_TICK_S = 0.01  # pause between job polls; each poll itself waits up to the Logic's TICK_WAIT_S
 
 
@@ -60,8 +64,8 @@ class SAMed2WebApp(TrameApp):
         expose_scene(self.slicer_app)
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
-        self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
-        self.layout_manager.set_layout(VIEW_LAYOUTS["Axial"])
+        self.layout_manager.register_layout_dict(VIEW_LAYOUTS)
+        self.layout_manager.set_layout("Axial")
 
         volumes = self.slicer_app.io_manager.load_volumes(image_files(self.image))
         if not volumes:
@@ -73,6 +77,7 @@ class SAMed2WebApp(TrameApp):
         self.logic = SAMed2Logic(cache_dir=cache_dir)
         self.logic.configure(**{"device": device, **({"model": model} if model else {})})
         self._observed = []
+        self._prompted_view = None
         self._jobs_task = None
         self._init_state()
         self._build_ui()
@@ -94,6 +99,14 @@ class SAMed2WebApp(TrameApp):
     def segment_voxels(self, segment_id) -> int:
         """Voxels of a segment as MRML holds them (what the page's segment list shows)."""
         return int(read_segment(self.segmentation, segment_id, self.volume).sum())
+
+    def add_segment(self):
+        segmentation = self.segmentation.GetSegmentation()
+        number = segmentation.GetNumberOfSegments() + 1
+        segment_id = segmentation.AddEmptySegment(f"segment_{number}", f"Segment {number}")
+        with self.state:
+            self.state.segment_id = segment_id
+        self._report(f"Added Segment {number}: click on its object.")
 
     def _segment_rows(self):
         segmentation = self.segmentation.GetSegmentation()
@@ -133,7 +146,7 @@ class SAMed2WebApp(TrameApp):
 
     @change("view_layout")
     def _on_layout(self, view_layout, **_):
-        self.layout_manager.set_layout(VIEW_LAYOUTS[view_layout])
+        self.layout_manager.set_layout(view_layout)
         self._observe_views()
 
     # ---- clicks in the slice views -----------------------------------------------------------
@@ -162,6 +175,7 @@ class SAMed2WebApp(TrameApp):
             self.state.probe = f"{view.get_view_node().GetName()} R {r:.1f}  A {a:.1f}  S {s:.1f}"
 
     def _on_click(self, view):
+        self._prompted_view = view.get_view_node()  # propagation runs across this view's slices
         point = self._event_ras(view)
         written = self._guarded(self.logic.click, self.volume, self.segmentation, self.state.segment_id,
                                 view.get_view_node(), point, bool(self.state.positive))
@@ -171,10 +185,11 @@ class SAMed2WebApp(TrameApp):
     # ---- buttons ---------------------------------------------------------------------------
 
     def propagate(self):
-        view = self.slicer_app.view_manager.get_slice_views()[0]
-        job = self._guarded(self.logic.propagate, self.volume, self.segmentation, view.get_view_node(),
-                            [self.state.segment_id], self._on_progress, self._on_propagated,
-                            )
+        if self._prompted_view is None:
+            self._report(error="Click on the object first: propagation starts from the prompted slices.")
+            return
+        job = self._guarded(self.logic.propagate, self.volume, self.segmentation, self._prompted_view,
+                            [self.state.segment_id], self._on_progress, self._on_propagated)
         if job is None:
             return
         self._report("Propagating...")
@@ -233,6 +248,9 @@ class SAMed2WebApp(TrameApp):
                 with v3.VBtnToggle(v_model=("positive",), mandatory=True, density="compact"):
                     v3.VBtn("Include", value=True, classes="include-mode")
                     v3.VBtn("Exclude", value=False, classes="exclude-mode")
+                v3.VSelect(v_model=("segment_id",), items=("segments",), item_title="name", item_value="id",
+                           density="compact", hide_details=True, style="max-width: 160px", classes="ml-2 segment")
+                v3.VBtn("Add", click=self.add_segment, disabled=("busy",), classes="add-segment")
                 v3.VBtn("Propagate", click=self.propagate, disabled=("busy",), classes="propagate ml-2")
                 v3.VBtn("Cancel", click=self.cancel, disabled=("!busy",), classes="cancel")
                 v3.VBtn("Undo", click=self.undo, disabled=("busy",), classes="undo")
