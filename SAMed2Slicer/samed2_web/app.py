@@ -27,6 +27,7 @@ from SAMed2SlicerLib.logic import SAMed2Logic, written_message  # noqa: E402
 from SAMed2SlicerLib.segments import read_segment  # noqa: E402
 from samed2.errors import Samed2Error  # noqa: E402
 
+PROMPT_MODES = ("include", "exclude", "box")  # a box is two clicks: opposite corners
 # Export kind (the Logic's), button label, button class (what tests find it by)
 EXPORTS = (("NIfTI", "Save NIfTI", "save-nifti"), ("DICOM-SEG", "Save DICOM-SEG", "save-dicom-seg"),
            ("Slicer segmentation", "Save .seg.nrrd", "save-seg-nrrd"))
@@ -78,6 +79,7 @@ class SAMed2WebApp(TrameApp):
         self.logic.configure(**{"device": device, **({"model": model} if model else {})})
         self._observed = []
         self._prompted_view = None
+        self._box_corner = None  # (slice node, RAS) of a box's first click
         self._jobs_task = None
         self._init_state()
         self._build_ui()
@@ -120,7 +122,7 @@ class SAMed2WebApp(TrameApp):
             "status": f"Loaded {self.volume.GetName()}. Click on an object in the view to segment it.",
             "error": "",
             "probe": "",
-            "positive": True,
+            "mode": "include",
             "segments": self._segment_rows(),
             "segment_id": self.segment_ids()[0],
             "busy": False,
@@ -175,12 +177,25 @@ class SAMed2WebApp(TrameApp):
             self.state.probe = f"{view.get_view_node().GetName()} R {r:.1f}  A {a:.1f}  S {s:.1f}"
 
     def _on_click(self, view):
-        self._prompted_view = view.get_view_node()  # propagation runs across this view's slices
-        point = self._event_ras(view)
-        written = self._guarded(self.logic.click, self.volume, self.segmentation, self.state.segment_id,
-                                view.get_view_node(), point, bool(self.state.positive))
+        slice_node, point = view.get_view_node(), self._event_ras(view)
+        self._prompted_view = slice_node  # propagation runs across this view's slices
+        if self.state.mode != "box":
+            self._prompt(self.logic.click, slice_node, point, self.state.mode == "include")
+        elif self._box_corner is None or self._box_corner[0] is not slice_node:
+            self._box_corner = (slice_node, point)
+            self._report("Box: now click the opposite corner.")
+        else:
+            corner, self._box_corner = self._box_corner[1], None
+            self._prompt(self.logic.box, slice_node, corner, point)
+
+    def _prompt(self, add, slice_node, *where):
+        written = self._guarded(add, self.volume, self.segmentation, self.state.segment_id, slice_node, *where)
         if written is not None:
             self._report(written_message(written))
+
+    @change("mode")
+    def _on_mode(self, **_):
+        self._box_corner = None
 
     # ---- buttons ---------------------------------------------------------------------------
 
@@ -245,22 +260,24 @@ class SAMed2WebApp(TrameApp):
             self.ui.title.set_text("SAMed-2")
             with self.ui.toolbar:
                 v3.VSpacer()
-                with v3.VBtnToggle(v_model=("positive",), mandatory=True, density="compact"):
-                    v3.VBtn("Include", value=True, classes="include-mode")
-                    v3.VBtn("Exclude", value=False, classes="exclude-mode")
+                with v3.VBtnToggle(v_model=("mode",), mandatory=True, density="compact"):
+                    for mode in PROMPT_MODES:
+                        v3.VBtn(mode.capitalize(), value=mode, classes=f"{mode}-mode")
                 v3.VSelect(v_model=("segment_id",), items=("segments",), item_title="name", item_value="id",
                            density="compact", hide_details=True, style="max-width: 160px", classes="ml-2 segment")
                 v3.VBtn("Add", click=self.add_segment, disabled=("busy",), classes="add-segment")
                 v3.VBtn("Propagate", click=self.propagate, disabled=("busy",), classes="propagate ml-2")
                 v3.VBtn("Cancel", click=self.cancel, disabled=("!busy",), classes="cancel")
                 v3.VBtn("Undo", click=self.undo, disabled=("busy",), classes="undo")
-                for kind, label, name in EXPORTS:
-                    v3.VBtn(label, click=(self.export, f"['{kind}']"), disabled=("busy",), classes=name)
                 v3.VSelect(v_model=("view_layout",), items=("view_layouts", list(VIEW_LAYOUTS)), density="compact",
-                           hide_details=True, style="max-width: 220px", classes="ml-2")
+                           hide_details=True, style="max-width: 220px", classes="ml-2 view-layout")
             with self.ui.content:
                 with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
-                    with html.Div(style="padding: 4px 12px;"):
+                    with html.Div(style="padding: 4px 12px; position: relative;"):
+                        with html.Div(style="position: absolute; right: 8px; top: 4px;"):
+                            for kind, label, name in EXPORTS:
+                                v3.VBtn(label, click=(self.export, f"['{kind}']"), disabled=("busy",),
+                                        size="small", variant="tonal", classes=f"{name} ml-1")
                         html.Div("{{ status }}", classes="status")
                         html.Div("{{ error }}", classes="error text-red", v_show=("error",))
                         html.Div("{{ probe }}", classes="probe text-caption")
