@@ -7,7 +7,6 @@ One server process serves one user session (one scene, one volume, one segmentat
 """
 import asyncio
 import os
-import re
 from pathlib import Path
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # offscreen, no X
@@ -247,7 +246,7 @@ class SAMed2WebApp(TrameApp):
             self._report("Undone." if undone else "Nothing to undo.")
 
     def export(self, kind):
-        path = self.output_dir / (re.sub(r"[^\w.-]+", "_", self.volume.GetName()).strip("_") or "segmentation")
+        path = self.output_dir / f"{self.image.name.split('.')[0]}_segmentation"  # named after the image
         dicom_folder = self.image if self.image.is_dir() else None
         message = self._guarded(self.logic.export, self.volume, self.segmentation, kind, path, dicom_folder)
         if message is not None:
