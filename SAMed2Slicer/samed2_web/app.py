@@ -75,7 +75,8 @@ class SAMed2WebApp(TrameApp):
         self.segmentation = self._new_segmentation()
 
         self.logic = SAMed2Logic(cache_dir=cache_dir)
-        self.logic.configure(**{"device": device, **({"model": model} if model else {})})
+        self.logic.configure(device=device, **({"model": model} if model else {}))
+        self.logic.engine_model()  # a missing or broken checkpoint stops the start, with its WeightsError
         self._observed = []
         self._prompted_view = None
         self._box_corner = None  # (slice node, RAS) of a box's first click
@@ -126,9 +127,7 @@ class SAMed2WebApp(TrameApp):
             "segment_id": self.segment_ids()[0],
             "busy": False,
             "progress": 0,
-            "direction": "both",
             "view_layout": "Axial",
-            "model": self.logic.settings["model"],
         })
 
     def _report(self, status="", error=""):
