@@ -5,13 +5,15 @@ A real server process on 127.0.0.1 serves the 20-slice CT series; Debian's chrom
 playwright) loads the page with the access token, clicks on the liver in the axial view, and the
 test checks the segment in MRML (the page's segment list counts the MRML labelmap's voxels), in
 the page's pixels (a screenshot), and in the exported files; then propagation, undo, a click
-outside the volume, DICOM-SEG and NIfTI export, and the server's stop.
+outside the volume, DICOM-SEG and NIfTI export, a box, and the server's stop. A second run with the
+golden tiny model checks the page's message when a click finds nothing.
 
 The model is the test-trained SAMed-2 (SAMED2_WEB_MODEL / SAMED2_WEB_MODEL_CONFIG, given by
 test_web.py), imported into a temporary weights cache as a user would with `samed2 weights import`.
 """
 import json
 import os
+from contextlib import contextmanager
 import re
 import subprocess
 import sys
@@ -44,28 +46,28 @@ SEGMENT_HUE_MARGIN = 20
 timings = {}
 
 
-@pytest.fixture
-def model_cache(tmp_path):
+def import_model(cache, weights, config):
     from samed2.weights import import_checkpoint
 
-    weights, config = os.environ.get("SAMED2_WEB_MODEL"), os.environ.get("SAMED2_WEB_MODEL_CONFIG")
-    if not weights or not config:
-        pytest.fail("SAMED2_WEB_MODEL and SAMED2_WEB_MODEL_CONFIG name the model: run this through test_web.py")
-    cache = tmp_path / "weights"
-    import_checkpoint(weights, name="test-trained", config=json.loads(Path(config).read_text())["model"],
-                      cache_dir=cache)
+    import_checkpoint(weights, name="test-model", config=config, cache_dir=cache)
     return cache
 
 
 @pytest.fixture
-def server(model_cache, tmp_path):
-    """`samed2 web` on 127.0.0.1 (a free port); yields (page URL, process, output folder)."""
-    out = tmp_path / "out"
-    out.mkdir()
+def trained_cache(tmp_path):
+    weights, config = os.environ.get("SAMED2_WEB_MODEL"), os.environ.get("SAMED2_WEB_MODEL_CONFIG")
+    if not weights or not config:
+        pytest.fail("SAMED2_WEB_MODEL and SAMED2_WEB_MODEL_CONFIG name the model: run this through test_web.py")
+    return import_model(tmp_path / "weights", weights, json.loads(Path(config).read_text())["model"])
+
+
+@contextmanager
+def web_server(image, cache, out):
+    """`samed2 web` on 127.0.0.1 (a free port); yields (page URL, process)."""
     start = time.perf_counter()
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("samed2")), "web", str(SERIES), "--model", "test-trained", "--cache-dir", str(model_cache),
-         "--out", str(out), "--port", "0", "--token", TOKEN, "--device", "cpu"],
+        [str(Path(sys.executable).with_name("samed2")), "web", str(image), "--model", "test-model", "--cache-dir",
+         str(cache), "--out", str(out), "--port", "0", "--token", TOKEN, "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, lines = None, []
     for line in process.stdout:
@@ -79,7 +81,7 @@ def server(model_cache, tmp_path):
     timings["server start"] = time.perf_counter() - start
     threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True).start()  # keep the pipe flowing
     try:
-        yield url, process, out
+        yield url, process
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -115,7 +117,7 @@ def wait_text(page, selector, pattern, timeout_s=120):
             return found
         time.sleep(0.1)
     raise AssertionError(f"{selector} never matched {pattern!r}; it reads {text(page, selector)!r} "
-                         f"(error line: {text(page, '.error')!r})")
+                         f"(status: {text(page, '.status')!r}, error: {text(page, '.error')!r})")
 
 
 def segment_voxels(page):
@@ -192,14 +194,24 @@ def liver_box_on_slice(superior, margin=3):
 # ---- the test ----------------------------------------------------------------------------------
 
 
-def test_click_on_liver_propagate_undo_export_in_headless_chromium(server, page):
-    url, process, out = server
+def open_page(page, url):
     start = time.perf_counter()
     page.goto(url)
     wait_text(page, ".status", r"Loaded .*Click on an object")
     page.wait_for_selector("img.image-display-area")
     time.sleep(1.0)  # the first frames after the views' resize
     timings["page ready"] = time.perf_counter() - start
+
+
+def test_click_on_liver_propagate_undo_export_in_headless_chromium(trained_cache, page, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with web_server(SERIES, trained_cache, out) as (url, process):
+        open_page(page, url)
+        click_on_liver_propagate_undo_export(page, process, out)
+
+
+def click_on_liver_propagate_undo_export(page, process, out):
     assert segment_voxels(page) == 0
 
     # the liver, on the slice the axial view shows
@@ -282,3 +294,17 @@ def test_click_on_liver_propagate_undo_export_in_headless_chromium(server, page)
     assert process.wait(timeout=30) is not None
     timings["stop"] = time.perf_counter() - start
     print("\nweb end-to-end timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
+def test_a_click_where_the_model_finds_nothing_says_so_in_the_page(golden_dir, page, tmp_path):
+    """The golden tiny SAMed-2 (random weights) finds nothing at the centre of the 3-slice CT's
+    middle slice (0 of 512 x 512 pixels, measured): the page says so instead of a silent no-op."""
+    from conftest import golden_tiny_config
+
+    cache = import_model(tmp_path / "weights", golden_dir / "samed2_tiny_state.safetensors", golden_tiny_config())
+    with web_server(DATA.parent / "dcmqi" / "ct-3slice", cache, tmp_path) as (url, _):
+        open_page(page, url)
+        box = view_box(page)
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        wait_text(page, ".error", r"The model found nothing there \(slice k = 1\)")
+        assert segment_voxels(page) == 0

@@ -23,7 +23,7 @@ from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
 from vtkmodules.vtkCommonCore import vtkCommand  # noqa: E402
 
 from SAMed2SlicerLib.logic import SAMed2Logic, written_message  # noqa: E402
-from SAMed2SlicerLib.segments import read_segment  # noqa: E402
+from SAMed2SlicerLib.segments import Target, read_segment, read_slices  # noqa: E402
 from samed2.errors import Samed2Error  # noqa: E402
 
 PROMPT_MODES = ("include", "exclude", "box")  # a box is two clicks: opposite corners
@@ -187,8 +187,17 @@ class SAMed2WebApp(TrameApp):
             self._prompt(self.logic.box, slice_node, corner, point)
 
     def _prompt(self, add, slice_node, *where):
-        written = self._guarded(add, self.volume, self.segmentation, self.state.segment_id, slice_node, *where)
-        if written is not None:
+        segment_id = self.state.segment_id
+        written = self._guarded(add, self.volume, self.segmentation, segment_id, slice_node, *where)
+        if written is None:
+            return
+        empty = [f"{'ijk'[axis]} = {index}" for axis, indices in written.items()
+                 for index, mask in read_slices(Target(self.segmentation, segment_id, self.volume, axis),
+                                                indices).items() if not mask.any()]
+        if empty:
+            self._report(error=f"The model found nothing there (slice {', '.join(empty)}): click inside the "
+                               "object, or put a box around it.")
+        else:
             self._report(written_message(written))
 
     @change("mode")
