@@ -1,0 +1,296 @@
+"""The browser front end: trame-slicer's remote slice views over one MRML scene, driven by the
+Slicer module's Logic (SAMed2SlicerLib.logic.SAMed2Logic). This file only turns page events into
+Logic calls and Logic results into page state; prompts, segmenting, propagation, undo and export
+are the Logic's.
+
+One server process serves one user session (one scene, one volume, one segmentation).
+"""
+import asyncio
+import os
+from pathlib import Path
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # offscreen, no X
+
+import slicer  # noqa: E402 (after the render window choice)
+from trame.app import TrameApp  # noqa: E402
+from trame.decorators import change  # noqa: E402
+from trame.widgets import html  # noqa: E402
+from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
+from trame_slicer.rca_view import register_rca_factories  # noqa: E402
+from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition  # noqa: E402
+from trame_vuetify.ui.vuetify3 import SinglePageLayout  # noqa: E402
+from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
+from vtkmodules.vtkCommonCore import vtkCommand  # noqa: E402
+
+from SAMed2SlicerLib.logic import SAMed2Logic, written_message  # noqa: E402
+from SAMed2SlicerLib.segments import Target, read_segment, read_slices  # noqa: E402
+from samed2.errors import Samed2Error  # noqa: E402
+
+PROMPT_MODES = ("include", "exclude", "box")  # a box is two clicks: opposite corners
+# Export kind (the Logic's), button label, button class (what tests find it by)
+EXPORTS = (("NIfTI", "Save NIfTI", "save-nifti"), ("DICOM-SEG", "Save DICOM-SEG", "save-dicom-seg"),
+           ("Slicer segmentation", "Save .seg.nrrd", "save-seg-nrrd"))
+FIRST_SEGMENT_COLOR = (0.87, 0.51, 0.40)  # Slicer's liver colour: a hue the grey CT never has
+VIEW_LAYOUTS = {"Axial": Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.axial_view()]),
+                "Axial, coronal, sagittal": Layout(LayoutDirection.Horizontal, [
+                    ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view(),
+                    ViewLayoutDefinition.sagittal_view()])}
+JOB_TICK_S = 0.01  # pause between job polls; each poll itself waits up to the Logic's TICK_WAIT_S
+
+
+def image_files(image: Path) -> list:
+    """The files to load: a volume file, or every file of a DICOM series folder."""
+    if image.is_dir():
+        files = sorted(str(p) for p in image.iterdir() if p.is_file())
+        if not files:
+            raise Samed2Error(f"{image} is an empty folder: give a volume file or a DICOM series folder")
+        return files
+    if not image.is_file():
+        raise Samed2Error(f"no such image: {image}")
+    return [str(image)]
+
+
+def expose_scene(slicer_app: SlicerApp) -> None:
+    """The Logic reaches the scene through `slicer.mrmlScene`, as inside Slicer."""
+    slicer.mrmlScene = slicer_app.scene
+
+
+class SAMed2WebApp(TrameApp):
+    def __init__(self, image, output_dir, cache_dir, model=None, device="auto", server=None):
+        super().__init__(server=server)
+        self.image = Path(image)
+        self.output_dir = Path(output_dir)
+        self.slicer_app = SlicerApp()
+        expose_scene(self.slicer_app)
+        register_rca_factories(self.slicer_app.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
+        self.layout_manager.register_layout_dict(VIEW_LAYOUTS)
+        self.layout_manager.set_layout("Axial")
+
+        volumes = self.slicer_app.io_manager.load_volumes(image_files(self.image))
+        if not volumes:
+            raise Samed2Error(f"cannot read a volume from {self.image}")
+        self.volume = volumes[0]
+        self.slicer_app.display_manager.show_volume(self.volume, do_reset_views=True)
+        self.segmentation = self._new_segmentation()
+
+        self.logic = SAMed2Logic(cache_dir=cache_dir)
+        self.logic.configure(device=device, **({"model": model} if model else {}))
+        self.logic.engine_model()  # a missing or broken checkpoint stops the start, with its WeightsError
+        self._observed = []
+        self._prompted_view = None
+        self._box_corner = None  # (slice node, RAS) of a box's first click
+        self._jobs_task = None
+        self._init_state()
+        self._build_ui()
+        self.server.controller.on_server_ready.add(self._on_server_ready)
+
+    # ---- scene -----------------------------------------------------------------------------
+
+    def _new_segmentation(self):
+        segmentation = self.slicer_app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(self.volume)
+        segmentation.GetSegmentation().AddEmptySegment("segment_1", "Segment 1", FIRST_SEGMENT_COLOR)
+        return segmentation
+
+    def segment_ids(self):
+        segmentation = self.segmentation.GetSegmentation()
+        return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+
+    def segment_voxels(self, segment_id) -> int:
+        """Voxels of a segment as MRML holds them (what the page's segment list shows)."""
+        return int(read_segment(self.segmentation, segment_id, self.volume).sum())
+
+    def add_segment(self):
+        segmentation = self.segmentation.GetSegmentation()
+        number = segmentation.GetNumberOfSegments() + 1
+        segment_id = segmentation.AddEmptySegment(f"segment_{number}", f"Segment {number}")
+        with self.state:
+            self.state.segment_id = segment_id
+        self._report(f"Added Segment {number}: click on its object.")
+
+    def _segment_rows(self):
+        segmentation = self.segmentation.GetSegmentation()
+        return [{"id": sid, "name": segmentation.GetSegment(sid).GetName(), "voxels": self.segment_voxels(sid)}
+                for sid in self.segment_ids()]
+
+    # ---- page state ------------------------------------------------------------------------
+
+    def _init_state(self):
+        self.state.update({
+            "status": f"Loaded {self.volume.GetName()}. Click on an object in the view to segment it.",
+            "error": "",
+            "probe": "",
+            "mode": "include",
+            "segments": self._segment_rows(),
+            "segment_id": self.segment_ids()[0],
+            "busy": False,
+            "progress": 0,
+            "view_layout": "Axial",
+        })
+
+    def _report(self, status="", error=""):
+        with self.state:
+            self.state.status = status
+            self.state.error = error
+            self.state.segments = self._segment_rows()
+
+    def _guarded(self, action, *args):
+        """Run a Logic call; its error becomes the page's message, the scene stays as it was."""
+        try:
+            return action(*args)
+        except (Samed2Error, ValueError, RuntimeError) as error:
+            self._report(error=str(error))
+            return None
+
+    @change("view_layout")
+    def _on_layout(self, view_layout, **_):
+        self.layout_manager.set_layout(view_layout)
+        self._observe_views()
+
+    # ---- clicks in the slice views -----------------------------------------------------------
+
+    def _on_server_ready(self, **_):
+        self._observe_views()
+
+    def _observe_views(self):
+        for view in self.slicer_app.view_manager.get_slice_views():
+            if view in self._observed:
+                continue
+            interactor = view.interactor()
+            interactor.AddObserver(vtkCommand.LeftButtonPressEvent,
+                                   lambda caller, event, v=view: self._on_click(v), 1.0)
+            interactor.AddObserver(vtkCommand.MouseMoveEvent, lambda caller, event, v=view: self._on_move(v), 1.0)
+            self._observed.append(view)
+
+    @staticmethod
+    def _event_ras(view):
+        x, y = view.interactor().GetEventPosition()
+        return view.get_view_node().GetXYToRAS().MultiplyPoint((x, y, 0.0, 1.0))[:3]
+
+    def _on_move(self, view):
+        r, a, s = self._event_ras(view)
+        with self.state:
+            self.state.probe = f"{view.get_view_node().GetName()} R {r:.1f}  A {a:.1f}  S {s:.1f}"
+
+    def _on_click(self, view):
+        slice_node, point = view.get_view_node(), self._event_ras(view)
+        self._prompted_view = slice_node  # propagation runs across this view's slices
+        if self.state.mode != "box":
+            self._prompt(self.logic.click, slice_node, point, self.state.mode == "include")
+        elif self._box_corner is None or self._box_corner[0] is not slice_node:
+            self._box_corner = (slice_node, point)
+            self._report("Box: now click the opposite corner.")
+        else:
+            corner, self._box_corner = self._box_corner[1], None
+            self._prompt(self.logic.box, slice_node, corner, point)
+
+    def _prompt(self, add, slice_node, *where):
+        segment_id = self.state.segment_id
+        written = self._guarded(add, self.volume, self.segmentation, segment_id, slice_node, *where)
+        if written is None:
+            return
+        empty = [f"{'ijk'[axis]} = {index}" for axis, indices in written.items()
+                 for index, mask in read_slices(Target(self.segmentation, segment_id, self.volume, axis),
+                                                indices).items() if not mask.any()]
+        if empty:
+            self._report(error=f"The model found nothing there (slice {', '.join(empty)}): click inside the "
+                               "object, or put a box around it.")
+        else:
+            self._report(written_message(written))
+
+    @change("mode")
+    def _on_mode(self, **_):
+        self._box_corner = None
+
+    # ---- buttons ---------------------------------------------------------------------------
+
+    def propagate(self):
+        if self._prompted_view is None:
+            self._report(error="Click on the object first: propagation starts from the prompted slices.")
+            return
+        job = self._guarded(self.logic.propagate, self.volume, self.segmentation, self._prompted_view,
+                            [self.state.segment_id], self._on_progress, self._on_propagated)
+        if job is None:
+            return
+        self._report("Propagating...")
+        with self.state:
+            self.state.busy = True
+            self.state.progress = 0
+        self._poll_jobs()
+
+    def cancel(self):
+        for job in self.logic.jobs.jobs:
+            job.cancel()
+
+    def _on_progress(self, job, progress):
+        with self.state:
+            self.state.progress = round(100 * (progress.fraction or 0))
+
+    def _on_propagated(self, job):
+        with self.state:
+            self.state.busy = False
+            self.state.progress = 100
+        if job.error is not None and not job.cancelled:
+            self._report(error=f"Propagation stopped: {job.error}")
+        else:
+            done = job.progress().done
+            self._report(f"Propagation {'cancelled after' if job.cancelled else 'done:'} {done} slice(s).")
+
+    def _poll_jobs(self):
+        if self._jobs_task is None or self._jobs_task.done():
+            self._jobs_task = asyncio.get_event_loop().create_task(self._tick_jobs())
+
+    async def _tick_jobs(self):
+        while self.logic.jobs.jobs:
+            self.logic.jobs.tick()
+            await asyncio.sleep(JOB_TICK_S)
+
+    def undo(self):
+        segmenter = self.logic.segmenter
+        undone = self._guarded(segmenter.undo) if segmenter is not None else False
+        if undone is not None:
+            self._report("Undone." if undone else "Nothing to undo.")
+
+    def export(self, kind):
+        path = self.output_dir / f"{self.image.name.split('.')[0]}_segmentation"  # named after the image
+        dicom_folder = self.image if self.image.is_dir() else None
+        message = self._guarded(self.logic.export, self.volume, self.segmentation, kind, path, dicom_folder)
+        if message is not None:
+            self._report(message)
+
+    # ---- page ------------------------------------------------------------------------------
+
+    def _build_ui(self):
+        with SinglePageLayout(self.server, full_height=True) as self.ui:
+            self.ui.title.set_text("SAMed-2")
+            with self.ui.toolbar:
+                v3.VSpacer()
+                with v3.VBtnToggle(v_model=("mode",), mandatory=True, density="compact"):
+                    for mode in PROMPT_MODES:
+                        v3.VBtn(mode.capitalize(), value=mode, classes=f"{mode}-mode")
+                v3.VSelect(v_model=("segment_id",), items=("segments",), item_title="name", item_value="id",
+                           density="compact", hide_details=True, style="max-width: 160px", classes="ml-2 segment")
+                v3.VBtn("Add", click=self.add_segment, disabled=("busy",), classes="add-segment")
+                v3.VBtn("Propagate", click=self.propagate, disabled=("busy",), classes="propagate ml-2")
+                v3.VBtn("Cancel", click=self.cancel, disabled=("!busy",), classes="cancel")
+                v3.VBtn("Undo", click=self.undo, disabled=("busy",), classes="undo")
+                v3.VSelect(v_model=("view_layout",), items=("view_layouts", list(VIEW_LAYOUTS)), density="compact",
+                           hide_details=True, style="max-width: 220px", classes="ml-2 view-layout")
+            with self.ui.content:
+                with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
+                    with html.Div(style="padding: 4px 12px; position: relative;"):
+                        with html.Div(style="position: absolute; right: 8px; top: 4px;"):
+                            for kind, label, name in EXPORTS:
+                                v3.VBtn(label, click=(self.export, f"['{kind}']"), disabled=("busy",),
+                                        size="small", variant="tonal", classes=f"{name} ml-1")
+                        html.Div("{{ status }}", classes="status")
+                        html.Div("{{ error }}", classes="error text-red", v_show=("error",))
+                        html.Div("{{ probe }}", classes="probe text-caption")
+                        v3.VProgressLinear(model_value=("progress",), v_show=("busy",), classes="progress")
+                        with html.Div(classes="segments"):
+                            html.Span("{{ s.name }}: {{ s.voxels }} voxels", v_for="s in segments",
+                                      key="s.id", classes="segment mr-4")
+                    with html.Div(style="flex: 1; position: relative;"):
+                        self.layout_manager.initialize_layout_grid(self.ui)
