@@ -2,8 +2,8 @@
 
 trame-slicer 2.0.0 pins slicer-core 5.11 and vtk 9.6.0 while the rest of the suite runs on
 slicer-core 5.13 / vtk 9.6.2, so the app lives in a second virtual environment (.venv-web, made
-by .ci/install). This test trains (or reuses) the test-trained model here, then runs
-web_e2e.py there with the model's files, and fails with that run's output.
+by .ci/install). This test hands the committed test-trained model (trained_model.py) to
+web_e2e.py, run there, and fails with that run's output.
 """
 import os
 import subprocess
