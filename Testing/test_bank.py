@@ -176,7 +176,7 @@ def test_bank_load_keeps_one_copy_of_the_keys_in_the_kernel_chosen_here(tmp_path
     assert bank.keys.dtype == torch.float16, "imported and saved keys are half precision"
     bank.save(tmp_path / "bank.safetensors")
     loaded = ConfidenceBank.load(tmp_path / "bank.safetensors")
-    assert loaded.kernel == bank_module.fastest_kernel(bank.keys.shape[1]) and loaded.keys.dtype == loaded.kernel.dtype
+    assert loaded.kernel == bank_module.fastest_kernel(bank.keys.shape[1], "cpu") and loaded.keys.dtype == loaded.kernel.dtype
     assert torch.equal(loaded.keys, bank.keys.to(loaded.kernel.dtype))
     query = torch.randn(2, 8, 8, 8)
     assert torch.equal(loaded.select(query), float32_choice(loaded, query, 2))
