@@ -23,7 +23,7 @@ LIVER = 5
                                                         (True, 2.0, "bf16")])
 def test_precision_auto_is_bf16_only_where_native_and_measured_faster(monkeypatch, native, speedup, expected):
     monkeypatch.setattr(device_module, "native_bf16", lambda device: native)
-    monkeypatch.setattr(device_module, "bf16_speedup", lambda device: speedup)
+    monkeypatch.setattr(device_module, "precision_probe", lambda device: (speedup, 1.0))
     assert device_module.pick_precision("auto", CPU) == expected
     assert device_module.pick_precision("fp32", CPU) == "fp32" and device_module.pick_precision("bf16", CPU) == "bf16"
 
@@ -36,7 +36,7 @@ def test_precision_refuses_an_unknown_name():
 
 
 def test_precision_bf16_measurement_times_a_real_product():
-    assert device_module.bf16_speedup(CPU) > 0
+    assert all(seconds > 0 for seconds in device_module.precision_probe(CPU))
     assert device_module.native_bf16(CPU) == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 

@@ -40,8 +40,8 @@ def native_bf16(device: torch.device) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def bf16_speedup(device: torch.device) -> float:
-    """fp32 / bf16-autocast time of a linear layer of the size the encoders run (best of 3 each)."""
+def precision_probe(device: torch.device) -> tuple:
+    """Seconds (fp32, bf16 autocast) of a linear layer of the size the encoders run (best of 3 each)."""
     gen = torch.Generator().manual_seed(0)
     x, w = (torch.randn(2048, 768, generator=gen).to(device), torch.randn(768, 768, generator=gen).to(device))
 
@@ -55,7 +55,7 @@ def bf16_speedup(device: torch.device) -> float:
                     torch.cuda.synchronize(device)
                 times.append(time.perf_counter() - start)
         return min(times[1:])
-    return best("fp32") / best("bf16")
+    return best("fp32"), best("bf16")
 
 
 def pick_precision(name: str, device: torch.device) -> str:
@@ -66,7 +66,10 @@ def pick_precision(name: str, device: torch.device) -> str:
     if name not in PRECISIONS:
         raise InputError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
     if name == "auto":
-        return "bf16" if native_bf16(device) and bf16_speedup(device) >= 1.2 else "fp32"
+        if not native_bf16(device):
+            return "fp32"
+        fp32_s, bf16_s = precision_probe(device)
+        return "bf16" if fp32_s >= 1.2 * bf16_s else "fp32"
     return name
 
 
