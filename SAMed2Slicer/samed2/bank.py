@@ -10,6 +10,7 @@ Layout (also the safetensors file layout):
 Keys are the flattened stride-16 image features in token order (h*w, C), the order the reference
 uses for its query, so retrieval for a batch is one matmul and nothing is re-stacked per call.
 """
+import contextlib
 import functools
 import io
 import pickle
@@ -70,11 +71,14 @@ def fastest_kernel(key_dim: int, device: str = "cpu", queries: int = 2) -> KeyKe
     gen = torch.Generator().manual_seed(0)
     stored = F.normalize(torch.randn(PROBE_ENTRIES, key_dim, generator=gen), dim=1).to(device)
     query = F.normalize(torch.randn(queries, key_dim, generator=gen), dim=1).to(device)
-    keys = {kernel: stored.to(kernel.dtype) for kernel in KERNELS}
+    by_dtype = {kernel.dtype: stored.to(kernel.dtype) for kernel in KERNELS}
+    del stored
+    keys = {kernel: by_dtype[kernel.dtype] for kernel in KERNELS}
     seconds = {}
     for kernel in KERNELS:  # the first run also warms up
         seconds[kernel], rough = _timed(kernel, query, keys[kernel])
-        if (rough - query @ keys[kernel].float().t()).abs().max() > kernel.error / 4:
+        checked = 8  # the accuracy check needs only a few of the probe's keys in float32
+        if (rough[:, :checked] - query @ keys[kernel][:checked].float().t()).abs().max() > kernel.error / 4:
             del seconds[kernel]
     for _ in range(2):
         for kernel in [k for k in seconds if seconds[k] < 20 * min(seconds.values())]:  # 20x slower: not again
@@ -206,17 +210,16 @@ class ConfidenceBank:
     @classmethod
     def load(cls, path, key_device="cpu") -> "ConfidenceBank":
         """A saved bank, its keys in the precision of the kernel fastest here (see fastest_kernel)."""
-        try:
-            tensors = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise WeightsError(f"{path} is not a readable safetensors memory bank ({exc}); "
-                               "import the official bank with `samed2 bank import FILE` first") from exc
-        missing = {"keys", "features", "pos", "ious"} - tensors.keys()
+        with _readable(path):
+            with safe_open(str(path), "pt") as f:
+                capacity = int((f.metadata() or {}).get("capacity", DEFAULT_CAPACITY))
+                missing = {"keys", "features", "pos", "ious"} - set(f.keys())
+                key_dim = None if missing else f.get_slice("keys").get_shape()[-1]
         if missing:
             raise WeightsError(f"{path} lacks the memory bank tensors {sorted(missing)}")
-        with safe_open(str(path), "pt") as f:
-            capacity = int((f.metadata() or {}).get("capacity", DEFAULT_CAPACITY))
-        kernel = fastest_kernel(tensors["keys"].shape[-1], str(key_device))
+        kernel = fastest_kernel(key_dim, str(key_device))  # before the bank's tensors exist: no extra peak
+        with _readable(path):
+            tensors = load_file(str(path))
         keys = converted_in_place(tensors.pop("keys"), kernel.dtype)
         return cls(keys, tensors["features"], tensors["pos"], tensors["ious"], capacity, key_device, kernel)
 
@@ -233,6 +236,15 @@ class ConfidenceBank:
         except (TypeError, IndexError, RuntimeError, ValueError) as exc:
             raise WeightsError(f"the memory bank entries do not have the reference's layout: {exc}") from exc
         return cls(keys, features, pos, ious, max(capacity, len(entries)))
+
+
+@contextlib.contextmanager
+def _readable(path):
+    try:
+        yield
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise WeightsError(f"{path} is not a readable safetensors memory bank ({exc}); "
+                           "import the official bank with `samed2 bank import FILE` first") from exc
 
 
 def converted_in_place(keys: torch.Tensor, dtype: torch.dtype, rows: int = PROBE_ENTRIES) -> torch.Tensor:
