@@ -1,6 +1,6 @@
 """SAMed-2 module for 3D Slicer: the Qt panel. The logic lives in SAMed2SlicerLib (Qt-free), the
-effect and the controller shared with it in SAMed2SlicerQt, the engine in samed2; nothing here
-imports torch or installs anything at import time."""
+Segment Editor effect in SegmentEditorSAMed2Lib, the controller shared by both in SAMed2SlicerQt,
+the engine in samed2; nothing here imports torch or installs anything at import time."""
 import os
 import tempfile
 from pathlib import Path
@@ -22,13 +22,17 @@ from slicer.util import VTKObservationMixin
 
 from SAMed2SlicerLib import models
 from SAMed2SlicerLib.geometry import describe_volume
+from SAMed2SlicerLib.logic import SAMed2Logic
 from SAMed2SlicerLib.segmenter import PRESETS
-from SAMed2SlicerQt.controller import Controller
+from SAMed2SlicerQt.controller import Controller, show_error
 
 HOMEPAGE = "https://github.com/samed2slicer/SAMed2Slicer"
 EFFECT_NAME = "SAMed-2"
-EXPORT_FORMATS = ("DICOM-SEG file", "DICOM-SEG into the DICOM database", "NIfTI file", "Slicer segmentation file")
-DOWNLOAD_POLL_MS = 200
+EXPORT_FORMATS = {"DICOM-SEG file": "DICOM-SEG", "DICOM-SEG into the DICOM database": "DICOM-SEG",
+                  "NIfTI file": "NIfTI", "Slicer segmentation file": "Slicer segmentation"}
+TO_DATABASE = "DICOM-SEG into the DICOM database"
+EFFECT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SegmentEditorSAMed2Lib",
+                             "SegmentEditorEffect.py").replace("\\", "/")
 
 
 class SAMed2Slicer(ScriptedLoadableModule):
@@ -50,16 +54,32 @@ class SAMed2Slicer(ScriptedLoadableModule):
             " Model) and SAM 2 (Segment Anything in Images and Videos, Meta AI). Both are"
             " reimplemented here; their weights keep their own licences."
         )
-        slicer.app.connect("startupCompleted()", registerEffect)
+        if startupCompleted():  # the module was loaded later (Extension Wizard, Reload)
+            registerEffect()
+        else:
+            slicer.app.connect("startupCompleted()", registerEffect)
+
+
+def startupCompleted():
+    """Whether Slicer has started: it emits startupCompleted() when its main window is first shown
+    (qSlicerApplicationHelper), so a visible main window means the signal has gone already."""
+    window = slicer.util.mainWindow()
+    return window is not None and window.isVisible()
 
 
 def registerEffect():
-    """Make the SAMed-2 effect available in every Segment Editor."""
-    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+    """Make the SAMed-2 effect available in every Segment Editor (once).
 
+    The package is imported first, so Slicer's loader finds the class on sys.modules (as its
+    ScriptedSegmentEditorEffect template's layout allows) instead of loading the file again."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+    import SegmentEditorSAMed2Lib  # noqa: F401 (sys.modules entry for setPythonSource)
+
+    factory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+    if any(effect.name == EFFECT_NAME for effect in factory.registeredEffects()):
+        return
     effect = effects.qSlicerSegmentEditorScriptedEffect(None)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SAMed2SlicerQt", "effect.py")
-    effect.setPythonSource(path.replace("\\", "/"))
+    effect.setPythonSource(EFFECT_SOURCE)
     effect.self().register()
 
 
@@ -71,14 +91,14 @@ class SAMed2SlicerParameterNode:
     model: str = models.DEFAULT_MODEL
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
     preset: Annotated[str, Choice(list(PRESETS))] = "auto"
-    exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = EXPORT_FORMATS[0]
+    exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = next(iter(EXPORT_FORMATS))
     dicomFolder: Path = Path()
     exportPath: Path = Path()
 
 
-class SAMed2SlicerLogic(ScriptedLoadableModuleLogic):
-    """The module's parameter node and segment editor node (the Qt-free logic is
-    SAMed2SlicerLib's)."""
+class SAMed2SlicerLogic(ScriptedLoadableModuleLogic, SAMed2Logic):
+    """The module's logic (SAMed2SlicerLib.logic.SAMed2Logic: scripts drive the module through
+    it), with the module's parameter node and segment editor node."""
 
     def getParameterNode(self):
         return SAMed2SlicerParameterNode(super().getParameterNode())
@@ -102,6 +122,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._download = None
+        self.logic = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -109,20 +130,21 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(panel)
         self.ui = slicer.util.childWidgetVariables(panel)
         panel.setMRMLScene(slicer.mrmlScene)
-        self.logic = SAMed2SlicerLogic()
+        self.logic = SAMed2SlicerLogic()  # slicer.util.getModuleLogic("SAMed2Slicer") returns it
         self.controller = Controller.get()
         self.controller.listeners.append(self.showStatus)
         editor = self.ui.segmentEditorWidget
         editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         editor.connect("sourceVolumeNodeChanged(vtkMRMLVolumeNode*)", self.onSourceVolumeChanged)
+        # Effects registered after this editor was built (the SAMed-2 one at startupCompleted())
+        # appear only when the list is updated, as Slicer's Segment Editor module does it.
+        self._effectFactory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+        self._effectFactory.connect("effectRegistered(QString)", self.onEffectRegistered)
         self.ui.modelComboBox.connect("currentTextChanged(QString)", self.onModelChanged)
         self.ui.downloadButton.connect("clicked()", self.onDownload)
         self.ui.importButton.connect("clicked()", self.onImport)
         self.ui.cancelDownloadButton.connect("clicked()", self.onCancelDownload)
         self.ui.exportButton.connect("clicked()", self.onExport)
-        self._downloadTimer = qt.QTimer()
-        self._downloadTimer.setInterval(DOWNLOAD_POLL_MS)
-        self._downloadTimer.connect("timeout()", self.onDownloadProgress)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -130,8 +152,10 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.removeObservers()
+        self._effectFactory.disconnect("effectRegistered(QString)", self.onEffectRegistered)
         if self.showStatus in self.controller.listeners:
             self.controller.listeners.remove(self.showStatus)
+        self.logic.close()
 
     def enter(self):
         self.initializeParameterNode()
@@ -139,6 +163,9 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self.refreshModels()
         self.onSourceVolumeChanged(self.ui.segmentEditorWidget.sourceVolumeNode())
+
+    def onEffectRegistered(self, name):
+        self.ui.segmentEditorWidget.updateEffectList()
 
     def exit(self):
         self.ui.segmentEditorWidget.setActiveEffect(None)
@@ -169,8 +196,8 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onParameterChanged()
 
     def onParameterChanged(self, caller=None, event=None):
-        self.controller.configure(model=self._parameterNode.model, device=self._parameterNode.device,
-                                  preset=self._parameterNode.preset)
+        self.logic.configure(model=self._parameterNode.model, device=self._parameterNode.device,
+                             preset=self._parameterNode.preset)
 
     # ---- model and weights -----------------------------------------------------------------
 
@@ -184,14 +211,14 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        for name in models.model_names(models.weights_cache_dir()):
+        for name in models.model_names(self.logic.cache_dir):
             combo.addItem(name)
         combo.currentText = self._parameterNode.model
         combo.blockSignals(wasBlocked)
         self.updateWeightsStatus()
 
     def updateWeightsStatus(self):
-        self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model, models.weights_cache_dir())
+        self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model, self.logic.cache_dir)
 
     def onModelChanged(self, name):
         if name:
@@ -203,31 +230,26 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.controller.ensure_ready():
             return
         self.refreshModels()
-        from samed2.weights import get_checkpoint
-
         with self.controller.reporting(_("Starting the download")):
-            checkpoint = get_checkpoint(self._parameterNode.model)
-            self._download = models.WeightsDownload(checkpoint, models.weights_cache_dir()).start()
+            self._download = self.logic.download(on_progress=self.onDownloadProgress, on_end=self.onDownloadEnd)
+            self.controller.watch_jobs()
             self.ui.downloadProgressBar.visible = True
             self.ui.downloadButton.enabled = False
             self.ui.cancelDownloadButton.enabled = True
-            self._downloadTimer.start()
 
-    def onDownloadProgress(self):
-        progress = self._download.poll()
+    def onDownloadProgress(self, job, progress):
         fraction = progress.fraction
         self.ui.downloadProgressBar.maximum = 100 if fraction is not None else 0
         self.ui.downloadProgressBar.value = int(100 * fraction) if fraction is not None else 0
         self.ui.weightsStatusLabel.text = _("Downloading: {done:,.0f} MB").format(done=progress.done / 1e6)
-        if not progress.finished:
-            return
-        self._downloadTimer.stop()
+
+    def onDownloadEnd(self, job):
         self.ui.downloadProgressBar.visible = False
         self.ui.downloadButton.enabled = True
         self.ui.cancelDownloadButton.enabled = False
         self.updateWeightsStatus()
-        if progress.error is not None and not self._download.cancelled:
-            slicer.util.errorDisplay(_("The download stopped:\n\n{error}").format(error=progress.error))
+        if job.error is not None and not job.cancelled:
+            show_error(_("The download"), job.error)
 
     def onCancelDownload(self):
         if self._download is not None:
@@ -239,7 +261,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path or not self.controller.ensure_ready():
             return
         with self.controller.reporting(_("Importing the checkpoint")):
-            models.import_file(path, models.weights_cache_dir())
+            self.logic.import_weights(path)
             self.showStatus(_("Imported {path}").format(path=path))
         self.refreshModels()
 
@@ -257,58 +279,24 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExport(self):
         editor = self.ui.segmentEditorWidget
-        volume, segmentation = editor.sourceVolumeNode(), editor.segmentationNode()
-        if volume is None or segmentation is None:
-            slicer.util.errorDisplay(_("Choose the source volume and the segmentation to export in the Segment "
-                                       "section first."))
-            return
-        if not self.controller.ensure_ready():
+        if not self.controller.ensure_ready(dicom=EXPORT_FORMATS[self._parameterNode.exportFormat] == "DICOM-SEG"):
             return
         with self.controller.reporting(_("Export")):
-            self.ui.exportStatusLabel.text = self.export(volume, segmentation, self._parameterNode.exportFormat)
+            self.ui.exportStatusLabel.text = self.export(editor.sourceVolumeNode(), editor.segmentationNode(),
+                                                         self._parameterNode.exportFormat)
 
     def export(self, volume, segmentation, exportFormat):
         """Write the export; returns the line shown under the button."""
-        from SAMed2SlicerLib import export
-
-        if not exportFormat.startswith("DICOM-SEG"):
-            suffix = ".nii.gz" if exportFormat == "NIfTI file" else ".seg.nrrd"
-            path = self._outputPath(suffix)
-            export.export_labelmap_file(segmentation, volume, path)
-            return _("Wrote {path}").format(path=path)
-        toDatabase = exportFormat == "DICOM-SEG into the DICOM database"
-        path = Path(tempfile.mkdtemp(prefix="samed2-seg-")) / "seg.dcm" if toDatabase else self._outputPath(".dcm")
-        with self._sourceSeries(volume) as folder:
-            report = export.export_dicom_seg(segmentation, volume, folder, path,
-                                             algorithm_version=f"samed2 {self._parameterNode.model}")
+        toDatabase = exportFormat == TO_DATABASE
+        path = self.logic.temporary_seg_path() if toDatabase else self._parameterNode.exportPath
+        message = self.logic.export(volume, segmentation, EXPORT_FORMATS[exportFormat], path,
+                                    self._parameterNode.dicomFolder, slicer.dicomDatabase)
         if toDatabase:
             from DICOMLib import DICOMUtils
 
             DICOMUtils.importDicom(str(path.parent), slicer.dicomDatabase, copyFiles=True)
-        notes = "; ".join(report.repairs + report.warnings)
-        return _("Wrote DICOM-SEG with {count} segment(s){where}.{notes}").format(
-            count=len(report.segments), where=_(" into the DICOM database") if toDatabase else f" to {path}",
-            notes=f" Repaired in the source: {notes}" if notes else "")
-
-    def _outputPath(self, suffix):
-        path = self._parameterNode.exportPath
-        if str(path) in ("", ".") or path.is_dir():
-            raise ValueError(_("choose the output file first (Output file: ...{suffix})").format(suffix=suffix))
-        return path if str(path).endswith(suffix) else path.with_name(path.name + suffix)
-
-    def _sourceSeries(self, volume):
-        """A folder with the volume's DICOM files: from the DICOM database, else the chosen folder."""
-        from contextlib import nullcontext
-
-        from SAMed2SlicerLib import export
-
-        if volume.GetAttribute("DICOM.instanceUIDs") and slicer.dicomDatabase is not None:
-            return export.staged_series(export.dicom_files_for_volume(volume, slicer.dicomDatabase))
-        folder = self._parameterNode.dicomFolder
-        if str(folder) in ("", ".") or not folder.is_dir():
-            raise ValueError(_("'{name}' was not loaded from the DICOM database: choose its DICOM folder (Source "
-                               "DICOM folder) so that the SEG can reference its images").format(name=volume.GetName()))
-        return nullcontext(folder)
+            message += _(" Imported into the DICOM database.")
+        return message
 
 
 class SAMed2SlicerTest(ScriptedLoadableModuleTest):
@@ -335,8 +323,7 @@ class SAMed2SlicerTest(ScriptedLoadableModuleTest):
         effect.ui.directionComboBox.currentText = "up"
         effect.ui.lastSliceSpinBox.value = index + 3
         effect.onPropagate()
-        controller = Controller.get()
-        while controller.run is not None and not controller.run.finished:
+        while widget.logic.jobs.jobs:  # polled by the module's job timer
             slicer.app.processEvents()
         propagated = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
         self.assertEqual(sorted(set(np.nonzero(propagated)[0])), list(range(index, index + 4)))
@@ -360,8 +347,10 @@ class SAMed2SlicerTest(ScriptedLoadableModuleTest):
         volume = SampleData.downloadSample("CTChest")
         widget = slicer.util.getModuleWidget("SAMed2Slicer")
         slicer.util.selectModule("SAMed2Slicer")
-        self.assertTrue(Controller.get().ensure_ready())
-        Controller.get().use_model("test-model", _randomTinyModel())
+        plan = widget.logic.install_plan()
+        if plan.needed:  # Slicer's pip_ensure installs nothing in --testing mode: install first
+            self.skipTest("SAMed-2's packages are not installed: " + "; ".join(plan.missing()))
+        widget.logic.use_model("test-model", _randomTinyModel())
         widget._parameterNode.model = "test-model"
         widget._parameterNode.device = "cpu"
         segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
@@ -385,7 +374,7 @@ class SAMed2SlicerTest(ScriptedLoadableModuleTest):
         size = redWidget.sliceView().size
         middle = (size.width() // 2, size.height() // 2)
         slicer.util.clickAndDrag(redWidget.sliceView(), start=middle, end=middle, steps=1)
-        index = Controller.get().segmenter.view_slice_index(redWidget.mrmlSliceNode())
+        index = widget.logic.segmenter.view_slice_index(redWidget.mrmlSliceNode())
         voxels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
         self.assertEqual(sorted(set(np.nonzero(voxels)[0])), [index])
         return index

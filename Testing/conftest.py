@@ -1,4 +1,6 @@
 """Fixtures shared by every test suite: where the shared real data and golden vectors live."""
+import importlib
+import os
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,14 @@ def ct_volume(data_dir):
     from samed2.volume import load_volume
 
     return load_volume(data_dir / "totalseg" / "example_ct_sm.nii.gz")
+
+
+def require_module(name: str, why: str):
+    """The module, or a skip where it is not installed; in CI (CI=true), where .ci/install installs
+    it, its absence is a failure, never a silent skip."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is missing in CI ({why}): {exc}", pytrace=False)
+        pytest.skip(f"{name} is not installed ({why})", allow_module_level=True)

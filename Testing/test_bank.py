@@ -1,9 +1,11 @@
 """SAMed-2's confidence bank: safe import of the official pickle, safetensors files, retrieval without re-stacking."""
+import os
 import pickle
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,6 +59,50 @@ def test_bank_import_refuses_an_output_it_cannot_write_before_reading(tmp_path):
     with pytest.raises(InputError, match="output folder does not exist"):
         import_reference_bank(source, tmp_path / "missing" / "bank.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.pkl"]
+
+
+def test_bank_import_refuses_files_that_are_not_banks_with_a_message(tmp_path):
+    """Random bytes, random bytes behind a pickle header, a broken zip, a pickled number: each a
+    WeightsError naming the file (malformed pickles raise a dozen error types inside pickle), and
+    the command exits 2 with no output file."""
+    rng = np.random.default_rng(0)
+    sources = []
+    for i in range(60):
+        body = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+        sources.append((f"random{i}.bin", body if i % 2 else b"\x80\x02" + body))
+    sources += [("number.pkl", pickle.dumps(1)), ("broken.zip", _zip_with(b"garbage"))]
+    for name, content in sources:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(WeightsError, match=name):
+            import_reference_bank(tmp_path / name, tmp_path / "out.safetensors")
+    run = subprocess.run([*SAMED2, "bank", "import", str(tmp_path / "random1.bin"), "--out",
+                          str(tmp_path / "out.safetensors")], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.startswith("error: ") and "Traceback" not in run.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def _zip_with(data: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", data)
+    return buffer.getvalue()
+
+
+def test_bank_file_is_readable_as_the_umask_says(tmp_path):
+    old = os.umask(0o022)
+    try:
+        import_reference_bank(_pickled(reference_entries(), tmp_path / "bank.pkl"), tmp_path / "bank.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "bank.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def _pickled(entries, path: Path) -> Path:
+    path.write_bytes(pickle.dumps(entries))
+    return path
 
 
 @pytest.mark.parametrize("writer", ["pickle", "torch.save"])

@@ -295,7 +295,7 @@ def test_eval_lists_cases_from_a_pair_a_csv_or_the_training_folder_layout(tmp_pa
     assert list_cases([str(tmp_path)]) == [expected]
     listing = tmp_path / "cases.csv"
     listing.write_text("image,label\nimagesTr/ct_0000.nii.gz,labelsTr/ct.nii.gz\n")
-    assert [(name, image.resolve()) for name, image, _ in list_cases([str(listing)])] == [("ct_0000", CT)]
+    assert [(name, image.resolve()) for name, image, _ in list_cases([str(listing)])] == [("ct_0000", CT.resolve())]
     assert list_cases([str(CT), str(SEG)]) == [("example_ct_sm", CT, SEG)]
     with pytest.raises(InputError, match="IMAGE LABELMAP"):
         list_cases([str(CT)])
@@ -336,17 +336,25 @@ def strategy_results(trained, ct_case):
     return {strategy: cvpr25_with_strategy(strategy, trained, ct_case) for strategy in STRATEGIES}
 
 
+def copied_box_dice(truth: np.ndarray) -> float:
+    """Dice of the middle slice's tight box copied onto every slice of the object's extent: what
+    propagating a box must beat (liver: 0.53)."""
+    first, last = extent(truth, axis=2)
+    x0, y0, x1, y1 = (int(round(v)) for v in mask_box(truth[middle_slice(truth, axis=2)]))
+    copied = np.zeros_like(truth)
+    copied[first: last + 1, y0: y1 + 1, x0: x1 + 1] = True
+    return dice(copied, truth)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_eval_strategy_cvpr25_on_the_trained_model(strategy, strategy_results):
+def test_eval_strategy_cvpr25_on_the_trained_model(strategy, strategy_results, ct_case):
     results = strategy_results[strategy]
     liver = results[LIVER].row()
-    assert liver["dsc_box"] > 0.6, liver
+    assert liver["dsc_box"] > copied_box_dice(ct_case.labels == LIVER) + 0.25, liver
     if strategy != "box-chain":  # box-chain re-chains boxes from each click's slice, which can lose ground
         assert liver["dsc_final"] >= liver["dsc_box"] - 0.05, liver  # corrective clicks do not undo the box
     for result in results.values():
-        row = result.row()
-        assert 0 <= row["dsc_auc"] <= 4 and 0 <= row["nsd_auc"] <= 4
-        assert row["dsc_auc"] == pytest.approx(auc([s.dsc for s in result.click_steps]))
+        assert result.row()["dsc_auc"] == pytest.approx(auc([s.dsc for s in result.click_steps]))
 
 
 def test_the_default_strategy_is_the_measured_best(strategy_results):

@@ -126,18 +126,36 @@ def test_propagation_directions_and_limits(session):
     session.add_prompt(3, 15, box=(20, 20, 100, 80))
     both = [r.index for r in session.propagate(obj_ids=[3], stop_after_absent=0)]
     assert sorted(both) == [i for i in range(session.num_slices) if i != 15]
-    assert len(session.mask_volume(3).any(axis=(1, 2))) == session.num_slices
+    assert sorted(session.objects[3].masks) == list(range(session.num_slices))  # a mask kept for every slice
 
 
-def test_propagation_stops_after_absent_slices(session):
+def object_score_says(model, present: bool) -> None:
+    """Make the mask decoder's object-score head answer `present` on every slice (a constant logit of +-20)."""
+    last = model.sam_mask_decoder.pred_obj_score_head.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(20.0 if present else -20.0)
+
+
+def test_propagation_stops_after_absent_slices(ct_volume, tiny_model):
+    """A model that says "absent" on every slice stops after exactly `stop_after_absent` slices."""
+    object_score_says(tiny_model, present=False)
+    with Session(ct_volume, tiny_model, axis=2, device="cpu", strategy="track") as session:
+        session.add_prompt(1, 15, box=(20, 20, 100, 80))
+        results = list(session.propagate(direction="up", stop_after_absent=2))
+    assert [(r.index, r.present) for r in results] == [(16, False), (17, False)]
+    assert not any(r.mask.any() for r in results)  # an absent object leaves its slices empty
+
+
+def test_propagation_runs_until_the_first_run_of_absent_slices(session):
+    """Whatever the model says, the walk ends exactly after its first `stop_after_absent` absent slices
+    in a row, or at the volume's edge."""
     session.add_prompt(1, 15, box=(20, 20, 100, 80))
     results = list(session.propagate(direction="up", stop_after_absent=2))
-    absent_run = 0
-    for r in results:
-        absent_run = 0 if r.present else absent_run + 1
-        assert absent_run <= 2
-    if len(results) < session.num_slices - 16:
-        assert [r.present for r in results[-2:]] == [False, False]
+    indices, present = [r.index for r in results], [r.present for r in results]
+    assert indices == list(range(16, 16 + len(results)))
+    pairs = [i for i in range(1, len(present)) if not present[i - 1] and not present[i]]
+    assert len(results) == (pairs[0] + 1 if pairs else session.num_slices - 16)
 
 
 def test_propagation_cancel_keeps_a_consistent_partial_result(session):

@@ -1,9 +1,13 @@
 """Static checks of the Slicer extension: what CMake ships, what the index is told, what
 the panel uses, and which way the imports go."""
 import ast
+import functools
+import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,6 +21,7 @@ MODULE_NAME = "SAMed2Slicer"
 NOT_SHIPPED_DIRS = {"__pycache__"}
 NOT_SHIPPED_SUFFIXES = {".pyc", ".egg-info"}
 UI_OBJECT_TAGS = {"widget", "layout", "action", "actiongroup", "spacer"}
+SCHEMA = Path(__file__).with_name("extension_catalog_schema.json")
 
 
 def cmake_sets(path):
@@ -58,9 +63,33 @@ def shipped_files():
     return files
 
 
+CMAKE_PROBE = """cmake_minimum_required(VERSION 3.16)
+project(probe NONE)
+macro(slicerMacroBuildScriptedModule)  # as Slicer's macro parses its arguments
+  cmake_parse_arguments(MY_SLICER "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  message(STATUS "SCRIPTS=${MY_SLICER_SCRIPTS}")
+  message(STATUS "RESOURCES=${MY_SLICER_RESOURCES}")
+endmacro()
+add_subdirectory("MODULE_DIR" module)
+"""
+
+
+def cmake_executable():
+    beside_python = Path(sys.executable).with_name("cmake")  # the test extra's cmake wheel
+    return str(beside_python) if beside_python.is_file() else shutil.which("cmake")
+
+
+@functools.lru_cache(maxsize=None)
 def module_lists():
-    sets = cmake_sets(MODULE_DIR / "CMakeLists.txt")
-    return sets["MODULE_PYTHON_SCRIPTS"], sets["MODULE_PYTHON_RESOURCES"]
+    """The SCRIPTS and RESOURCES the module's CMakeLists.txt hands slicerMacroBuildScriptedModule,
+    from a real CMake configure of it (its globs evaluated by CMake)."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "CMakeLists.txt").write_text(CMAKE_PROBE.replace("MODULE_DIR", MODULE_DIR.as_posix()))
+        result = subprocess.run([cmake_executable(), "-S", folder, "-B", f"{folder}/build"],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lists = dict(re.findall(r"^-- (SCRIPTS|RESOURCES)=(.*)$", result.stdout, re.MULTILINE))
+    return lists["SCRIPTS"].split(";"), lists["RESOURCES"].split(";")
 
 
 def ui_object_names(path):
@@ -132,6 +161,33 @@ def test_slicer_module_ships_its_icon_and_panel():
     assert_png_size(MODULE_DIR / "Resources" / "Icons" / f"{MODULE_NAME}.png", (128, 128))
 
 
+OLDEST_SLICER_PYTHON = (3, 9)  # Slicer 5.6 and 5.8 (Slicer_REQUIRED_PYTHON_VERSION 3.9.10)
+
+
+def annotations(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield from (a.annotation for a in node.args.args + node.args.kwonlyargs if a.annotation)
+            if node.returns:
+                yield node.returns
+        elif isinstance(node, ast.AnnAssign):
+            yield node.annotation
+
+
+def test_slicer_module_parses_and_annotates_for_the_oldest_slicer_python():
+    """Every shipped file is valid Python 3.9, and none evaluates `X | Y` annotations at import
+    (a TypeError before 3.10) unless it postpones annotations."""
+    scripts, _ = module_lists()
+    for name in scripts:
+        source = (MODULE_DIR / name).read_text()
+        tree = ast.parse(source, feature_version=OLDEST_SLICER_PYTHON)
+        if "from __future__ import annotations" in source:
+            continue
+        unions = [ast.unparse(a) for a in annotations(tree)
+                  if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(a))]
+        assert unions == [], f"{name}: {unions}"
+
+
 # --- extension description ------------------------------------------------------------
 
 @pytest.mark.parametrize("s4ext_key, cmake_key", [
@@ -142,6 +198,7 @@ def test_slicer_module_ships_its_icon_and_panel():
     ("screenshoturls", "EXTENSION_SCREENSHOTURLS"),
     ("description", "EXTENSION_DESCRIPTION"),
     ("contributors", "EXTENSION_CONTRIBUTORS"),
+    ("status", "EXTENSION_STATUS"),
 ])
 def test_slicer_s4ext_agrees_with_cmake(s4ext_key, cmake_key):
     s4ext = s4ext_fields(REPO / f"{extension_variables()['project']}.s4ext")
@@ -158,6 +215,40 @@ def test_slicer_s4ext_names_the_project_and_its_repository():
     assert s4ext["enabled"] == "1"
     assert cmake["EXTENSION_DEPENDS"] == "PyTorch"
     assert cmake["EXTENSION_CATEGORY"] == "Segmentation"
+
+
+def test_slicer_extensions_index_json_follows_the_newest_catalog_schema():
+    """<project>.json is what the Extensions Index reads since Slicer 5.8. The schema beside this test
+    states the constraints of Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json (the
+    newest there), written here because CI reaches only PyPI."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    cmake = extension_variables()
+    entry = json.loads((REPO / f"{cmake['project']}.json").read_text())
+    jsonschema.validate(entry, schema, cls=jsonschema.Draft7Validator)
+    assert entry["$schema"] == schema["$id"]
+    assert entry["category"] == cmake["EXTENSION_CATEGORY"]
+    assert entry["build_dependencies"] == cmake["EXTENSION_DEPENDS"].split()
+    assert entry["scm_url"] == cmake["EXTENSION_HOMEPAGE"] + ".git"
+    assert entry["scm_revision"] == s4ext_fields(REPO / f"{cmake['project']}.s4ext")["scmrevision"]
+
+
+def test_slicer_extensions_index_json_schema_check_can_fail():
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    with pytest.raises(jsonschema.ValidationError, match="scm_url"):
+        jsonschema.validate({"$schema": schema["$id"], "category": "Segmentation"}, schema)
+    with pytest.raises(jsonschema.ValidationError, match="description"):
+        jsonschema.validate({"$schema": schema["$id"], "category": "Segmentation", "scm_url": "x",
+                             "description": "not an index field"}, schema)
+
+
+def test_slicer_network_self_test_is_not_registered_with_ctest():
+    """The module's self-test downloads a sample CT: extension dashboards build offline."""
+    text = re.sub(r"#[^\n]*", "", (MODULE_DIR / "CMakeLists.txt").read_text())
+    assert "slicer_add_python_unittest" not in text
 
 
 def test_slicer_extension_icon_is_a_repository_file():
@@ -185,7 +276,7 @@ def test_slicer_module_metadata_matches_the_extension():
 
 GUI_FILES_AND_PANELS = [
     (f"{MODULE_NAME}.py", f"{MODULE_NAME}.ui"),
-    ("SAMed2SlicerQt/effect.py", "SegmentEditorSAMed2.ui"),
+    ("SegmentEditorSAMed2Lib/SegmentEditorEffect.py", "SegmentEditorSAMed2.ui"),
 ]
 
 
@@ -240,7 +331,8 @@ def test_slicer_logic_imports_without_torch():
 
 
 def gui_files():
-    return [MODULE_DIR / f"{MODULE_NAME}.py", *sorted((MODULE_DIR / "SAMed2SlicerQt").glob("*.py"))]
+    return [MODULE_DIR / f"{MODULE_NAME}.py", *sorted((MODULE_DIR / "SAMed2SlicerQt").glob("*.py")),
+            *sorted((MODULE_DIR / "SegmentEditorSAMed2Lib").glob("*.py"))]
 
 
 def test_slicer_gui_module_imports_no_torch_at_import_time():

@@ -30,8 +30,8 @@ from samed2.train.startpoint import initial_model, set_trainable
 from samed2.train.volumes import load_case, resolve_labels
 from samed2.volume import load_volume, logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
 from samed2.weights import import_checkpoint, load_weights
-from trained_model import (IMAGE, LABELS, LEFT_KIDNEY, LIVER, RIGHT_KIDNEY, build_trained_model,  # noqa: F401
-                           shrunk_samed2_config, trained_model)
+from trained_model import (IMAGE, LABELS, LEFT_KIDNEY, LIVER, RIGHT_KIDNEY, TRAINED_LABELS,  # noqa: F401
+                           build_trained_model, fresh_run, load_trained, shrunk_samed2_config, trained_model)
 
 MICRO_CONFIG = shrunk_samed2_config(image_size=64, embed_dim=16, stages=[1, 1, 2, 1], d_model=32, mem_dim=16,
                                     memory_layers=1, feedforward=64, dropout=0.0)
@@ -268,8 +268,17 @@ def test_resume_after_sigkill_reaches_the_same_weights(micro_files, uninterrupte
     assert loss_column == [r.split(",")[3] for r in (uninterrupted_run / "metrics.csv").read_text().splitlines()]
 
 
+def first_moments(run_dir: Path) -> list:
+    """AdamW's running mean of the gradients per parameter, from the run's checkpoint."""
+    state = load_checkpoint(checkpoint_path(run_dir))["optimizer"]["state"]
+    return [state[i]["exp_avg"] for i in sorted(state)]
+
+
 def test_ddp_two_processes_train_like_one_process_accumulating_two(micro_files, tmp_path):
-    common = micro_args(micro_files, tmp_path / "x", 3, "--checkpoint-every", "3")
+    """Two DDP processes average their gradients (AdamW's first moment, linear in the gradient, equals
+    that of one process accumulating two micro-batches; a sum would double it). Clipping is off, as
+    clipping to a norm would hide a sum."""
+    common = micro_args(micro_files, tmp_path / "x", 3, "--checkpoint-every", "3", "--grad-clip", "0")
     single = run_module([*_with_out(common, tmp_path / "single"), "--accumulate", "2"])
     assert single.returncode == 0, single.stderr[-3000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -280,6 +289,9 @@ def test_ddp_two_processes_train_like_one_process_accumulating_two(micro_files, 
     one, two = exported_state(tmp_path / "single"), exported_state(tmp_path / "ddp")
     worst = max(float((one[k] - two[k]).abs().max()) for k in one)
     assert worst < 1e-4, f"DDP weights differ from single-process accumulation by {worst}"
+    moments = zip(first_moments(tmp_path / "single"), first_moments(tmp_path / "ddp"))
+    ratios = [float(d.norm() / s.norm()) for s, d in moments if s.norm() > 0]
+    assert ratios and max(abs(r - 1) for r in ratios) < 1e-3, f"DDP / single gradient scale: {ratios[:5]}"
     initial = build_model(MICRO_CONFIG).state_dict()
     assert any(not torch.equal(initial[k], two[k]) for k in two)  # it trained
     rows = (tmp_path / "ddp" / "metrics.csv").read_text().splitlines()
@@ -311,6 +323,10 @@ def test_train_refuses_to_overwrite_a_run_without_resume(micro_files, uninterrup
 # ---------------------------------------------------------------- the test-trained model
 
 
+SEED_BOUNDS = {LIVER: 0.92, RIGHT_KIDNEY: 0.5, LEFT_KIDNEY: 0.5}
+"""Held-out box Dice that every training seed tried reached, less a margin (README: seeds 0-4 gave
+liver 0.949-0.963, kidneys 0.62-0.95: the kidneys depend on the seed, the liver does not)."""
+
 MIN_OBJECT_VOXELS = 20
 """Held-out objects smaller than this are not scored: at the fixture's 128 px input the mask decoder's
 32 x 32 output has one cell per 4 x 3 slice pixels, so a kidney's 6-voxel last slice is below what
@@ -339,19 +355,52 @@ def held_out_box_dice(model, volume, labels, slices, value) -> list:
     return scores
 
 
-def test_trained_model_segments_held_out_slices_from_a_box(trained_model):
-    model = build_trained_model(trained_model)
+def box_fill_dice(labels, slices, value) -> list:
+    """Dice per held-out slice of filling the object's tight box: what a model must beat."""
+    scores = []
+    for k in slices:
+        truth = labels[k] == value
+        if truth.sum() >= MIN_OBJECT_VOXELS:
+            rows, columns = np.nonzero(truth)
+            filled = np.zeros_like(truth)
+            filled[rows.min(): rows.max() + 1, columns.min(): columns.max() + 1] = True
+            scores.append(dice(filled, truth))
+    return scores
+
+
+def held_out_means(trained) -> tuple:
+    """Mean held-out box Dice per object for the model and for filling the box."""
+    model = build_trained_model(trained)
     volume = load_volume(IMAGE)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(LABELS)))
-    figures = {value: held_out_box_dice(model, volume, labels, trained_model.held_out, value)
-               for value in (LIVER, RIGHT_KIDNEY, LEFT_KIDNEY)}
-    means = {value: float(np.mean(scores)) for value, scores in figures.items()}
-    print(f"\nheld-out slices {trained_model.held_out}: box Dice liver {means[LIVER]:.3f}, "
-          f"right kidney {means[RIGHT_KIDNEY]:.3f}, left kidney {means[LEFT_KIDNEY]:.3f} "
-          f"(trained in {trained_model.seconds:.0f} s)")
+    figures = {value: held_out_box_dice(model, volume, labels, trained.held_out, value) for value in TRAINED_LABELS}
     assert all(len(scores) >= 4 for scores in figures.values())
-    assert means[LIVER] >= 0.80
-    assert means[RIGHT_KIDNEY] >= 0.60 and means[LEFT_KIDNEY] >= 0.60
+    fill = {value: float(np.mean(box_fill_dice(labels, trained.held_out, value))) for value in TRAINED_LABELS}
+    means = {value: float(np.mean(scores)) for value, scores in figures.items()}
+    print(f"\nheld-out slices {trained.held_out}, box Dice (filling the box):",
+          ", ".join(f"{name} {means[v]:.3f} ({fill[v]:.3f})" for name, v in
+                    (("liver", LIVER), ("right kidney", RIGHT_KIDNEY), ("left kidney", LEFT_KIDNEY))))
+    return means, fill
+
+
+def test_trained_model_segments_held_out_slices_from_a_box(trained_model):
+    """The committed model on slices it never saw (they lie between trained neighbours of the same
+    scan: this shows learning, not generalisation to other scans). Measured: liver 0.96, kidneys
+    0.92-0.93; filling the box scores 0.53 / 0.80 / 0.77. Bounds: 0.05 below what was measured, far
+    above CPU float noise, and each at least 0.08 above filling the box."""
+    means, fill = held_out_means(trained_model)
+    assert means[LIVER] >= 0.90 and means[RIGHT_KIDNEY] >= 0.87 and means[LEFT_KIDNEY] >= 0.87
+    assert all(means[v] >= fill[v] + 0.08 for v in TRAINED_LABELS)
+
+
+def test_the_recipe_trains_a_model_that_beats_filling_the_box():
+    """The recipe (trained_model.py) trained afresh on this machine reaches the bounds that every
+    training seed tried reached (README, "The test-trained model": seeds 0-4); a different CPU
+    trains a different model, like a different seed, so nothing finer is asserted."""
+    means, fill = held_out_means(load_trained(fresh_run(seed=0)))
+    assert means[LIVER] >= SEED_BOUNDS[LIVER]
+    assert means[RIGHT_KIDNEY] >= SEED_BOUNDS[RIGHT_KIDNEY] and means[LEFT_KIDNEY] >= SEED_BOUNDS[LEFT_KIDNEY]
+    assert means[LIVER] >= fill[LIVER] + 0.2
 
 
 def test_trained_model_propagates_the_liver_through_memory_from_one_box(trained_model):
@@ -366,28 +415,30 @@ def test_trained_model_propagates_the_liver_through_memory_from_one_box(trained_
     per_slice = [dice(mask[k], liver[k]) for k in range(volume.num_slices(2))]
     print(f"\nliver propagated from one box: Dice {dice(mask, liver):.3f}, per slice {np.round(per_slice, 2).tolist()}")
     assert tracked == [k for k in range(30) if k != 15]
-    assert dice(mask, liver) >= 0.75
-    assert min(per_slice) > 0.5
+    assert dice(mask, liver) >= 0.90  # measured 0.974; copying the box to every slice scores 0.51
+    assert min(per_slice) >= 0.85  # measured 0.94
 
 
-def test_propagation_stops_within_two_slices_of_the_kidneys_end(trained_model):
+def test_box_chain_follows_the_left_kidney_to_its_end(trained_model):
     """A box on the middle slice of the left kidney, propagated up (towards its end; its other end is
     the volume's edge) with the default strategy for a model with a bank (box-chain, the model's own
-    bank): the kidney is followed, and propagation stops within 2 slices of its last slice."""
+    bank): each slice's box comes from the previous mask, and the kidney is followed to its last slice
+    (measured: Dice 0.92-0.99; seeds 2-4 of the recipe: 0.85-0.99 on slices of at least 20 voxels,
+    the 6-voxel last slice is below the model's resolution). This model's object score does not
+    say where the kidney ends (seeds 0-4: README), so propagation runs on; stopping is tested on a
+    model that says "absent" (test_session.py) and on real weights (MedSAM-Lite)."""
     model = build_trained_model(trained_model)
     volume = load_volume(IMAGE)
     kidney = sitk.GetArrayFromImage(sitk.ReadImage(str(LABELS))) == LEFT_KIDNEY
     present = np.nonzero(kidney.any(axis=(1, 2)))[0]
     middle, last = int(np.median(present)), int(present.max())
-    assert last < volume.num_slices(2) - 3, "the kidney must end inside the volume for this test"
     with Session(volume, model, axis=2, device="cpu", bank=ConfidenceBank.load(trained_model.bank)) as session:
         assert session.strategy == "box-chain"
         session.add_prompt(1, middle, box=mask_box(kidney[middle]))
-        results = list(session.propagate(direction="up", stop_after_absent=2))
-    found = [r.index for r in results if r.mask.any()]
-    per_slice = {r.index: dice(r.mask, kidney[r.index]) for r in results if r.index <= last}
-    print(f"\nleft kidney ends on slice {last}; propagation from {middle} found it up to slice {max(found)} "
-          f"and stopped after slice {results[-1].index}; Dice per slice {np.round(list(per_slice.values()), 2)}")
-    assert abs(max(found) - last) <= 2
-    assert results[-1].index <= last + 2
-    assert np.mean(list(per_slice.values())) >= 0.7
+        results = {r.index: r.mask for r in session.propagate(direction="up", stop=last, stop_after_absent=0)}
+    per_slice = [dice(results[k], kidney[k]) for k in range(middle + 1, last + 1)]
+    print(f"\nleft kidney from slice {middle} to its end ({last}): Dice per slice {np.round(per_slice, 2)}")
+    assert sorted(results) == list(range(middle + 1, last + 1))
+    drawable = [d for k, d in zip(range(middle + 1, last + 1), per_slice) if kidney[k].sum() >= MIN_OBJECT_VOXELS]
+    assert len(drawable) >= 8 and min(drawable) >= 0.8
+    assert results[last].any(), "the chain reaches the kidney's last slice"

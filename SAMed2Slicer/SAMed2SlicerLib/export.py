@@ -6,7 +6,8 @@ patient geometry (its IJK-to-RAS without parent transforms: DICOM and files desc
 scanner's coordinates). Each segment becomes its own label map for DICOM-SEG, so overlapping
 segments stay whole; names, colours and Slicer's terminology codes go with them.
 
-Needs SimpleITK, pydicom and highdicom (the engine's DICOM extras), not torch.
+Needs the engine (its Volume places the arrays), SimpleITK, and for DICOM-SEG pydicom and
+highdicom.
 """
 import os
 import shutil
@@ -16,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from SAMed2SlicerLib.geometry import local_ijk_to_ras
-from SAMed2SlicerLib.segments import Target, read_slices
+from SAMed2SlicerLib.geometry import local_ijk_to_ras, volume_to_array
+from SAMed2SlicerLib.segments import read_segment
 
-LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 ALGORITHM_NAME = "SAMed-2"
 GENERIC_TISSUE = "85756007"  # SNOMED CT "Tissue", the type Slicer gives every new segment
 
@@ -31,24 +31,13 @@ def segment_ids(segmentation_node, only=None):
     return [i for i in ids if only is None or i in only]
 
 
-def segment_array(segmentation_node, segment_id, volume_node):
-    """A segment's voxels on the volume's grid, uint8 array [k, j, i]."""
-    target = Target(segmentation_node, segment_id, volume_node, 2)
-    slices = read_slices(target, range(volume_node.GetImageData().GetDimensions()[2]))
-    return np.stack([slices[k] for k in sorted(slices)]).astype(np.uint8)
+def volume_grid(volume_node):
+    """The volume as an engine Volume in its own patient geometry (its IJK-to-RAS without parent
+    transforms: DICOM and files describe the scanner's coordinates)."""
+    from samed2.volume import Volume
 
-
-def volume_image(array, volume_node):
-    """A SimpleITK image of `array` ([k, j, i]) in the volume's own LPS geometry."""
-    import SimpleITK as sitk
-
-    ijk_to_lps = LPS_FROM_RAS @ local_ijk_to_ras(volume_node)
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((ijk_to_lps[:3, :3] / spacing).reshape(-1).tolist())
-    image.SetOrigin(ijk_to_lps[:3, 3].tolist())
-    return image
+    voxels, _ = volume_to_array(volume_node)
+    return Volume(voxels, local_ijk_to_ras(volume_node))
 
 
 def _rgb(segment):
@@ -59,10 +48,11 @@ def segment_labelmaps(segmentation_node, volume_node, only=None):
     """One binary label map (label 1) per segment, named and coloured like the segment."""
     from samed2.labelmap import LabelMap
 
+    grid = volume_grid(volume_node)
     maps = []
     for segment_id in segment_ids(segmentation_node, only):
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-        image = volume_image(segment_array(segmentation_node, segment_id, volume_node), volume_node)
+        image = grid.to_sitk(read_segment(segmentation_node, segment_id, volume_node).astype(np.uint8))
         maps.append(LabelMap(image, {1: segment.GetName()}, {1: _rgb(segment)}, source=f"segment '{segment.GetName()}'"))
     return maps
 
@@ -77,9 +67,9 @@ def merged_labelmap(segmentation_node, volume_node, only=None):
     names, colors = {}, {}
     for value, segment_id in enumerate(ids, 1):
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-        labels[segment_array(segmentation_node, segment_id, volume_node) > 0] = value
+        labels[read_segment(segmentation_node, segment_id, volume_node)] = value
         names[value], colors[value] = segment.GetName(), _rgb(segment)
-    return LabelMap(volume_image(labels, volume_node), names, colors, source=segmentation_node.GetName())
+    return LabelMap(volume_grid(volume_node).to_sitk(labels), names, colors, source=segmentation_node.GetName())
 
 
 def export_labelmap_file(segmentation_node, volume_node, path, only=None):

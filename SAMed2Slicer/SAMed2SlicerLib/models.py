@@ -1,19 +1,19 @@
 """Model weights in Slicer: the cache under Slicer's cache directory, status lines for the
-panel, downloads in the background (progress, cancel, resume) and imports of local files,
+panel, downloads as background jobs (progress, cancel, resume) and imports of local files,
 all through the engine's weights manager (samed2.weights).
 
 The engine is imported inside the functions (it imports torch, which the install flow
 provides on first use).
 """
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import slicer
 
+from SAMed2SlicerLib.jobs import BackgroundJob, JobCancelled
+
 CACHE_SUBFOLDER = ("SAMed2", "weights")
 DEFAULT_MODEL = "samed2"
+DOWNLOAD_JOB = "weights download"
 
 
 def weights_cache_dir() -> Path:
@@ -68,70 +68,18 @@ def import_file(path, cache_dir, name=None, config=None) -> Path:
     return import_checkpoint(path, name=name, config=config, cache_dir=cache_dir)
 
 
-class DownloadCancelled(Exception):
-    """Raised from the progress callback to stop a download (its partial file is kept)."""
-
-
-@dataclass
-class DownloadProgress:
-    done: int
-    total: Optional[int]
-    finished: bool
-    error: Optional[BaseException]
-    path: Optional[Path]
-
-    @property
-    def fraction(self) -> Optional[float]:
-        return self.done / self.total if self.total else None
-
-
-class WeightsDownload:
-    """Downloads one checkpoint into the cache on a background thread.
-
-    `poll()` reads the progress from any thread; `cancel()` stops at the next received chunk
-    and keeps the partial file, so the next download resumes it.
-    """
-
-    def __init__(self, checkpoint, cache_dir):
-        self._checkpoint = checkpoint
-        self._cache_dir = cache_dir
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
-        self._state = DownloadProgress(0, None, False, None, None)
-        self._thread = threading.Thread(target=self._run, name="SAMed2 weights download", daemon=True)
-
-    def start(self) -> "WeightsDownload":
-        self._thread.start()
-        return self
-
-    def _progress(self, done, total) -> None:
-        if self._cancel.is_set():
-            raise DownloadCancelled("download cancelled: it resumes where it stopped next time")
-        with self._lock:
-            self._state = DownloadProgress(done, total, False, None, None)
-
-    def _run(self) -> None:
+def download_job(checkpoint, cache_dir) -> BackgroundJob:
+    """A job (start() it) downloading one checkpoint into the cache. Progress is in bytes;
+    `cancel()` stops at the next received chunk (JobCancelled) and keeps the partial file, so
+    the next download resumes it. The job's result is the downloaded file's path."""
+    def work(job):
         from samed2.weights import download
 
-        try:
-            path = download(self._checkpoint, self._cache_dir, progress=self._progress)
-            outcome = dict(error=None, path=path)
-        except BaseException as error:  # reported through poll()
-            outcome = dict(error=error, path=None)
-        with self._lock:
-            self._state = DownloadProgress(self._state.done, self._state.total, True, **outcome)
+        def progress(done, total):
+            if job.cancelled:
+                raise JobCancelled("download cancelled: it resumes where it stopped next time")
+            job.advance(done, total)
 
-    def cancel(self) -> None:
-        self._cancel.set()
+        return download(checkpoint, cache_dir, progress=progress)
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def poll(self) -> DownloadProgress:
-        with self._lock:
-            return self._state
-
-    def wait(self, timeout_s=None) -> DownloadProgress:
-        self._thread.join(timeout_s)
-        return self.poll()
+    return BackgroundJob(DOWNLOAD_JOB, work)

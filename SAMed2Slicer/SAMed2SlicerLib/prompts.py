@@ -60,6 +60,18 @@ def prompt_nodes(segmentation_node, segment_id=None, role=None, axis=None):
     return found
 
 
+def hovered_prompt(segmentation_node):
+    """The prompt markup the mouse is over (its display node has an active component for the
+    mouse, which the Markups displayable manager sets on hover), else None: a press there is for
+    Markups, to drag the point or the box handle."""
+    none = slicer.vtkMRMLMarkupsDisplayNode.ComponentNone
+    for node in prompt_nodes(segmentation_node):
+        display = node.GetDisplayNode()
+        if display is not None and display.GetActiveComponentType() != none:
+            return node
+    return None
+
+
 def prompted_axes(segmentation_node, segment_id):
     """The slicing axes a segment has prompts on."""
     return sorted({int(n.GetAttribute(AXIS)) for n in prompt_nodes(segmentation_node, segment_id)})

@@ -19,7 +19,7 @@ import numpy as np
 
 from SAMed2SlicerLib.geometry import engine_volume, view_axis
 from SAMed2SlicerLib.prompts import SEGMENT, add_box, add_point, collect_prompts, prompt_nodes, prompted_axes
-from SAMed2SlicerLib.propagation import PropagationRun
+from SAMed2SlicerLib.jobs import BackgroundJob
 from SAMed2SlicerLib.segments import EditStep, Target, UndoStack, check_editable, read_slices
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Segmenter:
         self._applied: Dict[tuple, dict] = {}  # (segment id, axis) -> {index: SlicePrompt}
         self._written: Dict[tuple, dict] = {}  # (segment id, axis) -> {index: packed mask}
         self.undo_stack = UndoStack()
-        self._run: Optional[PropagationRun] = None
+        self._run: Optional[BackgroundJob] = None
 
     # ---- sessions and objects -------------------------------------------------------------
 
@@ -117,23 +117,26 @@ class Segmenter:
         index = int(np.floor(self.volume.to_slice_coords(origin, axis)[0] + 0.5))
         return min(max(index, 0), self.volume.num_slices(axis) - 1)
 
-    def warm_up(self, slice_node, radius=4) -> None:
-        """Encode slices around the one a view shows, in the background (faster next click)."""
+    def warm_up(self, slice_node, radius=4) -> BackgroundJob:
+        """Encode slices around the one a view shows, in the background (faster next click).
+        The job ends when the engine is idle again: poll it so the engine gets the GIL."""
         axis = self.axis_of_view(slice_node)
-        self.session(axis).precompute(self.view_slice_index(slice_node), radius)
+        session = self.session(axis)
+        session.precompute(self.view_slice_index(slice_node), radius)
+        return BackgroundJob("warm-up", lambda job: session.wait_idle()).start()
 
     # ---- prompting ------------------------------------------------------------------------
 
-    def add_point(self, segment_id, slice_node, point_ras, positive=True):
+    def add_point(self, segment_id, slice_node, point_ras, positive=True, before_write=None):
         """An include (or exclude) click at a world point in a slice view: stored as a markup,
         run, and the segment's slice updated (one undo step). Returns {axis: [slices]}."""
         axis = self._prompt_axis(slice_node)
         self.volume.to_slice_point(point_ras, axis)  # InputError (nothing added) when outside
         self.session(axis)
         add_point(self.target(segment_id, axis), point_ras, positive)
-        return self.apply_prompts(segment_id)
+        return self.apply_prompts(segment_id, before_write=before_write)
 
-    def add_box(self, segment_id, slice_node, corner_ras, opposite_ras):
+    def add_box(self, segment_id, slice_node, corner_ras, opposite_ras, before_write=None):
         """A box dragged in a slice view between two world corners: stored as an ROI, run, and
         the segment's slice updated (one undo step). Returns {axis: [slices]}."""
         from samed2.errors import InputError
@@ -145,21 +148,22 @@ class Segmenter:
         self.volume.to_slice_point((np.asarray(corner_ras, float) + opposite_ras) / 2, axis)
         self.session(axis)
         add_box(self.target(segment_id, axis), slice_node, corner_ras, opposite_ras, self.volume.spacing[axis])
-        return self.apply_prompts(segment_id)
+        return self.apply_prompts(segment_id, before_write=before_write)
 
     def _prompt_axis(self, slice_node) -> int:
         self._require_idle()
         return self.axis_of_view(slice_node)
 
-    def apply_prompts(self, segment_id=None, step=None):
+    def apply_prompts(self, segment_id=None, step=None, before_write=None):
         """Run the slices whose prompts changed in the scene (added, moved or deleted markups)
         and write them; slices left without prompts are cleared. One undo step unless `step`
-        is given. Returns {axis: [slices written]}."""
+        is given. `before_write()` runs once, before the first write (undo state). Returns
+        {axis: [slices written]}."""
         self._require_idle()
         own_step = step is None
         if own_step:
             self._catch_up_with_undo()
-        step = step or EditStep("prompts")
+        step = step or EditStep("prompts", before_write)
         changed = {}
         try:
             for segment in [segment_id] if segment_id else self._segments_with_prompt_state():
@@ -228,15 +232,17 @@ class Segmenter:
 
     # ---- propagation ----------------------------------------------------------------------
 
-    def propagate(self, axis, segment_ids=None, direction="both", start=None, stop=None, stop_after_absent=3):
+    def propagate(self, axis, segment_ids=None, direction="both", start=None, stop=None, stop_after_absent=3,
+                  before_write=None):
         """Start propagating along `axis` from the prompted (and hand-corrected) slices, for the
         given segments (default: every segment prompted on that axis). Returns the running
-        PropagationRun: poll() it from the main thread, or wait() for it. One undo step."""
+        BackgroundJob: poll() it from the main thread, or wait() for it. One undo step;
+        `before_write()` runs on the polling thread before the run's first write."""
         from samed2.errors import InputError
 
         self._require_idle()
         self._catch_up_with_undo()
-        step = EditStep("propagation")
+        step = EditStep("propagation", before_write)
         self.apply_prompts(step=step)
         session = self.session(axis)
         segment_ids = list(segment_ids or self.prompted_segments(axis))
@@ -245,8 +251,11 @@ class Segmenter:
         protected = {self.object_id(s): self._prepare(session, s, axis, step) for s in segment_ids}
         targets = {self.object_id(s): self.target(s, axis) for s in segment_ids}
 
-        def produce(cancel):
-            return session.propagate(list(targets), direction, start, stop, stop_after_absent, cancel)
+        def work(job):
+            walk = session.propagate(list(targets), direction, start, stop, stop_after_absent, job.cancel_event)
+            for done, result in enumerate(walk, 1):
+                job.emit(result)
+                job.advance(done, index=result.index)
 
         def consume(results):
             for obj, target in targets.items():
@@ -257,7 +266,7 @@ class Segmenter:
             self.undo_stack.push(step)
 
         total = sum(self._expected_slices(s, axis, direction, start, stop) for s in segment_ids)
-        self._run = PropagationRun(produce, consume, finish, total).start()
+        self._run = BackgroundJob("propagation", work, consume, finish, total).start()
         return self._run
 
     def _prepare(self, session, segment_id, axis, step) -> set:
@@ -289,7 +298,7 @@ class Segmenter:
         return high - low + 1 - len(seeds)
 
     @property
-    def running(self) -> Optional[PropagationRun]:
+    def running(self) -> Optional[BackgroundJob]:
         """The propagation run going on, if any."""
         return self._run if self._run is not None and not self._run.finished else None
 

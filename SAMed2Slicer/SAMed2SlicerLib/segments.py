@@ -11,7 +11,7 @@ layout (samed2.volume): axis 2 -> rows j, columns i; axis 1 -> rows k, columns i
 axis 0 -> rows k, columns j.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import slicer
@@ -66,36 +66,41 @@ def _slab(target, low, high, fill):
     return image, array
 
 
-def read_slices(target, indices) -> Dict[int, np.ndarray]:
-    """{index: bool mask} of the segment on those slices of the volume's grid."""
-    indices = sorted(set(int(i) for i in indices))
-    if not indices:
-        return {}
-    low, high = indices[0], indices[-1]
-    reference, _ = _slab(target, low, high, 0)
+def read_slab(target, low, high) -> np.ndarray:
+    """The segment on slices low..high along the target's axis of the volume's grid: a bool
+    [k, j, i] array holding just those slices."""
+    reference, empty = _slab(target, low, high, 0)
     labelmap = target.segment().GetRepresentation(
         slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
     on_grid = slicer.vtkOrientedImageData()
     if labelmap is None or not _has_voxels(labelmap) or not \
             slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
                 labelmap, reference, on_grid):
-        empty = np.zeros(_slice_shape(reference, target.axis), bool)
-        return {index: empty.copy() for index in indices}
+        return empty.astype(bool)
     shape = tuple(reversed(on_grid.GetDimensions()))
     values = numpy_support.vtk_to_numpy(on_grid.GetPointData().GetScalars()).reshape(shape)
-    inside = values == target.segment().GetLabelValue()
-    return {index: inside[slice_selector(target.axis, index - low)].copy() for index in indices}
+    return values == target.segment().GetLabelValue()
+
+
+def read_segment(segmentation_node, segment_id, volume_node) -> np.ndarray:
+    """The whole segment on the volume's grid, a bool [k, j, i] array."""
+    last = volume_node.GetImageData().GetDimensions()[2] - 1
+    return read_slab(Target(segmentation_node, segment_id, volume_node, 2), 0, last)
+
+
+def read_slices(target, indices) -> Dict[int, np.ndarray]:
+    """{index: bool mask} of the segment on those slices of the volume's grid."""
+    indices = sorted(set(int(i) for i in indices))
+    if not indices:
+        return {}
+    low = indices[0]
+    slab = read_slab(target, low, indices[-1])
+    return {index: slab[slice_selector(target.axis, index - low)].copy() for index in indices}
 
 
 def _has_voxels(image):
     extent = image.GetExtent()
     return extent[0] <= extent[1] and extent[2] <= extent[3] and extent[4] <= extent[5]
-
-
-def _slice_shape(image, axis):
-    dims = list(reversed(image.GetDimensions()))
-    del dims[2 - axis]
-    return tuple(dims)
 
 
 def write_slices(target, masks: Dict[int, np.ndarray]) -> None:
@@ -143,14 +148,20 @@ class SliceEdit:
 
 class EditStep:
     """One undoable step (an interaction or a propagation run): writes through it remember
-    what each slice held before its first write in the step."""
+    what each slice held before its first write in the step. `before_write` runs just before
+    the step's first write (the Segment Editor saves its undo state there: a step that writes
+    nothing leaves no undo state)."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, before_write: Optional[Callable[[], None]] = None):
         self.label = label
         self.memo: dict = {}  # the caller's own bookkeeping, undone with the step
         self._edits: Dict[Target, SliceEdit] = {}
+        self._before_write = before_write  # called once, before the step's first write
 
     def write(self, target: Target, masks: Dict[int, np.ndarray]) -> None:
+        if self._before_write is not None and masks:
+            before_write, self._before_write = self._before_write, None
+            before_write()
         edit = self._edits.setdefault(target, SliceEdit(target))
         edit.remember(read_slices(target, [i for i in masks if i not in edit.before]))
         write_slices(target, masks)

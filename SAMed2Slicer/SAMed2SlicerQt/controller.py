@@ -1,8 +1,9 @@
-"""The Qt side shared by the module panel and the Segment Editor effect: first-run install,
-the model, one Segmenter for the current volume and segmentation, prompt markups dragged or
-deleted by the user, and propagation runs polled from a timer so the views stay responsive.
+"""The Qt side shared by the module panel and the Segment Editor effect: the first-run install
+dialogs, the timer that polls the Logic's background jobs, the settle timers for dragged prompts
+and for warm-up, and error dialogs. Everything else is the Logic's (SAMed2SlicerLib.logic).
 
-Every action reports failures in a dialog that says what to do next; nothing fails silently.
+Every action reports a failure once, in a dialog that says what to do next, with the log in its
+details; nothing fails silently.
 """
 import logging
 import traceback
@@ -13,24 +14,31 @@ import slicer
 import vtk
 from slicer.util import VTKObservationMixin
 
-from SAMed2SlicerLib import models
-from SAMed2SlicerLib import prompts as markups
-from SAMed2SlicerLib.install import TORCH_VERSION, InstallPlan, pip_install_function
-from SAMed2SlicerLib.segmenter import BusyError, Segmenter
+from SAMed2SlicerLib.install import TORCH_VERSION, install_function
+from SAMed2SlicerLib.jobs import TICK_INTERVAL_MS
+from SAMed2SlicerLib.logic import written_message
+from SAMed2SlicerLib.segmenter import BusyError
 
-POLL_MS = 100
+MODULE_NAME = "SAMed2Slicer"
 MARKUP_SETTLE_MS = 300
 WARM_UP_SETTLE_MS = 400
-MARKUP_EVENTS = (vtk.vtkCommand.ModifiedEvent, slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
-                 slicer.vtkMRMLMarkupsNode.PointRemovedEvent)
+MARKUP_EVENTS = (slicer.vtkMRMLMarkupsNode.PointModifiedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
+                 vtk.vtkCommand.ModifiedEvent)
 
 
-def _single_shot_timer(interval_ms, callback):
+def _timer(interval_ms, callback, single_shot):
     timer = qt.QTimer()
-    timer.setSingleShot(True)
+    timer.setSingleShot(single_shot)
     timer.setInterval(interval_ms)
     timer.connect("timeout()", callback)
     return timer
+
+
+def show_error(action, error):
+    """One dialog for a failure, with the traceback in its details and in the log."""
+    details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    logging.error("%s failed:\n%s", action, details)
+    slicer.util.errorDisplay(f"{action} failed:\n\n{error}", detailedText=details)
 
 
 class Controller(VTKObservationMixin):
@@ -46,20 +54,25 @@ class Controller(VTKObservationMixin):
 
     def __init__(self):
         VTKObservationMixin.__init__(self)
-        self.settings = {"model": models.DEFAULT_MODEL, "device": "auto", "preset": "auto"}
-        self.segmenter = None
-        self.run = None
+        self.run = None  # the propagation job going on
         self.listeners = []  # callables(message, progress or None)
-        self._segmenter_key = None
-        self._model = (None, None)  # (name, engine model)
         self._save_undo = None
         self._warm_up_view = None
-        self._poll_timer = qt.QTimer()
-        self._poll_timer.setInterval(POLL_MS)
-        self._poll_timer.connect("timeout()", self._poll)
-        self._markup_timer = _single_shot_timer(MARKUP_SETTLE_MS, self._apply_moved_prompts)
-        self._warm_up_timer = _single_shot_timer(WARM_UP_SETTLE_MS, self._warm_up)
+        self._job_timer = _timer(TICK_INTERVAL_MS, self._tick, single_shot=False)
+        self._markup_timer = _timer(MARKUP_SETTLE_MS, self._apply_moved_prompts, single_shot=True)
+        self._warm_up_timer = _timer(WARM_UP_SETTLE_MS, self._warm_up, single_shot=True)
+        slicer.app.connect("aboutToQuit()", self.shutdown)
         self.addObserver(slicer.mrmlScene, slicer.vtkMRMLScene.StartCloseEvent, self._on_scene_closing)
+
+    @property
+    def logic(self):
+        """The module's Logic (the one `slicer.util.getModuleLogic("SAMed2Slicer")` returns)."""
+        return slicer.util.getModuleLogic(MODULE_NAME)
+
+    def shutdown(self):
+        """Slicer quits: stop the jobs' threads and free the engine."""
+        self._job_timer.stop()
+        self.logic.close()
 
     # ---- messages ------------------------------------------------------------------------
 
@@ -75,19 +88,18 @@ class Controller(VTKObservationMixin):
                 yield
         except BusyError as error:
             self.notify(str(error))
-        except Exception as error:  # shown to the user, with the traceback in the details
-            logging.exception("%s failed", action)
-            slicer.util.errorDisplay(f"{action} failed:\n\n{error}", detailedText=traceback.format_exc())
+        except Exception as error:  # shown to the user once, with the traceback in the details
+            show_error(action, error)
 
     # ---- first-run install ---------------------------------------------------------------
 
-    @staticmethod
-    def packages_ready():
-        return not InstallPlan.for_this_python().needed
+    def packages_ready(self):
+        return not self.logic.install_plan().needed
 
-    def ensure_ready(self):
-        """Install what is missing (asking once); True when the engine can be used."""
-        plan = InstallPlan.for_this_python()
+    def ensure_ready(self, dicom=False):
+        """Install what is missing (asking once); True when the engine (with `dicom`: and
+        DICOM-SEG export) can be used."""
+        plan = self.logic.install_plan(dicom)
         if not plan.needed:
             return True
         if plan.blocker():
@@ -100,13 +112,11 @@ class Controller(VTKObservationMixin):
             if plan.torch:
                 self._install_torch()
             if plan.packages:
-                install, _ = pip_install_function(slicer)
+                install, _ = install_function(slicer)
                 install(plan.packages)
-        remaining = InstallPlan.for_this_python()
+        remaining = self.logic.install_plan(dicom)
         if remaining.needed:
-            slicer.util.errorDisplay("Some packages are still missing after the installation:\n\n"
-                                     + remaining.message().split("\n\n")[1]
-                                     + "\n\nRestart Slicer and open SAMed-2 again.", windowTitle="SAMed-2 set-up")
+            slicer.util.errorDisplay(remaining.after_install_message(), windowTitle="SAMed-2 set-up")
         return not remaining.needed
 
     @staticmethod
@@ -125,124 +135,72 @@ class Controller(VTKObservationMixin):
         if torch is None:
             raise RuntimeError("PyTorch was not installed: install it in the PyTorch Utils module, then try again")
 
-    # ---- model and segmenter ---------------------------------------------------------------
+    # ---- background jobs -------------------------------------------------------------------
 
-    def configure(self, **settings):
-        """Change model, device or preset; the next action rebuilds the segmenter."""
-        if any(self.settings.get(k) != v for k, v in settings.items()):
-            self.settings.update(settings)
-            self.close_segmenter()
+    def watch_jobs(self):
+        """Poll the Logic's jobs until none is left (see SAMed2SlicerLib.jobs on the GIL)."""
+        self._job_timer.start()
 
-    def use_model(self, name, model):
-        """Segment with an engine model built in Python (scripts, tests) under the name `name`."""
-        self._model = (name, model)
-        self.configure(model=name)
-
-    def _engine_model(self):
-        name = self.settings["model"]
-        if self._model[0] != name:
-            self._model = (None, None)
-            self.notify(f"Loading {name}...")
-            self._model = (name, models.load(name, models.weights_cache_dir()))
-        return self._model[1]
-
-    def segmenter_for(self, volume, segmentation):
-        """The Segmenter for this volume and segmentation with the current settings."""
-        if volume is None or segmentation is None:
-            raise ValueError("choose a source volume and a segmentation in the segment editor first")
-        key = (volume.GetID(), segmentation.GetID(), tuple(sorted(self.settings.items())))
-        if self.segmenter is not None and key == self._segmenter_key:
-            return self.segmenter
-        if not self.packages_ready():
-            raise RuntimeError("the Python packages SAMed-2 needs are not installed: accept their installation "
-                               "when asked (or install them with the PyTorch Utils module and pip)")
-        self.close_segmenter()
-        self.segmenter = Segmenter(volume, segmentation, self._engine_model(), device=self.settings["device"],
-                                   preset=self.settings["preset"])
-        self._segmenter_key = key
-        self.addObserver(volume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._on_volume_changed)
-        self._observe_prompts()
-        return self.segmenter
-
-    def close_segmenter(self):
-        if self.segmenter is not None:
-            self.removeObserver(self.segmenter.volume_node, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
-                                self._on_volume_changed)
-            for node in markups.prompt_nodes(self.segmenter.segmentation_node):
-                self._unobserve_markup(node)
-            self.segmenter.close()
-        self.segmenter = None
-        self._segmenter_key = None
-
-    def _on_volume_changed(self, caller=None, event=None):
-        self.close_segmenter()
-
-    def _on_scene_closing(self, caller=None, event=None):
-        self.close_segmenter()
+    def _tick(self):
+        try:
+            self.logic.jobs.tick()
+        except Exception as error:  # a handler failed: stop polling rather than fail every tick
+            self._job_timer.stop()
+            show_error("Updating the background work", error)
+        if not self.logic.jobs.jobs:
+            self._job_timer.stop()
 
     # ---- prompts ---------------------------------------------------------------------------
 
     def click(self, volume, segmentation, segment_id, slice_node, point_ras, positive, save_undo):
-        if not self.ensure_ready():
-            return
-        with self.reporting("Segmenting the clicked slice"):
-            segmenter = self.segmenter_for(volume, segmentation)
-            self._save_undo = save_undo
-            save_undo()
-            written = segmenter.add_point(segment_id, slice_node, point_ras, positive)
-            self._observe_prompts()
-            self.notify(self._written_message(written))
+        self._prompt("Segmenting the clicked slice", save_undo, self.logic.click, volume, segmentation,
+                     segment_id, slice_node, point_ras, positive)
 
     def box(self, volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, save_undo):
+        self._prompt("Segmenting the box", save_undo, self.logic.box, volume, segmentation, segment_id,
+                     slice_node, corner_ras, opposite_ras)
+
+    def _prompt(self, action, save_undo, add, *args):
+        """Run a prompt; the Segment Editor's undo state is saved just before it writes voxels
+        (never for a prompt that is refused or writes nothing)."""
         if not self.ensure_ready():
             return
-        with self.reporting("Segmenting the box"):
-            segmenter = self.segmenter_for(volume, segmentation)
+        with self.reporting(action):
             self._save_undo = save_undo
-            save_undo()
-            written = segmenter.add_box(segment_id, slice_node, corner_ras, opposite_ras)
+            written = add(*args, before_write=save_undo)
             self._observe_prompts()
-            self.notify(self._written_message(written))
-
-    @staticmethod
-    def _written_message(written):
-        slices = [f"{'ijk'[axis]} = {', '.join(map(str, indices))}" for axis, indices in written.items()]
-        return "Segmented slice " + "; ".join(slices) if slices else "Nothing changed."
+            self.notify(written_message(written))
 
     def _observe_prompts(self):
-        for node in markups.prompt_nodes(self.segmenter.segmentation_node):
+        for node in self.logic.prompt_nodes():
             for event in MARKUP_EVENTS:
                 if not self.hasObserver(node, event, self._on_markup_changed):
                     self.addObserver(node, event, self._on_markup_changed)
-
-    def _unobserve_markup(self, node):
-        for event in MARKUP_EVENTS:
-            self.removeObserver(node, event, self._on_markup_changed)
 
     def _on_markup_changed(self, caller=None, event=None):
         self._markup_timer.start()  # settles while a point is being dragged
 
     def _apply_moved_prompts(self):
-        if self.segmenter is None or self.segmenter.running is not None:
-            return
         with self.reporting("Updating the segment after moving prompts"):
-            if not self.segmenter.pending_prompts():
-                return
-            if self._save_undo is not None:
-                self._save_undo()
-            self.notify(self._written_message(self.segmenter.apply_prompts()))
+            written = self.logic.apply_moved_prompts(before_write=self._save_undo)
+            if written is not None:
+                self.notify(written_message(written))
+
+    def _on_scene_closing(self, caller=None, event=None):
+        self.removeObservers(self._on_markup_changed)  # the prompt nodes go with the scene
 
     def view_changed(self, volume, segmentation, slice_node):
         """A slice view moved: encode the slices around it soon (only once a segmenter exists)."""
-        if self.segmenter is not None and self._segmenter_key[:2] == (volume.GetID(), segmentation.GetID()):
-            self._warm_up_view = slice_node
+        if self.logic.segmenter is not None:
+            self._warm_up_view = (volume, segmentation, slice_node)
             self._warm_up_timer.start()
 
     def _warm_up(self):
-        if self.segmenter is None or self.segmenter.running is not None or self._warm_up_view is None:
+        if self._warm_up_view is None:
             return
         try:
-            self.segmenter.warm_up(self._warm_up_view)
+            if self.logic.warm_up(*self._warm_up_view) is not None:
+                self.watch_jobs()
         except Exception as error:  # an oblique view: nothing to precompute, and nothing is wrong
             logging.debug("no warm-up for this view: %s", error)
 
@@ -253,30 +211,26 @@ class Controller(VTKObservationMixin):
         if not self.ensure_ready():
             return
         with self.reporting("Propagation"):
-            segmenter = self.segmenter_for(volume, segmentation)
-            axis = segmenter.axis_of_view(slice_node)
             self._save_undo = save_undo
-            save_undo()
-            self.run = segmenter.propagate(axis, segment_ids, **options)
-            self._poll_timer.start()
+            self.run = self.logic.propagate(volume, segmentation, slice_node, segment_ids, before_write=save_undo,
+                                            on_progress=self._on_progress, on_end=self._on_propagated, **options)
+            self.watch_jobs()
             self.notify("Propagating...", self.run.progress())
 
     def cancel(self):
-        if self.run is not None:
+        if self.run is not None and not self.run.finished:
             self.run.cancel()
             self.notify("Cancelling after the current slice...")
 
-    def _poll(self):
-        progress = self.run.poll()
-        if not progress.finished:
-            self.notify(f"Propagating: slice {progress.index} ({progress.done} done)", progress)
-            return
-        self._poll_timer.stop()
-        error = self.run.error
-        if error is not None:
-            slicer.util.errorDisplay(f"Propagation stopped after {progress.done} slices:\n\n{error}",
-                                     detailedText="".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    def _on_progress(self, job, progress):
+        self.notify(f"Propagating: slice {progress.index} ({progress.done} done)", progress)
+
+    def _on_propagated(self, job):
+        progress = job.progress()
+        if job.error is not None:
+            show_error(f"Propagation (stopped after {progress.done} slices)", job.error)
         cancelled = " (cancelled; the slices done are kept)" if progress.cancelled else ""
         self.notify(f"Propagated {progress.done} slices{cancelled}. Correct any slice with more prompts or the "
                     "paint tools, then propagate again: prompted and corrected slices are kept.", progress)
         self._markup_timer.start()  # prompts moved during the run
+

@@ -298,16 +298,25 @@ def read_reference_bank(path) -> list:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise WeightsError(f"refusing to load the memory bank {path}: {exc}") from exc
+        except (RuntimeError, EOFError, ValueError, KeyError, OSError) as exc:
+            raise WeightsError(f"{path} is not a readable memory bank: {exc}") from exc
     with open(path, "rb") as f:
         try:
             return _RestrictedUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError) as exc:
-            raise WeightsError(f"{path} is not a readable memory bank pickle: {exc}") from exc
+        except WeightsError:
+            raise
+        except Exception as exc:  # malformed pickle bytes raise any of a dozen error types
+            raise WeightsError(f"{path} is not a readable memory bank pickle "
+                               f"({type(exc).__name__}: {exc})") from exc
 
 
 def import_reference_bank(path, out_path, capacity: int = DEFAULT_CAPACITY) -> ConfidenceBank:
     """Convert the official pickled bank to this project's safetensors bank, once."""
     check_output_path(out_path, (".safetensors",))
-    bank = ConfidenceBank.from_entries(read_reference_bank(path), capacity)
+    entries = read_reference_bank(path)
+    try:
+        bank = ConfidenceBank.from_entries(entries, capacity)
+    except WeightsError as exc:
+        raise WeightsError(f"{path} is not a SAMed-2 memory bank: {exc}") from None
     bank.save(out_path)
     return bank

@@ -39,10 +39,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     try:
         with open(temporary, "xb"):
             pass
+        mode = temporary.stat().st_mode
     except OSError as exc:
         raise OutputError(f"cannot write in {path.parent}: {exc}") from None
     try:
         yield temporary
+        os.chmod(temporary, mode)  # some writers (safetensors) replace the file with a private one
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)

@@ -1,6 +1,10 @@
 """The "SAMed-2" Segment Editor effect: include points, exclude points and boxes in any slice
-view, and propagation, for the selected segment. The SAMed-2 module registers it at start-up,
-so it works in Slicer's Segment Editor as in the module's own panel.
+view, and propagation, for the selected segment. The SAMed-2 module registers it (at start-up,
+or when the module is loaded later), so it works in Slicer's Segment Editor as in the module's
+own panel.
+
+Slicer may load this file as the module `SegmentEditorSAMed2Lib` itself (see __init__.py), so
+it imports only absolute names.
 
 The effect only turns mouse events into world coordinates and calls the shared Controller;
 the geometry, the engine calls and the segment writes are SAMed2SlicerLib's.
@@ -12,9 +16,11 @@ import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
+from SAMed2SlicerLib.prompts import hovered_prompt
 from SAMed2SlicerQt.controller import Controller
 
-MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EFFECT_SOURCE = os.path.abspath(__file__).replace("\\", "/")
+MODULE_DIR = os.path.dirname(os.path.dirname(EFFECT_SOURCE))
 DEFAULT_VIEW = "Red"
 DEFAULTS = (("Tool", "include"), ("Direction", "both"), ("FirstSlice", -1), ("LastSlice", -1),
             ("StopAfterAbsent", 3), ("AllSegments", 0))
@@ -72,7 +78,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
 
         cloned = effects.qSlicerSegmentEditorScriptedEffect(None)
-        cloned.setPythonSource(os.path.abspath(__file__).replace("\\", "/"))
+        cloned.setPythonSource(EFFECT_SOURCE)
         return cloned
 
     def icon(self):
@@ -80,8 +86,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def helpText(self):
         return ("<html>Segment with SAMed-2 / SAM 2: click on the object (include point), click where the result "
-                "leaks (exclude point, or Shift+click), or drag a box around it, in any slice view. The selected "
-                "segment's slice is updated at each prompt; prompts are markups you can drag or delete. Then "
+                "leaks (exclude point), or drag a box around it, in any slice view. The selected "
+                "segment's slice is updated at each prompt; prompts are markups you can drag (press on the point) or delete. Then "
                 "propagate through the volume, correct slices and propagate again.</html>")
 
     # ---- options panel -------------------------------------------------------------------
@@ -152,7 +158,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.ui.propagateButton.enabled = not running
         self.ui.cancelButton.enabled = running
         if progress is not None:
-            self.ui.propagationProgressBar.value = int(round(100 * progress.fraction))
+            self.ui.propagationProgressBar.value = int(round(100 * (progress.fraction or 0)))
 
     # ---- mouse in slice views --------------------------------------------------------------
 
@@ -175,8 +181,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return False
 
     def _press(self, interactor, xy, view_widget):
+        """A left press makes a prompt, except with a modifier key (left to the view, as
+        Slicer's Draw effect does) or over a prompt's point or handle (Markups drags it)."""
         self._end_drag()  # a release outside the view never came
         volume, segmentation, segment_id = self._nodes()
+        if interactor.GetShiftKey() or interactor.GetControlKey() or interactor.GetAltKey():
+            return False
+        if segmentation is not None and hovered_prompt(segmentation) is not None:
+            return False
         if not segment_id:
             self._show("Select (or add) a segment first: each object is one segment.")
             return True
@@ -186,7 +198,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if tool == "box":
             self._drag = BoxDrag(self.scriptedEffect, view_widget, xy, point)
             return True
-        positive = tool == "include" and not interactor.GetShiftKey()
+        positive = tool == "include"
         Controller.get().click(volume, segmentation, segment_id, self._prompt_view, point, positive,
                                self.scriptedEffect.saveStateForUndo)
         return True
@@ -221,7 +233,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if not controller.ensure_ready():
             return
         with controller.reporting("Reading the view's slice"):
-            spin_box.value = controller.segmenter_for(volume, segmentation).view_slice_index(self._propagation_view())
+            spin_box.value = controller.logic.segmenter_for(volume, segmentation).view_slice_index(self._propagation_view())
 
     def onPropagate(self):
         volume, segmentation, segment_id = self._nodes()

@@ -1,0 +1,135 @@
+"""The module's Logic driven by a script alone, as from Slicer's Python console: load a DICOM
+series, click in the red view, propagate, export a DICOM-SEG that dciodvfy accepts and that reads
+back to the segment's voxels. On slicer-core, with the golden tiny SAMed-2 (random weights whose
+masks are always present: where results land is checked, not their quality)."""
+import numpy as np
+import pytest
+import slicer
+import vtk
+from dicomseg_checks import assert_dciodvfy_clean
+from slicer_harness import add_slice_views, load_volume, mrml_scene, slicer_app  # noqa: F401 (fixtures)
+from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, tiny_model, views, world_point  # noqa: F401
+
+from samed2.dicomseg import read_seg
+from SAMed2SlicerLib.logic import SAMed2Logic, with_suffix
+
+
+@pytest.fixture
+def logic(mrml_scene, golden_dir, tmp_path):
+    with_logic = SAMed2Logic(cache_dir=tmp_path / "weights")
+    with_logic.use_model("tiny-test", tiny_model(golden_dir))
+    with_logic.configure(device="cpu")
+    yield with_logic
+    with_logic.close()
+
+
+def red_view_through(volume, k):
+    """The red view turned to the volume's slices, through slice k's centre."""
+    red = add_slice_views()["Red"]
+    red.RotateToVolumePlane(volume)
+    i, j = (n // 2 for n in volume.GetImageData().GetDimensions()[:2])
+    point = volume_point(volume, (i, j, k))
+    red.JumpSliceByCentering(*point)
+    return red, point
+
+
+def volume_point(volume, ijk):
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    return matrix.MultiplyPoint((*ijk, 1.0))[:3]
+
+
+def test_mrml_script_loads_clicks_propagates_and_exports_dicom_seg_through_the_logic(logic, data_dir, tmp_path):
+    series = data_dir / "dcmqi" / "ct-3slice"
+    volume = load_volume(series / "01.dcm", "ct")
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segment_id = segmentation.GetSegmentation().AddEmptySegment("liver", "Liver")
+    red, point = red_view_through(volume, 1)
+
+    assert logic.click(volume, segmentation, segment_id, red, point) == {2: [1]}
+    job = logic.propagate(volume, segmentation, red, direction="both")
+    assert logic.jobs.jobs == [job]
+    while logic.jobs.jobs:  # what the module's timer does
+        logic.jobs.tick()
+    assert job.error is None and job.progress().done == 2
+
+    written = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, volume).astype(bool)
+    assert all(written[k].any() for k in range(3))
+    message = logic.export(volume, segmentation, "DICOM-SEG", tmp_path / "liver", dicom_folder=series)
+    path = tmp_path / "liver.dcm"
+    assert message.startswith(f"Wrote DICOM-SEG with 1 segment(s) to {path}")
+    assert_dciodvfy_clean(path)
+    (liver,) = read_seg(path, series).segments
+    assert liver.label == "Liver"
+    np.testing.assert_array_equal(liver.mask.astype(bool), written)
+
+
+def test_mrml_logic_export_says_what_is_missing(logic, data_dir, tmp_path):
+    volume = load_volume(data_dir / "dcmqi" / "ct-3slice" / "01.dcm", "ct")
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
+    with pytest.raises(ValueError, match="choose its DICOM folder"):
+        logic.export(volume, segmentation, "DICOM-SEG", tmp_path / "seg.dcm")
+    with pytest.raises(ValueError, match="choose the output file first"):
+        with_suffix(None, ".nii.gz")
+    assert with_suffix(tmp_path / "a", ".nii.gz") == tmp_path / "a.nii.gz"
+
+
+def test_mrml_closing_the_scene_stops_the_run_and_frees_the_segmenter(logic, ct, abdomen, views):
+    logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+    ended = []
+    job = logic.propagate(ct, abdomen, views["Red"], ["liver"], on_end=ended.append, direction="both",
+                          stop_after_absent=0)
+    slicer.mrmlScene.Clear(0)
+    assert ended == [job] and job.progress().finished and job.cancelled
+    assert logic.segmenter is None and logic.jobs.jobs == []
+
+
+def test_mrml_press_over_a_prompt_is_left_to_markups(ct, abdomen, views):
+    """The effect lets a press through when the mouse is over a prompt's point or handle: the
+    Markups displayable manager marks that on the display node's active component on hover."""
+    from SAMed2SlicerLib.prompts import add_point, hovered_prompt
+    from SAMed2SlicerLib.segments import Target
+
+    prompt = add_point(Target(abdomen, "liver", ct, 2), world_point(CLICK), True)
+    other = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "not a prompt")
+    other.AddControlPointWorld(*world_point(CLICK))
+    other.CreateDefaultDisplayNodes()
+    other.GetDisplayNode().SetActiveControlPoint(0)
+    assert hovered_prompt(abdomen) is None
+    prompt.GetDisplayNode().SetActiveControlPoint(0)
+    assert hovered_prompt(abdomen) is prompt
+    prompt.GetDisplayNode().SetActiveComponent(slicer.vtkMRMLMarkupsDisplayNode.ComponentNone, -1)
+    assert hovered_prompt(abdomen) is None
+
+
+def test_mrml_undo_state_is_saved_only_by_actions_that_write(logic, ct, abdomen, views):
+    """The GUI passes the Segment Editor's saveStateForUndo as `before_write`: it runs once
+    before an action's first write, and not for an action that is refused or writes nothing."""
+    from samed2.errors import InputError
+
+    saved = []
+    with pytest.raises(InputError):
+        logic.click(ct, abdomen, "liver", views["Red"], world_point((-50, 50, 15)), before_write=lambda: saved.append(1))
+    assert saved == []
+    logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK), before_write=lambda: saved.append("click"))
+    assert saved == ["click"]
+    assert logic.apply_moved_prompts(before_write=lambda: saved.append("moved")) is None  # nothing moved
+    job = logic.propagate(ct, abdomen, views["Red"], ["liver"], direction="up", stop=18,
+                          before_write=lambda: saved.append("propagation"))
+    job.wait(timeout_s=120)
+    assert saved == ["click", "propagation"]
+
+
+def test_mrml_warm_up_is_a_job_that_ends_when_the_slices_around_the_view_are_encoded(logic, ct, abdomen, views):
+    assert logic.warm_up(ct, abdomen, views["Red"]) is None, "no segmenter yet: nothing to warm up"
+    logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+    views["Red"].JumpSliceByCentering(*world_point((CLICK[0], CLICK[1], 20)))
+    job = logic.warm_up(ct, abdomen, views["Red"])
+    assert logic.warm_up(ct, abdomen, views["Red"]) is None, "one warm-up at a time"
+    while logic.jobs.jobs:
+        logic.jobs.tick()
+    assert job.error is None
+    cache = logic.segmenter.session(2).cache
+    assert all(index in cache for index in range(18, 23))
