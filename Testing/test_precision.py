@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from samed2 import device as device_module
-from samed2.bench import SAM2, sized_model
 from samed2.errors import InputError
 from samed2.session import Session
 from samed2.volume import load_volume, mask_box
+from trained_model import build_trained_model, trained_model  # noqa: F401 (fixture)
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
 CPU = torch.device("cpu")
@@ -45,28 +45,28 @@ def liver_box(data_dir, index):
     return mask_box(labels[index] == LIVER)
 
 
-def test_precision_bf16_session_masks_match_fp32(ct_volume, data_dir):
-    """SAM 2.1 Hiera-S layout at 256 px with `samed2 bench`'s random weights (object-score head biased to
-    "present", so masks are not empty; the test-trained model is not yet a committed asset and the
-    golden tiny model predicts nothing on this CT), a box on the liver, propagated both ways: every
-    mask within IoU 0.99 of fp32."""
-    model = sized_model(SAM2, 256)
-    seed = 20
+def test_precision_bf16_session_masks_match_fp32(ct_volume, data_dir, trained_model):
+    """The committed test-trained model, a box on the liver, propagated through the whole volume in
+    fp32 and in bf16 autocast: every liver mask within IoU 0.99 of fp32 (measured on the Zen 5 host:
+    min 0.9956, mean 0.9989 over 30 slices; the margin to 0.99 covers another CPU's accumulation
+    order). The kidneys, tracked weakly and only a few pixels on some slices, are no fair IoU test."""
+    model = build_trained_model(trained_model)
+    seed = 15
     box = liver_box(data_dir, seed)
     dtypes = []
     linear = next(m for m in model.image_encoder.modules() if isinstance(m, torch.nn.Linear))
     linear.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     masks = {}
     for precision in ("fp32", "bf16"):
-        with Session(ct_volume, model, axis=2, device="cpu", precision=precision) as session:
+        with Session(ct_volume, model, axis=2, device="cpu", preset="soft_tissue", precision=precision) as session:
             assert session.precision == precision
             session.add_prompt(1, seed, box=box)
-            list(session.propagate([1], start=seed - 4, stop=seed + 4, stop_after_absent=0))
+            list(session.propagate([1], stop_after_absent=0))
             masks[precision] = session.objects[1].masks
     assert torch.bfloat16 in dtypes and torch.float32 in dtypes, "the encoder's products ran in both precisions"
-    assert masks["fp32"].keys() == masks["bf16"].keys() and len(masks["fp32"]) == 9
+    assert masks["fp32"].keys() == masks["bf16"].keys() and len(masks["fp32"]) == ct_volume.num_slices(2)
     for index, exact in masks["fp32"].items():
-        assert 0 < exact.mean() < 1, "masks are not trivial"
+        assert exact.any(), "the liver is on every slice of this CT"
         fast = masks["bf16"][index]
         iou = np.logical_and(exact, fast).sum() / np.logical_or(exact, fast).sum()
         assert iou >= 0.99, (index, iou)
