@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from samed2.bank import ConfidenceBank, image_key, import_reference_bank, read_reference_bank
+from samed2 import bank as bank_module
+from samed2.bank import KERNELS, ConfidenceBank, KeyKernel, image_key, import_reference_bank, read_reference_bank
 from samed2.errors import InputError, WeightsError
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
@@ -167,7 +169,7 @@ def test_bank_grows_until_capacity(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def near_tie_bank(seed: int, entries: int = 40, channels: int = 16, side: int = 16):
+def near_tie_bank(seed: int, kernel=bank_module.FILE_KERNEL, entries: int = 40, channels: int = 16, side: int = 16):
     """Entries whose cosines with a query (all about 0.8) lie close together, with equal confidence:
     for some seeds only a float32 comparison tells the best apart."""
     gen = torch.Generator().manual_seed(seed)
@@ -175,13 +177,63 @@ def near_tie_bank(seed: int, entries: int = 40, channels: int = 16, side: int = 
     noise = torch.randn(entries, channels, side, side, generator=gen)
     stored = 1.333 * query + noise * (1 + 0.001 * torch.rand(entries, 1, 1, 1, generator=gen))
     memory = torch.zeros(entries, 2, side, side, dtype=torch.bfloat16)
-    return query, ConfidenceBank(image_key(stored), memory, memory.clone(), torch.full((entries,), 0.9))
+    return query, ConfidenceBank(image_key(stored), memory, memory.clone(), torch.full((entries,), 0.9), kernel=kernel)
 
 
-def test_bank_selection_is_the_float32_choice_among_near_ties():
-    query, bank = near_tie_bank(seed=5)
-    exact = (image_key(query) @ bank.keys.float().t())[0]
-    rough = bank.similarity(image_key(query))[0]
-    assert rough.argmax() != exact.argmax(), "the half-precision similarity alone picks another entry"
-    assert bank.select(query, k=1)[0, 0] == exact.argmax()
-    assert bank.select(query, k=3)[0].tolist() == exact.topk(3).indices.tolist()
+def float32_choice(bank, query, k):
+    score = (image_key(query) @ bank.keys.float().t()).clamp(min=0) + bank.ious.sigmoid()
+    return score.topk(k, dim=1).indices
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
+def test_bank_selection_is_the_float32_choice_among_near_ties(kernel):
+    rough_alone_wrong = 0
+    for seed in range(20):
+        query, bank = near_tie_bank(seed, kernel)
+        exact = (image_key(query) @ bank.keys.float().t())[0]
+        rough_alone_wrong += int(bank.similarity(image_key(query))[0].argmax() != exact.argmax())
+        assert bank.select(query, k=1)[0, 0] == exact.argmax()
+        assert bank.select(query, k=3)[0].tolist() == exact.topk(3).indices.tolist()
+    assert rough_alone_wrong, "for some seeds the kernel's similarity alone picks another entry"
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
+def test_bank_kernel_stays_within_its_error_bound(kernel):
+    gen = torch.Generator().manual_seed(1)
+    keys = F.normalize(torch.randn(64, 4096, generator=gen), dim=1)
+    bank = ConfidenceBank(keys, torch.zeros(64, 1, 1, 1), torch.zeros(64, 1, 1, 1), torch.zeros(64), kernel=kernel)
+    query = F.normalize(torch.randn(2, 4096, generator=gen), dim=1)
+    assert bank.keys.dtype == kernel.dtype
+    error = (bank.similarity(query) - query @ bank.keys.float().t()).abs().max()
+    assert error <= kernel.error / 4
+
+
+def test_bank_kernel_choice_skips_a_fast_kernel_that_is_inaccurate(monkeypatch):
+    class Sloppy(KeyKernel):
+        def __call__(self, query, keys):  # fastest of all, but off by twice the bound
+            return torch.full((len(query), len(keys)), 2 * self.error)
+    monkeypatch.setattr(bank_module, "KERNELS", (Sloppy(torch.bfloat16),) + KERNELS)
+    chosen = bank_module.fastest_kernel.__wrapped__(1024)
+    assert chosen in KERNELS and not isinstance(chosen, Sloppy)
+
+
+def test_bank_load_keeps_one_copy_of_the_keys_in_the_kernel_chosen_here(tmp_path):
+    bank = ConfidenceBank.from_entries(reference_entries(n=40, feat=8))
+    assert bank.keys.dtype == torch.float16, "imported and saved keys are half precision"
+    bank.save(tmp_path / "bank.safetensors")
+    loaded = ConfidenceBank.load(tmp_path / "bank.safetensors")
+    assert loaded.kernel == bank_module.fastest_kernel(bank.keys.shape[1], "cpu") and loaded.keys.dtype == loaded.kernel.dtype
+    assert torch.equal(loaded.keys, bank.keys.to(loaded.kernel.dtype))
+    query = torch.randn(2, 8, 8, 8)
+    assert torch.equal(loaded.select(query), float32_choice(loaded, query, 2))
+    loaded.save(tmp_path / "again.safetensors")  # a bank with bfloat16 keys saves and loads too
+    assert torch.equal(ConfidenceBank.load(tmp_path / "again.safetensors").keys.float(), loaded.keys.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_bank_keys_convert_in_place(dtype):
+    keys = F.normalize(torch.randn(40, 256), dim=1).half()
+    expected = keys.to(dtype)
+    converted = bank_module.converted_in_place(keys, dtype)
+    assert converted.dtype == dtype and torch.equal(converted, expected)
+    assert converted.data_ptr() == keys.data_ptr(), "no second copy of the keys"

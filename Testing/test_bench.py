@@ -15,11 +15,32 @@ import pytest
 import torch
 
 from samed2 import bench
+from samed2.bank import KERNELS
+from samed2.device import native_bf16
+from samed2.errors import BenchError
+
+CPU = torch.device("cpu")
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
-ROW_IDS = ["click", "click_bank", "encode_pair", "bank_retrieval", "fast_mode", "bf16", "encode_meta",
+ROW_IDS = ["click", "click_bank", "encode_pair", "bank_retrieval", "fast_mode", "precision", "encode_meta",
            "propagation", "peak_rss", "scroll_click"]
 META_ROWS = {"encode_meta", "propagation"}
+INFO_ROWS = {"click_bank", "fast_mode", "precision"}
+
+
+def verdict(row: dict) -> bool:
+    """Each target row's result recomputed from its own figures."""
+    ours, ratio, details = row["ours"]["value"], row["ratio"], row["details"]
+    return {
+        "click": lambda: ours <= 0.050,
+        "encode_pair": lambda: ratio >= 1.4,
+        "bank_retrieval": lambda: ours <= 0.050 and not details["restacked_per_call"],
+        "encode_meta": lambda: ratio >= 1.0,
+        "propagation": lambda: ratio >= 1.5 and details["min_iou"] >= bench.MIN_IOU,
+        "peak_rss": lambda: max(ours, row["reference"]["value"]) < 6.0 and details["cache_within_budget"],
+        "scroll_click": lambda: ours <= 0.050 and details["encoder_runs_in_warm_click"] == 0
+        and details["bank_attention_runs_in_warm_click"] == 0,
+    }[row["id"]]()
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +70,22 @@ def test_bench_ratios_are_positive_numbers(quick_run):
     _, report = quick_run
     for row in report["rows"]:
         if row["skipped"]:
-            assert row["skipped"].startswith("skipped: ") and row["id"] in META_ROWS | {"bf16"}
+            assert row["skipped"].startswith("skipped: ") and row["id"] in META_ROWS
             continue
         assert isinstance(row["ratio"], float) and math.isfinite(row["ratio"]) and row["ratio"] > 0, row["id"]
         assert row["ours"]["value"] > 0 and row["reference"]["value"] > 0, row["id"]
         assert row["ours"]["unit"] in ("s", "slices/s", "GB") and row["target"] and row["ratio_meaning"]
-        assert row["passed"] in (True, False, None)
+
+
+def test_bench_results_follow_from_the_rows_figures(quick_run):
+    _, report = quick_run
+    for row in report["rows"]:
+        if row["skipped"]:
+            continue
+        if row["id"] in INFO_ROWS:
+            assert row["passed"] is None, row["id"]
+        else:
+            assert row["passed"] is verdict(row), row["id"]
 
 
 def test_bench_prints_the_table_with_every_row(quick_run):
@@ -71,9 +102,16 @@ def test_bench_facts_that_are_not_timings(quick_run):
     rows = rows_by_id(report)
     assert rows["bank_retrieval"]["details"]["restacked_per_call"] is False
     assert rows["peak_rss"]["details"]["cache_within_budget"] is True
+    assert rows["peak_rss"]["passed"] is True, "measured and projected peak RSS under 6 GB"
+    assert "projected" in rows["peak_rss"]["title"] and "not measured" in rows["peak_rss"]["reference"]["what"]
     assert rows["scroll_click"]["details"]["encoder_runs_in_warm_click"] == 0
     assert rows["scroll_click"]["details"]["bank_attention_runs_in_warm_click"] == 0
-    assert 0.0 <= rows["fast_mode"]["details"]["mask_iou_vs_full"] <= 1.0
+    assert rows["bank_retrieval"]["details"]["kernel"] in [kernel.name for kernel in KERNELS]
+    machine, precision = report["machine"], rows["precision"]
+    assert machine["precision_asked"] == "auto" and machine["precision"] == precision["details"]["precision"]
+    chose_bf16 = precision["details"]["native_bf16"] and precision["ratio"] >= 1.2  # the run's own probe
+    assert machine["precision"] == ("bf16" if chose_bf16 else "fp32")
+    assert precision["details"]["native_bf16"] == native_bf16(CPU)
     propagation = rows["propagation"]
     if not propagation["skipped"]:
         details = propagation["details"]
@@ -89,15 +127,24 @@ def test_bench_refuses_a_json_path_it_cannot_write_before_running(tmp_path):
     assert "bench:" not in run.stderr, "refused before the first benchmark"
 
 
+def test_bench_without_meta_sam2_fails_in_ci(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sam2.build_sam", None)  # import fails as if not installed
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(BenchError, match="Meta's sam2 is not installed"):
+        bench.meta_rows(bench.Bench(bench.QUICK, CPU, "fp32", log=lambda message: None))
+
+
 def test_bench_without_meta_sam2_skips_its_rows(monkeypatch):
     monkeypatch.setitem(sys.modules, "sam2.build_sam", None)  # import fails as if not installed
-    b = bench.Bench(bench.QUICK, torch.device("cpu"), log=lambda message: None)
+    monkeypatch.delenv("CI", raising=False)
+    b = bench.Bench(bench.QUICK, CPU, "fp32", log=lambda message: None)
     rows = bench.meta_rows(b)
     assert [row.id for row in rows] == ["encode_meta", "propagation"]
     assert all(row.skipped == "skipped: sam2 not installed" for row in rows)
     report = {"rows": [asdict(row) for row in rows], "wall_s": 1.0,
-              "machine": {"cpu": "test", "cores": 1, "torch": torch.__version__, "torch_threads": 1,
-                          "device": "cpu", "load_average_start": None, "load_average_end": None}}
+              "machine": {"cpu": "test", "cpu_family_model": "0/0", "cpu_features": [], "cores": 1,
+                          "torch": torch.__version__, "torch_threads": 1, "device": "cpu", "precision": "fp32",
+                          "precision_asked": "fp32", "load_average_start": None, "load_average_end": None}}
     assert bench.format_table(report).count("skipped: sam2 not installed") == 2
 
 

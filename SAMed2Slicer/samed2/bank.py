@@ -1,7 +1,8 @@
 """SAMed-2's confidence memory bank: stored (memory, IoU, key) entries retrieved by similarity + confidence.
 
 Layout (also the safetensors file layout):
-  keys      (N, D) unit-normalised retrieval keys, half precision, D = C * h * w
+  keys      (N, D) unit-normalised retrieval keys, D = C * h * w, in half precision (float16) or, where
+            a short measurement at load finds bfloat16 products faster, bfloat16 (one copy either way)
   features  (N, C_mem, h, w) memory features (a bank built here keeps them in bfloat16, as the
             reference does; an imported bank keeps the precision it came with)
   pos       (N, C_mem, h, w) their position encodings
@@ -9,9 +10,13 @@ Layout (also the safetensors file layout):
 Keys are the flattened stride-16 image features in token order (h*w, C), the order the reference
 uses for its query, so retrieval for a batch is one matmul and nothing is re-stacked per call.
 """
+import contextlib
+import functools
 import io
 import pickle
+import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,9 +28,75 @@ from .errors import WeightsError
 from .files import atomic_output, check_output_path
 
 DEFAULT_CAPACITY = 640
-ROUGH_ERROR = 2e-3
-"""Bound on the error of the half-precision similarity of unit keys (measured: 2.4e-4, the rounding
-of the half-precision result)."""
+ROUGH_ERROR = {torch.float16: 2e-3, torch.bfloat16: 5e-3}
+"""Bounds on the error of the rough similarity of unit keys against float32 on the same stored keys. It
+comes from rounding the query and the result (relative 2^-11 each in float16, 2^-9 in bfloat16; the
+stored keys are what float32 re-scores too), so at most 9.8e-4 and 3.9e-3 plus float32 accumulation.
+A kernel whose error on the probe exceeds a quarter of its bound is not used."""
+PROBE_ENTRIES = 48  # keys of the bank's width timed per kernel when a bank loads (96 MB at 1024 px: beyond caches)
+
+
+@dataclass(frozen=True)
+class KeyKernel:
+    """How the rough similarity is computed: the stored keys' dtype, and the query rows in one product
+    (one pass over the keys) or one matrix-vector product per row (torch's kernels differ by CPU)."""
+
+    dtype: torch.dtype
+    per_row: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{str(self.dtype).removeprefix('torch.')}-{'rows' if self.per_row else 'batch'}"
+
+    @property
+    def error(self) -> float:
+        return ROUGH_ERROR[self.dtype]
+
+    def __call__(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        query = query.to(self.dtype)
+        if self.per_row:
+            return torch.stack([keys @ row for row in query]).float()
+        return (query @ keys.t()).float()
+
+
+FILE_KERNEL = KeyKernel(torch.float16)  # the precision of the keys in files
+KERNELS = (FILE_KERNEL, KeyKernel(torch.float16, per_row=True), KeyKernel(torch.bfloat16))
+
+
+@functools.lru_cache(maxsize=None)
+def fastest_kernel(key_dim: int, device: str = "cpu", queries: int = 2) -> KeyKernel:
+    """The kernel that scores `queries` unit keys (a pair of slices) fastest against PROBE_ENTRIES random
+    stored keys of width key_dim on this device (best of 3 rounds, candidates interleaved), among those
+    accurate to their error bound here."""
+    gen = torch.Generator().manual_seed(0)
+    stored = F.normalize(torch.randn(PROBE_ENTRIES, key_dim, generator=gen), dim=1).to(device)
+    query = F.normalize(torch.randn(queries, key_dim, generator=gen), dim=1).to(device)
+    by_dtype = {kernel.dtype: stored.to(kernel.dtype) for kernel in KERNELS}
+    del stored
+    keys = {kernel: by_dtype[kernel.dtype] for kernel in KERNELS}
+    seconds = {}
+    for kernel in KERNELS:  # the first run also warms up
+        seconds[kernel], rough = _timed(kernel, query, keys[kernel])
+        checked = 8  # the accuracy check needs only a few of the probe's keys in float32
+        if (rough[:, :checked] - query @ keys[kernel][:checked].float().t()).abs().max() > kernel.error / 4:
+            del seconds[kernel]
+    for _ in range(2):
+        for kernel in [k for k in seconds if seconds[k] < 20 * min(seconds.values())]:  # 20x slower: not again
+            seconds[kernel] = min(seconds[kernel], _timed(kernel, query, keys[kernel])[0])
+    return min(seconds, key=seconds.get, default=FILE_KERNEL)
+
+
+def _timed(kernel: KeyKernel, query, keys):
+    _sync(keys.device)
+    start = time.perf_counter()
+    out = kernel(query, keys)
+    _sync(keys.device)
+    return time.perf_counter() - start, out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def image_key(features: torch.Tensor) -> torch.Tensor:
@@ -34,8 +105,10 @@ def image_key(features: torch.Tensor) -> torch.Tensor:
 
 
 class ConfidenceBank:
-    def __init__(self, keys, features, pos, ious, capacity: int = DEFAULT_CAPACITY, key_device="cpu"):
-        self.keys = keys.to(device=key_device, dtype=torch.float16)
+    def __init__(self, keys, features, pos, ious, capacity: int = DEFAULT_CAPACITY, key_device="cpu",
+                 kernel: KeyKernel = FILE_KERNEL):
+        self.kernel = kernel
+        self.keys = keys.to(device=key_device, dtype=kernel.dtype)
         self.features = features
         self.pos = pos
         self.ious = ious.float().reshape(-1)
@@ -54,10 +127,9 @@ class ConfidenceBank:
     # ---- retrieval ------------------------------------------------------------------------
 
     def similarity(self, keys: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity (B, N) of unit keys (B, D) with every stored key, in half precision:
-        one pass over the stored keys, with errors below ROUGH_ERROR."""
-        keys = keys.to(self.keys.device)
-        return (keys.to(self.keys.dtype) @ self.keys.t()).float()
+        """Cosine similarity (B, N) of unit keys (B, D) with every stored key by the bank's kernel,
+        with errors below kernel.error."""
+        return self.kernel(keys.to(self.keys.device), self.keys)
 
     def exact_similarity(self, keys: torch.Tensor, entries: torch.Tensor) -> torch.Tensor:
         """Cosine similarity (B, len(entries)) in float32 with the chosen stored keys only."""
@@ -73,13 +145,13 @@ class ConfidenceBank:
         return self._top(image_key(features), k, lambda cos, entries: cos.clamp(min=0) + confidence[entries])
 
     def _top(self, query: torch.Tensor, k: int, score) -> torch.Tensor:
-        """Indices (B, k) of the best score(cos, entries). Scores come from the fast half-precision
+        """Indices (B, k) of the best score(cos, entries). Scores come from the fast reduced-precision
         similarity; entries within its error of the k-th best are re-scored in float32, so the
-        choice is the float32 one."""
+        choice is the float32 one on the stored keys."""
         everything = torch.arange(len(self), device=self.keys.device)
         rough = score(self.similarity(query), everything)
         kth = rough.topk(k, dim=1).values[:, -1:]
-        close = torch.nonzero((rough >= kth - 2 * ROUGH_ERROR).any(dim=0))[:, 0]
+        close = torch.nonzero((rough >= kth - 2 * self.kernel.error).any(dim=0))[:, 0]
         rough[:, close] = score(self.exact_similarity(query, close), close)
         return rough.topk(k, dim=1).indices.cpu()
 
@@ -137,17 +209,19 @@ class ConfidenceBank:
 
     @classmethod
     def load(cls, path, key_device="cpu") -> "ConfidenceBank":
-        try:
-            tensors = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise WeightsError(f"{path} is not a readable safetensors memory bank ({exc}); "
-                               "import the official bank with `samed2 bank import FILE` first") from exc
-        missing = {"keys", "features", "pos", "ious"} - tensors.keys()
+        """A saved bank, its keys in the precision of the kernel fastest here (see fastest_kernel)."""
+        with _readable(path):
+            with safe_open(str(path), "pt") as f:
+                capacity = int((f.metadata() or {}).get("capacity", DEFAULT_CAPACITY))
+                missing = {"keys", "features", "pos", "ious"} - set(f.keys())
+                key_dim = None if missing else f.get_slice("keys").get_shape()[-1]
         if missing:
             raise WeightsError(f"{path} lacks the memory bank tensors {sorted(missing)}")
-        with safe_open(str(path), "pt") as f:
-            capacity = int((f.metadata() or {}).get("capacity", DEFAULT_CAPACITY))
-        return cls(tensors["keys"], tensors["features"], tensors["pos"], tensors["ious"], capacity, key_device)
+        kernel = fastest_kernel(key_dim, str(key_device))  # before the bank's tensors exist: no extra peak
+        with _readable(path):
+            tensors = load_file(str(path))
+        keys = converted_in_place(tensors.pop("keys"), kernel.dtype)
+        return cls(keys, tensors["features"], tensors["pos"], tensors["ious"], capacity, key_device, kernel)
 
     @classmethod
     def from_entries(cls, entries, capacity: int = DEFAULT_CAPACITY) -> "ConfidenceBank":
@@ -162,6 +236,26 @@ class ConfidenceBank:
         except (TypeError, IndexError, RuntimeError, ValueError) as exc:
             raise WeightsError(f"the memory bank entries do not have the reference's layout: {exc}") from exc
         return cls(keys, features, pos, ious, max(capacity, len(entries)))
+
+
+@contextlib.contextmanager
+def _readable(path):
+    try:
+        yield
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise WeightsError(f"{path} is not a readable safetensors memory bank ({exc}); "
+                           "import the official bank with `samed2 bank import FILE` first") from exc
+
+
+def converted_in_place(keys: torch.Tensor, dtype: torch.dtype, rows: int = PROBE_ENTRIES) -> torch.Tensor:
+    """Keys in `dtype`, written over the given 2-byte float keys a few rows at a time, so converting the
+    bank's largest tensor never holds two copies."""
+    if keys.dtype == dtype or keys.element_size() != torch.finfo(dtype).bits // 8 or not keys.is_contiguous():
+        return keys.to(dtype)
+    out = keys.view(dtype)
+    for start in range(0, len(keys), rows):
+        out[start: start + rows] = keys[start: start + rows].to(dtype)  # converted before written back
+    return out
 
 
 def _as_map(x) -> torch.Tensor:

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from . import volume as vol
-from .bank import ConfidenceBank, image_key
-from .device import autocast, pick_device
+from .bank import ConfidenceBank, fastest_kernel, image_key
+from .device import autocast, native_bf16, pick_device, pick_precision, precision_probe
 from .embedding_cache import EmbeddingCache, as_stored
+from .errors import BenchError
 from .model import ImageFeatures, SAM2Model, build_model, get_config
 from .presets import CT_WINDOWS, IntensityWindow, ct_window
 from .session import DEFAULT_CACHE_BYTES, Session
@@ -197,15 +198,17 @@ def sized_model(name: str, image_size: int, state: Optional[dict] = None, seed: 
 
 
 def random_bank(entries: int, model: SAM2Model, seed: int, device: torch.device) -> ConfidenceBank:
-    """A full-size bank of random entries: unit keys (C*h*w, float16, on `device`), bfloat16 memories."""
+    """A full-size bank of random entries as one loads: unit keys (C*h*w, on `device`, in the precision of
+    the kernel fastest here), bfloat16 memories."""
     gen = torch.Generator().manual_seed(seed)
     side, distinct = model.embedding_size, 16
     copies = -(-entries // distinct)
-    keys = F.normalize(torch.randn(distinct, model.hidden_dim * side * side, generator=gen), dim=1).half()
+    kernel = fastest_kernel(model.hidden_dim * side * side, str(device))
+    keys = F.normalize(torch.randn(distinct, model.hidden_dim * side * side, generator=gen), dim=1)
     memory = torch.randn(distinct, model.mem_dim, side, side, generator=gen).bfloat16()
-    return ConfidenceBank(keys.repeat(copies, 1)[:entries], memory.repeat(copies, 1, 1, 1)[:entries],
+    return ConfidenceBank(keys.to(kernel.dtype).repeat(copies, 1)[:entries], memory.repeat(copies, 1, 1, 1)[:entries],
                           memory.flip(0).repeat(copies, 1, 1, 1)[:entries], torch.randn(entries, generator=gen),
-                          key_device=device)
+                          key_device=device, kernel=kernel)
 
 
 @contextlib.contextmanager
@@ -233,8 +236,8 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 class Bench:
     """What every row shares: settings, device, clock, the phantom's slices and prompts."""
 
-    def __init__(self, settings: Settings, device: torch.device, log: Callable[[str], None]):
-        self.settings, self.device, self.log = settings, device, log
+    def __init__(self, settings: Settings, device: torch.device, precision: str, log: Callable[[str], None]):
+        self.settings, self.device, self.precision, self.log = settings, device, precision, log
         self.clock = Clock(device)
         self.shape = settings.volume_shape
         self.center = liver_slice(self.shape)
@@ -339,7 +342,7 @@ def samed2_rows(b: Bench) -> List[Row]:
     restacked = bank.keys.data_ptr() != keys_at
     rows = [click_row(b, med), bank_click_row(b, med), pair_row(med), bank_row(b, bank, med, restacked)]
     del bank
-    return rows + [fast_mode_row(b, full, fast, med), bf16_row(b)]
+    return rows + [fast_mode_row(b, full, fast, med), precision_row(b)]
 
 
 def time_samed2(b: Bench, full: Case, fast: Case, bank: ConfidenceBank) -> Dict[str, float]:
@@ -399,15 +402,15 @@ def pair_row(med: dict) -> Row:
 def bank_row(b: Bench, bank: ConfidenceBank, med: dict, restacked: bool) -> Row:
     ours = med["retrieve_per_slice"]
     return Row("bank_retrieval", f"Bank retrieval per slice, {len(bank)} entries (select + memory gather)",
-               Measure(ours, "s", "keys stacked once [N, D] fp16; one pass chooses for an encoded pair; "
-                                  "only chosen memories move"),
+               Measure(ours, "s", f"keys stacked once [N, D], kernel {bank.kernel.name} (measured fastest "
+                                  "here); one pass chooses for an encoded pair; only chosen memories move"),
                Measure(med["ref_retrieve"], "s", "reference: re-stack + normalise all keys for each slice"),
                med["ref_retrieve"] / ours, "reference / ours (speed-up)", "<= 50 ms, no re-stacking",
                ours <= 0.050 and not restacked,
                details={"restacked_per_call": restacked, "key_dim": bank.keys.shape[1],
                         "keys_gb": bank.keys.numel() * bank.keys.element_size() / GB,
                         "one_slice_alone_s": med["retrieve"],
-                        "key_device": str(bank.keys.device)})
+                        "key_device": str(bank.keys.device), "kernel": bank.kernel.name})
 
 
 def fast_mode_row(b: Bench, full: Case, fast: Case, med: dict) -> Row:
@@ -423,22 +426,15 @@ def fast_mode_row(b: Bench, full: Case, fast: Case, med: dict) -> Row:
                                 "IoU here (random weights) is no accuracy figure: measure with samed2 eval"})
 
 
-def bf16_row(b: Bench) -> Row:
-    """bfloat16 on this CPU: a fast mode only where the CPU computes it natively."""
-    title = "bfloat16 compute on this device"
-    if b.device.type != "cpu":
-        return skipped_row("bf16", title, "skipped: a CPU probe (CUDA sessions run in bfloat16 autocast)")
-    x = torch.randn(512, 512)
-    y = x.bfloat16()
-    for a in (x, y):  # warm-up
-        torch.matmul(a, a)
-    fp32 = median([b.clock.time(torch.matmul, x, x)[0] for _ in range(5)])
-    bf16 = median([b.clock.time(torch.matmul, y, y)[0] for _ in range(3)])
-    native = cpu_flags() & {"avx512_bf16", "amx_bf16"}
-    return Row("bf16", title, Measure(bf16, "s", "512x512 matmul in bfloat16"),
-               Measure(fp32, "s", "the same in float32"), fp32 / bf16, "fp32 / bf16 (speed-up)",
-               "bf16 fast mode only if faster", details={"native_bf16_flags": sorted(native),
-                                                         "use_bf16_fast_mode": fp32 / bf16 > 1.2})
+def precision_row(b: Bench) -> Row:
+    """The precision our rows ran in, and the measurement `auto` chose it by."""
+    native = native_bf16(b.device)
+    fp32, bf16 = precision_probe(b.device)
+    return Row("precision", f"Precision chosen: {b.precision} (native bf16: {'yes' if native else 'no'})",
+               Measure(bf16, "s", "2048x768 @ 768x768 linear in bf16 autocast (best of 3)"),
+               Measure(fp32, "s", "the same in fp32"), fp32 / bf16, "fp32 / bf16 (speed-up)",
+               "auto: bf16 if native bf16 and >= 1.2x, else fp32",
+               details={"precision": b.precision, "native_bf16": native})
 
 
 # ---- Meta's sam2: encoder and propagation -------------------------------------------------
@@ -447,7 +443,9 @@ def meta_rows(b: Bench) -> List[Row]:
     try:
         with quiet():
             from sam2.build_sam import build_sam2_video_predictor
-    except ImportError:
+    except ImportError as exc:
+        if os.environ.get("CI") == "true":
+            raise BenchError("Meta's sam2 is not installed: CI (CI=true) runs the Meta rows, never skips them") from exc
         why = "skipped: sam2 not installed"
         return [skipped_row("encode_meta", "Slice encoding vs Meta's sam2", why),
                 skipped_row("propagation", "Propagation per slice vs Meta's SAM2VideoPredictor", why)]
@@ -467,14 +465,19 @@ def meta_rows(b: Bench) -> List[Row]:
 def meta_encoder_row(b: Bench, model: SAM2Model, meta) -> Row:
     image = b.slices([b.center], b.settings.image_size, "imagenet")
     ours, theirs = [], []
-    for encode in (model.encode_images, meta.forward_image):  # warm-up
-        encode(image)
+
+    def encode(images):
+        with autocast(b.device, b.precision):  # as a session runs
+            return model.encode_images(images)
+    for run in (encode, meta.forward_image):  # warm-up
+        run(image)
     for _ in range(b.settings.repeats):
         theirs.append(b.clock.time(meta.forward_image, image)[0])
-        ours.append(b.clock.time(model.encode_images, image)[0])
+        ours.append(b.clock.time(encode, image)[0])
     ratio = median(theirs) / median(ours)
     return Row("encode_meta", f"Slice encoding, {SAM2} (batch of 1)",
-               Measure(median(ours), "s", "our image encoder"), Measure(median(theirs), "s", "Meta: forward_image"),
+               Measure(median(ours), "s", f"our image encoder ({b.precision})"),
+               Measure(median(theirs), "s", "Meta: forward_image (fp32)"),
                ratio, "Meta / ours (speed-up)", ">= 1.0x", ratio >= 1.0)
 
 
@@ -535,7 +538,7 @@ def propagation_row(b: Bench, model: SAM2Model, meta, tmp: Path) -> Row:
         meta_steps = meta.propagate_in_video(state)
         meta_masks = [next(meta_steps)[2][0, 0].cpu().numpy() > 0]
     volume, preset = vol.Volume(frames, np.eye(4)), ct_window(255.0, 127.5)  # uint8 / 255, as Meta reads them
-    with Session(volume, model, axis=2, preset=preset, device=str(b.device)) as session:
+    with Session(volume, model, axis=2, preset=preset, device=str(b.device), precision=b.precision) as session:
         our_masks = [session.add_prompt(1, 0, box=box)]
         our_steps = session.propagate([1], direction="up", stop_after_absent=0)
         times = {"meta": [], "ours": []}
@@ -599,7 +602,7 @@ def cache_keeps_budget(session: Session) -> bool:
             and len(small) == min(4, len(cached)))
 
 
-def measure_session(settings: Settings, device_name: str) -> dict:
+def measure_session(settings: Settings, device_name: str, precision: str) -> dict:
     """Run in a fresh process: a SAMed-2 session with a full confidence bank on a synthetic CT under
     the default cache budget."""
     device = pick_device(device_name)
@@ -609,7 +612,7 @@ def measure_session(settings: Settings, device_name: str) -> dict:
     bank = random_bank(settings.bank_entries, model, settings.seed, device)
     out = {}
     with Session(volume, model, axis=2, preset="soft_tissue", device=device_name,
-                 cache_bytes=DEFAULT_CACHE_BYTES, bank=bank) as session:
+                 cache_bytes=DEFAULT_CACHE_BYTES, bank=bank, precision=precision) as session:
         out["precompute_s"], _ = clock.time(lambda: (session.precompute(center, settings.precompute_radius),
                                                      session.wait_idle()))
         # object 1 is propagated below; 3 and 4 are new objects on the neighbouring slices
@@ -652,7 +655,7 @@ def session_rows(b: Bench) -> List[Row]:
                 skipped_row("scroll_click", "Scroll, then click", why)]
     b.log(f"session on a {'x'.join(map(str, s.volume_shape[::-1]))} CT in a fresh process")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        out = pool.apply(measure_session, (s, str(b.device)))
+        out = pool.apply(measure_session, (s, str(b.device), b.precision))
     return [rss_row(b, out), scroll_row(b, out)]
 
 
@@ -663,10 +666,11 @@ def rss_row(b: Bench, out: dict) -> Row:
     peak = out["peak_rss_bytes"]
     ni, nj, nk = b.settings.volume_shape[::-1]
     return Row("peak_rss", f"Peak RSS, {ni}x{nj}x{nk} CT session (SAMed-2, {b.settings.image_size} px, "
-                           f"{b.settings.bank_entries}-entry bank)",
+                           f"{b.settings.bank_entries}-entry bank): measured part-way, full session projected",
                Measure(peak / GB, "GB", f"measured: {out['cached_slices']} slices cached, "
                                         f"{out['propagated']} propagated"),
-               Measure(projected / GB, "GB", "projected: cache full + every slice tracked (one object)"),
+               Measure(projected / GB, "GB", "projected, not measured: measured peak + the rest of the cache "
+                                             "budget + every slice tracked (one object)"),
                RSS_LIMIT / max(projected, peak), "limit / max(measured, projected) (headroom)",
                "< 6 GB; cache within budget", max(projected, peak) < RSS_LIMIT and out["cache_ok"],
                details={"cache_gb": out["cache_bytes"] / GB, "cache_budget_gb": out["cache_budget"] / GB,
@@ -717,7 +721,8 @@ def machine(device: torch.device) -> dict:
             "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "os": platform.platform(), "device": str(device),
-            "cpu_features": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})}
+            "cpu_features": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_fp16", "avx512_bf16", "amx_bf16",
+                                                  "amx_tile"})}
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         info["memory_gb"] = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GB
     if device.type == "cuda":
@@ -725,18 +730,20 @@ def machine(device: torch.device) -> dict:
     return info
 
 
-def run(settings: Settings, device_name: str = "auto", log: Callable[[str], None] = print) -> dict:
+def run(settings: Settings, device_name: str = "auto", precision: str = "auto",
+        log: Callable[[str], None] = print) -> dict:
     """Every row; returns the JSON-ready report."""
     device = pick_device(device_name)
-    bench = Bench(settings, device, log)
+    bench = Bench(settings, device, pick_precision(precision, device), log)
     started, load = time.perf_counter(), load_average()
     with torch.inference_mode():
-        with autocast(device):  # as a session runs (bf16 on CUDA); Meta's rows stay in fp32
+        with autocast(device, bench.precision):  # as a session runs; Meta's rows stay in fp32
             rows = samed2_rows(bench)
         rows += meta_rows(bench)
     rows += session_rows(bench)
     info = machine(device)
-    info.update(load_average_start=load, load_average_end=load_average())
+    info.update(load_average_start=load, load_average_end=load_average(), precision_asked=precision,
+                precision=bench.precision)
     return {"machine": info, "settings": asdict(settings), "rows": [asdict(row) for row in rows],
             "wall_s": time.perf_counter() - started}
 
@@ -771,8 +778,10 @@ def format_table(report: dict) -> str:
     text = [" | ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "-+-".join("-" * w for w in widths))
     m = report["machine"]
-    text.append(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
-                f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}; load average "
+    text.append(f"Machine: {m['cpu']} (family/model {m['cpu_family_model']}; {', '.join(m['cpu_features'])}), "
+                f"{m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+                f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}, precision {m['precision']} "
+                f"(asked: {m['precision_asked']}); load average "
                 f"{fmt_load(m['load_average_start'])} -> {fmt_load(m['load_average_end'])}; "
                 f"wall {report['wall_s']:.0f} s")
     loads = [load[0] for load in (m["load_average_start"], m["load_average_end"]) if load]

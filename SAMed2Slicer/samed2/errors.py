@@ -23,3 +23,7 @@ class DicomError(InputError):
 
 class OutputError(Samed2Error):
     """An output file that could not be written (full disk, permissions); nothing partial is left."""
+
+
+class BenchError(Samed2Error):
+    """`samed2 bench` cannot run as asked (e.g. CI without Meta's sam2)."""

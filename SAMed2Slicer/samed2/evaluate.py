@@ -290,6 +290,7 @@ class EvalSettings:
     device: str = "auto"
     strategy: Optional[str] = None  # None: the default for the bank given (samed2.strategy)
     clicks: int = CLICKS
+    precision: str = "fp32"  # samed2.device.PRECISIONS
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -357,7 +358,7 @@ def evaluate_case(case: LoadedCase, model, settings: EvalSettings, bank=None) ->
     spacing_kji = case.volume.spacing[::-1]
     results = []
     with Session(case.volume, model, axis=slicing_axis(case.volume, settings.axis), preset=settings.preset,
-                 device=settings.device, bank=bank, strategy=settings.strategy) as session:
+                 device=settings.device, bank=bank, strategy=settings.strategy, precision=settings.precision) as session:
         for value in chosen_labels(case, settings.labels):
             truth = case.labels == value
             name = case.names.get(value, f"label {value}")

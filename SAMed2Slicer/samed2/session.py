@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from . import volume as vol
 from .bank import ConfidenceBank
-from .device import autocast, is_out_of_memory, pick_device
+from .device import autocast, is_out_of_memory, pick_device, pick_precision
 from .embedding_cache import EmbeddingCache, as_stored
 from .errors import InputError
 from .model import FrameMemory, ImageFeatures, Prediction, SAM2Model
@@ -119,7 +119,7 @@ def pad_prompts(prompts):
 class Session:
     def __init__(self, volume: vol.Volume, model: SAM2Model, axis: int = 2, preset=None, device: str = "auto",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, bank: Optional[ConfidenceBank] = None,
-                 strategy: Optional[str] = None, encode_batch: Optional[int] = None):
+                 strategy: Optional[str] = None, encode_batch: Optional[int] = None, precision: str = "fp32"):
         strategy = resolve(strategy, bank is not None)
         if strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -127,6 +127,8 @@ class Session:
             raise InputError(f"strategy {strategy!r} needs SAMed-2's confidence memory bank")
         self.volume, self.axis, self.strategy, self.bank = volume, vol.checked_axis(axis), strategy, bank
         self.device = pick_device(device)
+        self._precision_asked = precision
+        self.precision = pick_precision(precision, self.device)  # "fp32" or "bf16" (autocast)
         self.model = model.to(self.device).eval()
         self.image_size = model.image_size
         self.num_slices = volume.num_slices(self.axis)
@@ -190,9 +192,12 @@ class Session:
     def _encode_now(self, indices: List[int]) -> List[ImageFeatures]:
         normalize = "imagenet" if self.model.preprocess == "imagenet" else "none"
         images = vol.preprocess_slices([self._slice_image(i) for i in indices], self.image_size, normalize)
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad(), self._autocast():
             features = self.model.encode_images(images.to(self.device))
         return [features.select(slice(n, n + 1)) for n in range(len(indices))]
+
+    def _autocast(self):
+        return autocast(self.device, self.precision)
 
     def _fall_back_to_cpu(self) -> None:
         log.warning("out of memory on %s: continuing on the CPU (slower)", self.device)
@@ -200,6 +205,7 @@ class Session:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.device = torch.device("cpu")
+        self.precision = pick_precision(self._precision_asked, self.device)
         self.model.to(self.device)
         self.encode_batch = 2 if self.model.needs_pairs else 1
 
@@ -242,7 +248,7 @@ class Session:
             self._remember(batch, self._encode(batch))
 
     def _attend_bank_ahead(self, index: int) -> None:
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad(), self._autocast():
             self._bank_conditioned(index, self._embedding(index))
 
     def precompute(self, center: int, radius: int = 4) -> None:
@@ -342,7 +348,7 @@ class Session:
         image = self._embedding(index)
         self._encode_pending([obj for obj in objs.values() if index in obj.non_cond])  # tracked: reads memory
         steps = [self._prompted_step(obj, index, restart) for obj in objs.values()]
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad(), self._autocast():
             outputs = self._track(index, image, steps, encode_memory=False)
         masks = {}
         for (obj_id, obj), (pred, _) in zip(objs.items(), outputs):
@@ -400,7 +406,7 @@ class Session:
         """Encode the memories of prompted slices, which tracking reads. Worker thread only."""
         for obj in objs:
             for index, pred in list(obj.pending.items()):
-                with torch.no_grad(), autocast(self.device):
+                with torch.no_grad(), self._autocast():
                     memory = self.model.frame_memory(self._embedding(index), pred, from_points=True)
                 obj.cond[index] = memory.stored()
                 del obj.pending[index]
@@ -453,7 +459,7 @@ class Session:
     def _condition_on_mask(self, obj: TrackedObject, index: int, mask: np.ndarray) -> None:
         image = self._embedding(index)
         big = vol.preprocess_slices([mask.astype(np.float32)], self.image_size)[:, :1] > 0.5
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad(), self._autocast():
             pred = self.model.mask_as_output(image, big.to(self.device))
             memory = self.model.frame_memory(image, pred, from_points=False)
         obj.non_cond.pop(index, None)
@@ -558,7 +564,7 @@ class Session:
         image = self._embedding(index)
         if 0 <= index + step < self.num_slices and index + step not in self.cache:
             self._worker.submit(self._encode_ahead, [self._group(index + step)], priority=BACKGROUND)
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad(), self._autocast():
             if self.strategy == "box-chain":
                 outputs = [self._box_chain_step(obj, index, step, image) for obj in objs]
             else:

@@ -18,6 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_precision_option(parser) -> None:
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",  # samed2.device.PRECISIONS
+                        help="model arithmetic: bf16 autocast or fp32; auto = bf16 where the device computes it "
+                             "natively and a short measurement finds it faster, else fp32 (default)")
+
+
 # Options whose values are coordinate lists that may start with '-' (argparse would read an option).
 _COORDINATE_OPTIONS = ("--point", "--box")
 

@@ -3,6 +3,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import add_precision_option
+
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark clicks, encoding, propagation, bank and memory against references",
@@ -10,6 +12,7 @@ def register(sub) -> None:
                                    "installed) on the same machine, weights and inputs; prints a table of "
                                    "ratios with targets. The full run takes up to 10 minutes on an idle 2-core CPU.")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    add_precision_option(p)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--quick", action="store_true",
                    help="small images and few frames (about a minute): checks the harness, not the targets")
@@ -22,7 +25,7 @@ def run(args) -> int:
 
     if args.json:
         check_output_path(args.json, (".json",))
-    report = run_bench(QUICK if args.quick else FULL, args.device, log=lambda m: print(f"bench: {m}", file=sys.stderr))
+    report = run_bench(QUICK if args.quick else FULL, args.device, args.precision, log=lambda m: print(f"bench: {m}", file=sys.stderr))
     report["quick"] = args.quick
     print(format_table(report))
     if args.json:

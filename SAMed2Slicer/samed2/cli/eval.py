@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..strategy import STRATEGIES, resolve
+from . import add_precision_option
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def register(sub) -> None:
                    help="voxel axis to slice along; auto = the one closest to axial")
     p.add_argument("--preset", default="auto", help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
     p.add_argument("--device", default="auto")
+    add_precision_option(p)
     p.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the results")
     p.set_defaults(func=run)
@@ -54,7 +56,7 @@ def _label_list(text: str) -> list:
 
 def run(args) -> int:
     from .. import __version__
-    from ..device import pick_device
+    from ..device import pick_device, pick_precision
     from ..evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
     from .segment import _load_model
 
@@ -64,7 +66,7 @@ def run(args) -> int:
     model, bank = _load_model(args)
     settings = EvalSettings(args.protocol, args.labels, None if args.axis == "auto" else int(args.axis),
                             None if args.preset == "auto" else args.preset, args.device,
-                            resolve(args.strategy, bank is not None), args.clicks)
+                            resolve(args.strategy, bank is not None), args.clicks, args.precision)
     results = []
     for number, (name, image, label) in enumerate(cases, start=1):
         log.info("case %d/%d: %s", number, len(cases), name)
@@ -72,7 +74,8 @@ def run(args) -> int:
     if not results:
         raise InputError("none of the chosen labels occurs in any case: nothing was evaluated")
     info = {"model": args.model, "config": args.config, "bank": args.bank, "cases": [c[0] for c in cases],
-            "device": str(pick_device(args.device)), "samed2": __version__}
+            "device": str(pick_device(args.device)), "precision": pick_precision(args.precision, pick_device(args.device)),
+            "samed2": __version__}
     for path in write_outputs(results, args.out, settings, info):
         print(f"wrote {path}")
     _print_table(results)

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..strategy import STRATEGIES
+from . import add_precision_option
 
 log = logging.getLogger(__name__)
 SPACES = {"ras": "RAS", "lps": "LPS"}
@@ -36,6 +37,7 @@ def register(sub) -> None:
                         "need --bank")
     p.add_argument("--preset", default="auto", help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
     p.add_argument("--device", default="auto")
+    add_precision_option(p)
     p.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
     p.add_argument("--out", required=True, help="label map to write (.nii.gz, .nrrd, .seg.nrrd)")
     p.add_argument("--overlay", help="PNG picture of the first prompted slice")
@@ -153,7 +155,7 @@ def segment(volume, model, axis, prompts, args, bank=None) -> np.ndarray:
     from ..session import Session
 
     with Session(volume, model, axis=axis, preset=args.preset, device=args.device, bank=bank,
-                 strategy=args.strategy) as session:
+                 strategy=args.strategy, precision=args.precision) as session:
         for index, prompt in sorted(prompts.items()):
             mask = session.add_prompt(1, index, points=prompt["points"], box=prompt["box"])
             log.info("slice %d: %d voxels", index, int(mask.sum()))

@@ -79,7 +79,10 @@ class Attention(nn.Module):
     def _attend(self, q, k, v, key_mask=None):
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, Nk) True = attended
         dropout = self.dropout_p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and mask is None and not dropout:
+            out = blocked_attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 
@@ -136,6 +139,15 @@ class Attention(nn.Module):
         out_weight = self.out_proj.weight.unflatten(1, (self.num_heads, -1))  # (C_out, H, d)
         projected = torch.einsum("bnhd,ohd->bhno", values, out_weight).flatten(1, 2)  # (B, H*n, C_out)
         return torch.baddbmm(self.out_proj.bias.expand(b, 1, -1), weights, projected)
+
+
+def blocked_attention(q, k, v, rows: int = 512):
+    """Softmax attention for `rows` queries at a time, in q's precision. For bfloat16 on CPUs, where
+    torch's flash kernel is no faster than in float32: memory attention's cross attention at 1024 px
+    (4096 queries, 7 x 4096 keys) measured 0.97 s this way, 1.36 s with the flash kernel."""
+    keys = k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    return torch.cat([torch.softmax(q[..., start: start + rows, :] @ keys, dim=-1, dtype=q.dtype) @ v
+                      for start in range(0, q.shape[-2], rows)], dim=-2)
 
 
 def axial_rope_angles(dim: int, width: int, height: int, theta: float) -> torch.Tensor:
