@@ -17,7 +17,8 @@ import torch
 from samed2 import bench
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
-ROW_IDS = ["click", "click_bank", "encode_pair", "bank_retrieval", "fast_mode", "bf16", "encode_meta",
+ROW_IDS = ["click", "click_bank", "encode_pair", "bank_retrieval", "fast_mode", "bf16", "lite_click", "lite_slice",
+           "encode_meta",
            "propagation", "peak_rss", "scroll_click"]
 META_ROWS = {"encode_meta", "propagation"}
 

@@ -19,15 +19,16 @@ from samed2.volume import get_slice, mask_box
 MARGIN = 0.02
 PER_SLICE_OBJECT = 10_000  # the object the per-slice boxes go to (apart from the propagated one)
 
-# name: (image, label map, label value, per-slice Dice bound, propagated Dice bound, slices past the ends)
+# name: (image, label map, label value, per-slice Dice, propagated Dice, slices past the ends), as measured
+# (README table); asserted: Dice >= measured - MARGIN, slices past the ends <= measured + 1
 CASES = {
-    "liver": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 5, 0.93, 0.93, 0),
-    "spleen": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 1, 0.95, 0.93, 0),
-    "right kidney": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 2, 0.88, 0.80, 2),
-    "left kidney": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 3, 0.92, 0.88, 2),
-    "aorta": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 52, 0.90, 0.85, 0),
-    "dcmqi liver": ("dcmqi/ct-3slice", "dcmqi/liver_seg.nrrd", 1, 0.90, 0.85, 0),
-    "brain1 tumour": ("pyradiomics/brain1_image.nrrd", "pyradiomics/brain1_label.nrrd", 1, 0.88, 0.60, 2),
+    "liver": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 5, 0.938, 0.938, 0),
+    "spleen": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 1, 0.959, 0.957, 0),
+    "right kidney": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 2, 0.881, 0.901, 0),
+    "left kidney": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 3, 0.924, 0.945, 0),
+    "aorta": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 52, 0.904, 0.861, 0),
+    "dcmqi liver": ("dcmqi/ct-3slice", "dcmqi/liver_seg.nrrd", 1, 0.928, 0.929, 0),
+    "brain1 tumour": ("pyradiomics/brain1_image.nrrd", "pyradiomics/brain1_label.nrrd", 1, 0.886, 0.653, 0),
 }
 
 
@@ -73,7 +74,7 @@ def test_lite_box_on_every_slice(lite_model, name):
 def test_lite_propagation_from_one_middle_box(lite_model, name):
     _, propagated, past = measured(lite_model, name)
     assert propagated >= CASES[name][4] - MARGIN
-    assert past <= CASES[name][5]
+    assert past <= CASES[name][5] + 1
 
 
 @pytest.mark.parametrize("name", ["liver", "spleen"])
