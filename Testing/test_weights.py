@@ -112,7 +112,7 @@ def test_registry_checkpoints_name_configs_sizes_hashes_and_licences():
 
     assert set(REGISTRY) == {
         "samed2", "sam2.1-hiera-tiny", "sam2.1-hiera-small", "sam2.1-hiera-base_plus", "sam2.1-hiera-large",
-        "sam2-hiera-small", "medsam2",
+        "sam2-hiera-small", "medsam-lite", "medsam2",
     }
     for entry in REGISTRY.values():
         assert entry.config in CONFIG_NAMES
@@ -121,6 +121,8 @@ def test_registry_checkpoints_name_configs_sizes_hashes_and_licences():
     assert REGISTRY["sam2.1-hiera-large"].size == 898_083_611
     assert REGISTRY["samed2"].sha256 is None and "no hash" in REGISTRY["samed2"].note
     assert REGISTRY["medsam2"].licence == "CC-BY-SA-4.0"
+    lite = REGISTRY["medsam-lite"]
+    assert (lite.size, lite.sha256[:12], lite.archive.size) == (39_370_479, "79d8c9dca6db", 36_580_895)
 
 
 def test_cache_dir_prefers_argument_then_samed2_cache_then_xdg(monkeypatch, tmp_path):

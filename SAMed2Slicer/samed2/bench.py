@@ -342,7 +342,7 @@ def samed2_rows(b: Bench) -> List[Row]:
     restacked = bank.keys.data_ptr() != keys_at
     rows = [click_row(b, med), bank_click_row(b, med), pair_row(med), bank_row(b, bank, med, restacked)]
     del bank
-    return rows + [fast_mode_row(b, full, fast, med), precision_row(b)]
+    return rows + [fast_mode_row(b, full, fast, med), precision_row(b)] + lite_rows(b, med)
 
 
 def time_samed2(b: Bench, full: Case, fast: Case, bank: ConfidenceBank) -> Dict[str, float]:
@@ -365,6 +365,38 @@ def time_samed2(b: Bench, full: Case, fast: Case, bank: ConfidenceBank) -> Dict[
         for name, case in (("click", full), ("fast_click", fast)):
             times.setdefault(name, []).append(b.clock.time(our_click, b, case.model, case.image, case.prompt)[0])
     return {name: median(values) for name, values in times.items()}
+
+
+def lite_rows(b: Bench, med: dict) -> List[Row]:
+    """MedSAM-Lite (256 px, letterboxed) beside SAMed-2: a box click on a cached embedding, and one slice
+    of box-chain propagation (encode + box decode). SAMed-2's slice: half a pair encoding + a click."""
+    torch.manual_seed(b.settings.seed)
+    model = build_model("medsam-lite").to(b.device)  # timing does not depend on the weights
+    size, shape = model.image_size, b.shape[1:]
+    image = soft_tissue().apply(phantom_slice(b.center, b.shape, b.settings.seed))
+    box = vol.slice_box_to_model(liver_box(b.center, b.shape), shape, size, letterbox=True)[None].to(b.device)
+
+    def encode():
+        return model.encode_images(vol.preprocess_slices([image], size, letterbox=True).to(b.device)).features
+
+    def click(features):
+        logits = model.decode(features, boxes=box).low_res_masks
+        return (vol.logits_to_slice(logits.float().cpu(), shape, letterbox=True)[0, 0] > 0).numpy()
+
+    def propagated_slice():
+        return click(encode())
+
+    features = as_stored(encode())  # also the warm-up
+    clicks = median(b.clock.time(click, features)[0] for _ in range(b.settings.clicks))
+    slices = median(b.clock.time(propagated_slice)[0] for _ in range(b.settings.repeats))
+    samed2_slice = med["pair"] / 2 + med["click"]
+    return [Row("lite_click", "Click latency, cached embedding: MedSAM-Lite (256 px) vs SAMed-2",
+                Measure(clicks, "s", "MedSAM-Lite box decode"), Measure(med["click"], "s", "SAMed-2 click"),
+                med["click"] / clicks, "SAMed-2 / MedSAM-Lite", "informational (another model)"),
+            Row("lite_slice", "Propagation per slice: MedSAM-Lite box chain vs SAMed-2",
+                Measure(slices, "s", "MedSAM-Lite: encode + box decode"),
+                Measure(samed2_slice, "s", "SAMed-2: half a pair encoding + a click"),
+                samed2_slice / slices, "SAMed-2 / MedSAM-Lite", "informational (another model)")]
 
 
 def click_row(b: Bench, med: dict) -> Row:

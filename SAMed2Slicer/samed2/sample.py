@@ -1,12 +1,19 @@
 """The public sample used by `samed2 demo`: TotalSegmentator's 20-slice abdominal CT series (Apache-2.0).
 
-Fetched on request only, checked against the SHA-256 of every file, cached beside the weights.
+Fetched on request only, checked against the SHA-256 of every file, cached beside the weights. By
+default it comes from TotalSegmentator's source distribution on PyPI, which carries the series among
+its test files (PyPI is reachable where GitHub is not); `base_url` fetches the files one by one instead.
 """
+import tarfile
 from pathlib import Path
+from typing import Optional
 
 from .errors import DownloadError
 
-SAMPLE_URL = "https://raw.githubusercontent.com/wasserth/TotalSegmentator/master/tests/reference_files/example_ct_dicom/"
+SAMPLE_ARCHIVE_URL = ("https://files.pythonhosted.org/packages/c3/53/7d654d2ec3fcb801ae54d318b0ffc18021aed528bf4e4df0753"
+                      "caf0c8a73/totalsegmentator-2.18.0.tar.gz")
+SAMPLE_ARCHIVE_HASH = "sha256:5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03"
+SAMPLE_ARCHIVE_FOLDER = "totalsegmentator-2.18.0/tests/reference_files/example_ct_dicom/"
 SAMPLE_FILES = {
     "CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016573": "sha256:4c5633409fa4d3edf6871e5684e9e1b10325b4d0949997582f43b23a684d0dc4",
     "CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016574": "sha256:9148f91127145497f4d6c6f0780f9452504cd7fe5088ec8f2bf2b21800c731ff",
@@ -33,18 +40,40 @@ SAMPLE_FILES = {
 LIVER_BOX_RAS = (150.0, 250.0, -18.0, 68.0, -784.5)
 
 
-def fetch_sample(cache: Path, base_url: str = SAMPLE_URL) -> Path:
-    """The sample series folder, downloading any missing or damaged file."""
+def fetch_sample(cache: Path, base_url: Optional[str] = None) -> Path:
+    """The sample series folder, fetching any missing or damaged file (from PyPI, or file by file
+    from `base_url`)."""
     import pooch
     import requests
 
     folder = Path(cache) / "samples" / "totalseg_example_ct_dicom"
-    fetcher = pooch.create(path=folder, base_url=base_url, registry=SAMPLE_FILES, retry_if_failed=2)
+    source = base_url or SAMPLE_ARCHIVE_URL
     try:
+        if base_url is None and not _intact(folder):
+            _unpack_archive(pooch.retrieve(SAMPLE_ARCHIVE_URL, SAMPLE_ARCHIVE_HASH, path=folder.parent), folder)
+        fetcher = pooch.create(path=folder, base_url=base_url or "", registry=SAMPLE_FILES, retry_if_failed=2)
         for name in SAMPLE_FILES:
             fetcher.fetch(name)
-    except (requests.RequestException, ValueError, OSError) as exc:
+    except (requests.RequestException, ValueError, OSError, tarfile.TarError) as exc:
         raise DownloadError(
-            f"could not fetch the sample CT from {base_url} ({exc}); on an offline machine run "
+            f"could not fetch the sample CT from {source} ({exc}); on an offline machine run "
             "`samed2 segment YOUR_IMAGE --box X0,Y0,X1,Y1,Z --out mask.nii.gz` on an image of your own") from None
     return folder
+
+
+def _intact(folder: Path) -> bool:
+    import pooch
+
+    return all((folder / name).is_file() and pooch.file_hash(str(folder / name)) == digest.split(":")[1]
+               for name, digest in SAMPLE_FILES.items())
+
+
+def _unpack_archive(archive: str, folder: Path) -> None:
+    """The series' files out of the (verified) source archive, which is then deleted; each file is
+    checked against its own hash when the caller fetches it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as opened:
+        for name in SAMPLE_FILES:
+            source = opened.extractfile(SAMPLE_ARCHIVE_FOLDER + name)
+            (folder / name).write_bytes(source.read())
+    Path(archive).unlink()

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 
 from . import volume as vol
 from .bank import ConfidenceBank
+from .chain import BoxChain
 from .device import autocast, is_out_of_memory, pick_device, pick_precision
 from .embedding_cache import EmbeddingCache, as_stored
 from .errors import InputError
 from .model import FrameMemory, ImageFeatures, Prediction, SAM2Model
+from .model.sam2 import NO_OBJECT_SCORE
 from .model.sam_heads import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
 from .presets import IntensityPreset, default_preset, get_preset
 from .strategy import NEEDS_BANK, STRATEGIES, resolve
@@ -116,21 +118,36 @@ def pad_prompts(prompts):
     return coords, labels, lengths if len(set(lengths)) > 1 else None
 
 
+def checked_strategy(strategy: Optional[str], model, bank: Optional[ConfidenceBank]) -> str:
+    """The strategy to use: a memory-less model (MedSAM-Lite) can only chain boxes, without a bank."""
+    if getattr(model, "has_memory", True):
+        strategy = resolve(strategy, bank is not None)
+    elif bank is not None:
+        raise InputError("a confidence bank needs a model with memory (SAMed-2); this model has none")
+    elif strategy not in (None, "box-chain"):
+        raise InputError(f"strategy {strategy!r} needs a model with memory; this model propagates by box-chain only")
+    else:
+        return "box-chain"
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy in NEEDS_BANK and bank is None:
+        raise InputError(f"strategy {strategy!r} needs SAMed-2's confidence memory bank")
+    return strategy
+
+
 class Session:
     def __init__(self, volume: vol.Volume, model: SAM2Model, axis: int = 2, preset=None, device: str = "auto",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, bank: Optional[ConfidenceBank] = None,
                  strategy: Optional[str] = None, encode_batch: Optional[int] = None, precision: str = "fp32"):
-        strategy = resolve(strategy, bank is not None)
-        if strategy not in STRATEGIES:
-            raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if strategy in NEEDS_BANK and bank is None:
-            raise InputError(f"strategy {strategy!r} needs SAMed-2's confidence memory bank")
+        strategy = checked_strategy(strategy, model, bank)
         self.volume, self.axis, self.strategy, self.bank = volume, vol.checked_axis(axis), strategy, bank
         self.device = pick_device(device)
         self._precision_asked = precision
         self.precision = pick_precision(precision, self.device)  # "fp32" or "bf16" (autocast)
         self.model = model.to(self.device).eval()
         self.image_size = model.image_size
+        self.letterbox = model.preprocess == "letterbox"  # MedSAM-Lite keeps the slice's aspect ratio
+        self.chain = getattr(model, "box_chain", BoxChain())
         self.num_slices = volume.num_slices(self.axis)
         self.slice_shape = volume.slice_shape(self.axis)
         self.window = self._resolve_preset(preset).resolve(volume.array)
@@ -191,7 +208,8 @@ class Session:
 
     def _encode_now(self, indices: List[int]) -> List[ImageFeatures]:
         normalize = "imagenet" if self.model.preprocess == "imagenet" else "none"
-        images = vol.preprocess_slices([self._slice_image(i) for i in indices], self.image_size, normalize)
+        images = vol.preprocess_slices([self._slice_image(i) for i in indices], self.image_size, normalize,
+                                       letterbox=self.letterbox)
         with torch.no_grad(), self._autocast():
             features = self.model.encode_images(images.to(self.device))
         return [features.select(slice(n, n + 1)) for n in range(len(indices))]
@@ -324,6 +342,9 @@ class Session:
             merged.box = tuple(float(v) for v in box)
         if not merged.points and merged.box is None:
             raise InputError("a prompt needs at least one point or a box")
+        if merged.box is None and getattr(self.model, "needs_box", False):
+            raise InputError("this model (MedSAM-Lite) was trained with box prompts only: draw a box on the slice "
+                             "first; clicks then refine it")
         return merged
 
     def _check_point(self, x: float, y: float) -> None:
@@ -334,11 +355,12 @@ class Session:
     def _prompt_tensors(self, prompts: SlicePrompts):
         coords, labels = [], []
         if prompts.box is not None:
-            box = vol.slice_box_to_model(prompts.box, self.slice_shape, self.image_size).reshape(2, 2)
+            box = vol.slice_box_to_model(prompts.box, self.slice_shape, self.image_size, self.letterbox).reshape(2, 2)
             coords += box.tolist()
             labels += [BOX_TOP_LEFT, BOX_BOTTOM_RIGHT]
         if prompts.points:
-            xy = vol.slice_points_to_model([p[:2] for p in prompts.points], self.slice_shape, self.image_size)
+            xy = vol.slice_points_to_model([p[:2] for p in prompts.points], self.slice_shape, self.image_size,
+                                           self.letterbox)
             coords += xy.reshape(-1, 2).tolist()
             labels += [POSITIVE if p[2] else NEGATIVE for p in prompts.points]
         return (torch.tensor([coords], dtype=torch.float32, device=self.device),
@@ -437,7 +459,7 @@ class Session:
     def _store(self, obj: TrackedObject, index: int, pred: Prediction) -> np.ndarray:
         present = bool((pred.object_score_logits > 0).all())
         logits = pred.low_res_masks.float()
-        mask = (vol.logits_to_slice(logits.cpu(), self.slice_shape)[0, 0] > 0).numpy() if present else \
+        mask = (vol.logits_to_slice(logits.cpu(), self.slice_shape, self.letterbox)[0, 0] > 0).numpy() if present else \
             np.zeros(self.slice_shape, dtype=bool)
         obj.logits[index] = logits
         obj.masks[index] = mask
@@ -458,7 +480,7 @@ class Session:
 
     def _condition_on_mask(self, obj: TrackedObject, index: int, mask: np.ndarray) -> None:
         image = self._embedding(index)
-        big = vol.preprocess_slices([mask.astype(np.float32)], self.image_size)[:, :1] > 0.5
+        big = vol.preprocess_slices([mask.astype(np.float32)], self.image_size, letterbox=self.letterbox)[:, :1] > 0.5
         with torch.no_grad(), self._autocast():
             pred = self.model.mask_as_output(image, big.to(self.device))
             memory = self.model.frame_memory(image, pred, from_points=False)
@@ -574,13 +596,26 @@ class Session:
             obj.non_cond[index] = memory.stored()
             obj.reverse[index] = reverse
             mask = self._store(obj, index, pred)
+            if self.strategy == "box-chain" and not self._chain_continues(obj, index, step, pred):
+                mask = self._chain_end(obj, index)
             results.append((mask, bool((pred.object_score_logits > 0).all()) and mask.any()))
         return results
 
+    def _chain_continues(self, obj: TrackedObject, index: int, step: int, pred: Prediction) -> bool:
+        return self.chain.continues(obj.masks[index - step], obj.masks[index], float(pred.ious.max()))
+
+    def _chain_end(self, obj: TrackedObject, index: int) -> np.ndarray:
+        """The object ended before this slice: its result there is empty."""
+        obj.logits[index] = torch.full_like(obj.logits[index], NO_OBJECT_SCORE)
+        obj.masks[index] = np.zeros(self.slice_shape, dtype=bool)
+        return obj.masks[index]
+
     def _box_chain_step(self, obj: TrackedObject, index: int, step: int, image: ImageFeatures):
-        """SAMed-2's image mode: the previous slice's mask box as the prompt, with bank memory."""
+        """SAMed-2's image mode: the previous slice's mask box as the prompt, with bank memory (MedSAM-Lite:
+        the box widened by the model's margin, without memory)."""
         previous = obj.masks.get(index - step)
-        box = None if previous is None else vol.mask_box(previous, largest_only=True)
+        scale = vol.model_scale(self.slice_shape, self.image_size, self.letterbox)
+        box = None if previous is None else self.chain.box(previous, scale)
         if box is None:
             pred = self.model.mask_as_output(image, torch.zeros(1, 1, self.image_size, self.image_size,
                                                                   device=self.device))

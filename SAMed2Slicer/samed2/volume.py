@@ -472,7 +472,8 @@ def first_line(error: Exception) -> str:
 # --- the model's input and output -----------------------------------------------------
 
 
-def preprocess_slices(slices, image_size: int, normalize: str = "none", antialias: bool = True) -> torch.Tensor:
+def preprocess_slices(slices, image_size: int, normalize: str = "none", antialias: bool = True,
+                      letterbox: bool = False) -> torch.Tensor:
     """Slices in [0, 1] (after an intensity preset) to the model's input, (N, 3, S, S) float32.
 
     ``slices``: one 2D slice, an (N, H, W) array/tensor, or a sequence of equal-shape 2D
@@ -481,15 +482,19 @@ def preprocess_slices(slices, image_size: int, normalize: str = "none", antialia
     ``normalize="imagenet"`` (SAM 2 / 2.1) normalised with ImageNet mean/std; SAMed-2 uses
     ``"none"``. ``antialias=True`` matches Meta's SAM 2 image predictor (torchvision
     ``Resize`` on tensors, whose default is antialias=True since torchvision 0.17); it only
-    matters when shrinking. Tensors stay on their device.
+    matters when shrinking. ``letterbox`` (MedSAM-Lite, SAM 1) keeps the aspect ratio instead: the
+    longer side becomes ``image_size`` and the rest is zero-padded at the bottom and right. Tensors
+    stay on their device.
     """
     if normalize not in NORMALIZATIONS:
         raise InputError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     if int(image_size) != image_size or image_size <= 0:
         raise InputError(f"image_size must be a positive integer, got {image_size!r}")
     batch = stack_slices(slices)
-    resized = F.interpolate(batch, size=(int(image_size), int(image_size)), mode="bilinear",
-                            align_corners=False, antialias=antialias)
+    size = letterbox_size(batch.shape[-2:], image_size) if letterbox else (int(image_size),) * 2
+    resized = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+    if letterbox:
+        resized = F.pad(resized, (0, int(image_size) - size[1], 0, int(image_size) - size[0]))
     rgb = resized.expand(-1, 3, -1, -1)
     if normalize == "none":
         return rgb.contiguous()
@@ -523,19 +528,41 @@ def as_float_tensor(values) -> torch.Tensor:
     return torch.from_numpy(np.array(values, dtype=np.float32))
 
 
-def logits_to_slice(low_res_logits: torch.Tensor, slice_shape: tuple[int, int]) -> torch.Tensor:
+def letterbox_size(shape, image_size: int) -> tuple[int, int]:
+    """(rows, columns) a slice of `shape` takes in a letterboxed model input of `image_size`
+    (the longer side becomes `image_size`; rounded as SAM 1 rounds)."""
+    scale = image_size / max(int(shape[0]), int(shape[1]))
+    return int(int(shape[0]) * scale + 0.5), int(int(shape[1]) * scale + 0.5)
+
+
+def logits_to_slice(low_res_logits: torch.Tensor, slice_shape: tuple[int, int], letterbox: bool = False) -> torch.Tensor:
     """Upsample mask logits (N, C, h, w), e.g. the decoder's 256x256, straight to the slice
-    size (N, C, H, W): bilinear, ``align_corners=False``, as SAM 2's postprocessing does.
+    size (N, C, H, W): bilinear, ``align_corners=False``, as SAM 2's postprocessing does
+    (with ``letterbox``, the slice's part of the logits, as SAM 1 crops them).
     Threshold the result at 0 for a mask."""
     if low_res_logits.dim() != 4:
         raise ValueError(f"expected logits of shape (N, C, h, w), got {tuple(low_res_logits.shape)}")
+    if letterbox:
+        rows, cols = letterbox_size(slice_shape, low_res_logits.shape[-1])
+        low_res_logits = low_res_logits[..., :rows, :cols]
     return F.interpolate(low_res_logits.float(), size=tuple(int(s) for s in slice_shape),
                          mode="bilinear", align_corners=False)
 
 
-def slice_points_to_model(points_xy, slice_shape: tuple[int, int], image_size: int) -> torch.Tensor:
+def model_scale(slice_shape: tuple[int, int], image_size: int, letterbox: bool = False) -> torch.Tensor:
+    """(x, y) factors from slice pixels to model input pixels: S / W and S / H, or S / max(H, W) for both
+    when letterboxed."""
+    rows, columns = slice_shape
+    if letterbox:
+        return torch.tensor([image_size / max(rows, columns)] * 2)
+    return torch.tensor([image_size / columns, image_size / rows])
+
+
+def slice_points_to_model(points_xy, slice_shape: tuple[int, int], image_size: int,
+                          letterbox: bool = False) -> torch.Tensor:
     """Point prompts (..., 2) in slice pixels (x = column, y = row) to model input coordinates:
-    x * S / W, y * S / H (SAM 2's convention; its prompt encoder adds the half pixel).
+    x * S / W, y * S / H (SAM 2's convention; its prompt encoder adds the half pixel), or both times
+    S / max(H, W) when letterboxed.
     InputError for points outside the slice."""
     points = torch.as_tensor(np.asarray(points_xy, dtype=np.float32))
     if points.shape[-1:] != (2,):
@@ -546,10 +573,11 @@ def slice_points_to_model(points_xy, slice_shape: tuple[int, int], image_size: i
     if bool(outside.any()):
         x, y = points[outside][0].tolist()
         raise InputError(f"point (x={x:.1f}, y={y:.1f}) is outside the slice of {columns} x {rows} pixels")
-    return points * torch.tensor([image_size / columns, image_size / rows])
+    return points * model_scale(slice_shape, image_size, letterbox)
 
 
-def slice_box_to_model(box_xyxy, slice_shape: tuple[int, int], image_size: int) -> torch.Tensor:
+def slice_box_to_model(box_xyxy, slice_shape: tuple[int, int], image_size: int,
+                       letterbox: bool = False) -> torch.Tensor:
     """Box prompts (..., 4) = (x0, y0, x1, y1) in slice pixels to model coordinates.
 
     Corners may come in any order (they are sorted); the box is clipped to the slice's pixel
@@ -568,7 +596,7 @@ def slice_box_to_model(box_xyxy, slice_shape: tuple[int, int], image_size: int) 
         raise InputError(f"a box lies outside the slice of {columns} x {rows} pixels")
     clipped = torch.stack([x0.clamp(0, columns - 1), y0.clamp(0, rows - 1),
                            x1.clamp(0, columns - 1), y1.clamp(0, rows - 1)], dim=-1)
-    return clipped * torch.tensor([image_size / columns, image_size / rows] * 2)
+    return clipped * model_scale(slice_shape, image_size, letterbox).repeat(2)
 
 
 def mask_box(mask2d: np.ndarray, largest_only: bool = False):

