@@ -167,9 +167,3 @@ def box_on_slice(volume, axis, roi_node):
     coords = volume.to_slice_coords(box_corners_world(roi_node), axis)
     x, y = coords[:, 1], coords[:, 2]
     return center.index, (float(x.min()), float(y.min()), float(x.max()), float(y.max()))
-
-
-def remove_prompts(segmentation_node, segment_id):
-    """Delete every prompt node of a segment."""
-    for node in prompt_nodes(segmentation_node, segment_id):
-        slicer.mrmlScene.RemoveNode(node)

@@ -497,9 +497,6 @@ class Session:
         obj.locked.discard(index)
         obj.dirty.discard(index)
 
-    def remove_object(self, obj_id: int) -> None:
-        self.objects.pop(obj_id, None)
-
     # ---- propagation ----------------------------------------------------------------------
 
     def propagate(self, obj_ids=None, direction: str = "both", start: Optional[int] = None,

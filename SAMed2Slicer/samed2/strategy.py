@@ -1,4 +1,4 @@
-"""Propagation strategies (DESIGN.md section 5), importable without torch for command lines and GUIs.
+"""Propagation strategies (README, "Python"), importable without torch for command lines and GUIs.
 
 - "track": SAM 2's memory tracking (conditioning frames, recent memories, object pointers);
 - "box-chain": SAMed-2's image mode, each slice prompted with the box of the previous slice's mask,

@@ -25,9 +25,6 @@ class TorchWorker:
             return fn(*args)
         return self.submit(fn, *args).result()
 
-    def pending_background(self) -> int:
-        return sum(1 for job in list(self._jobs.queue) if job[0] == BACKGROUND)
-
     def drain(self) -> None:
         """Wait until every job queued so far has run."""
         self.submit(lambda: None, priority=BACKGROUND + 1).result()
