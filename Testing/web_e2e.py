@@ -297,11 +297,19 @@ def click_on_liver_propagate_undo_export(page, process, out):
 
 
 def test_a_click_where_the_model_finds_nothing_says_so_in_the_page(golden_dir, page, tmp_path):
-    """The golden tiny SAMed-2 (random weights) finds nothing at the centre of the 3-slice CT's
-    middle slice (0 of 512 x 512 pixels, measured): the page says so instead of a silent no-op."""
+    """The golden tiny SAMed-2 with its object-score head made to answer "absent" everywhere (on any
+    CPU) finds nothing where the user clicks: the page says so instead of a silent no-op."""
+    from safetensors.torch import load_file, save_file
+
     from conftest import golden_tiny_config
 
-    cache = import_model(tmp_path / "weights", golden_dir / "samed2_tiny_state.safetensors", golden_tiny_config())
+    state = load_file(str(golden_dir / "samed2_tiny_state.safetensors"))
+    last = "sam_mask_decoder.pred_obj_score_head.layers.2"
+    state[f"{last}.weight"].zero_()
+    state[f"{last}.bias"].fill_(-20.0)
+    absent = tmp_path / "absent.safetensors"
+    save_file(state, str(absent))
+    cache = import_model(tmp_path / "weights", absent, golden_tiny_config())
     with web_server(DATA.parent / "dcmqi" / "ct-3slice", cache, tmp_path) as (url, _):
         open_page(page, url)
         box = view_box(page)
