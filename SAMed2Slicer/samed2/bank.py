@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .device import synchronize
 from .errors import WeightsError
 from .files import atomic_output, check_output_path
 
@@ -87,16 +88,11 @@ def fastest_kernel(key_dim: int, device: str = "cpu", queries: int = 2) -> KeyKe
 
 
 def _timed(kernel: KeyKernel, query, keys):
-    _sync(keys.device)
+    synchronize(keys.device)
     start = time.perf_counter()
     out = kernel(query, keys)
-    _sync(keys.device)
+    synchronize(keys.device)
     return time.perf_counter() - start, out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def image_key(features: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from . import volume as vol
 from .bank import ConfidenceBank, fastest_kernel, image_key
-from .device import autocast, native_bf16, pick_device, pick_precision, precision_probe
+from .device import autocast, native_bf16, pick_device, pick_precision, precision_probe, synchronize
 from .embedding_cache import EmbeddingCache, as_stored
 from .errors import BenchError
 from .model import ImageFeatures, SAM2Model, build_model, get_config
@@ -114,10 +114,7 @@ class Clock:
         self.device = device
 
     def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elif self.device.type == "mps":
-            torch.mps.synchronize()
+        synchronize(self.device)
 
     def time(self, fn: Callable, *args):
         """(seconds, result) of fn(*args), device work included."""

@@ -51,11 +51,18 @@ def precision_probe(device: torch.device) -> tuple:
             for _ in range(4):  # the first run warms up
                 start = time.perf_counter()
                 torch.nn.functional.linear(x, w)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                synchronize(device)
                 times.append(time.perf_counter() - start)
         return min(times[1:])
     return best("fp32"), best("bf16")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA and MPS run asynchronously), so a timing measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def pick_precision(name: str, device: torch.device) -> str:

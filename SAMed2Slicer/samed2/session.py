@@ -120,14 +120,13 @@ def pad_prompts(prompts):
 
 def checked_strategy(strategy: Optional[str], model, bank: Optional[ConfidenceBank]) -> str:
     """The strategy to use: a memory-less model (MedSAM-Lite) can only chain boxes, without a bank."""
-    if getattr(model, "has_memory", True):
-        strategy = resolve(strategy, bank is not None)
-    elif bank is not None:
-        raise InputError("a confidence bank needs a model with memory (SAMed-2); this model has none")
-    elif strategy not in (None, "box-chain"):
-        raise InputError(f"strategy {strategy!r} needs a model with memory; this model propagates by box-chain only")
-    else:
+    if not getattr(model, "has_memory", True):
+        if bank is not None:
+            raise InputError("a confidence bank needs a model with memory (SAMed-2); this model has none")
+        if strategy not in (None, "box-chain"):
+            raise InputError(f"strategy {strategy!r} needs a model with memory; this model propagates by box-chain only")
         return "box-chain"
+    strategy = resolve(strategy, bank is not None)
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if strategy in NEEDS_BANK and bank is None:

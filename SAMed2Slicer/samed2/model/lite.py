@@ -7,11 +7,10 @@ mask_as_output), so one session drives both; being memory-less, it ignores the m
 leaves an empty FrameMemory, and the session propagates it by box chaining.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..chain import BoxChain
-from .sam2 import FrameMemory, ImageFeatures, Prediction
+from .sam2 import FrameMemory, ImageFeatures, Prediction, mask_logits
 from .sam_heads import BOX_TOP_LEFT, MaskDecoder, PromptEncoder
 from .tiny_vit import TinyViT
 
@@ -89,10 +88,7 @@ class LiteMedSAM(nn.Module):
 
     def mask_as_output(self, image: ImageFeatures, mask: torch.Tensor) -> Prediction:
         """A given binary mask (B, 1, S, S) as the slice's result."""
-        logits = mask.float() * 20.0 - 10.0
-        low_res = F.interpolate(logits, size=(4 * self.embedding_size,) * 2, mode="bilinear",
-                                align_corners=False, antialias=True)
-        present = (mask.flatten(1) > 0).any(1, keepdim=True).float()
+        logits, low_res, present = mask_logits(mask, 4 * self.embedding_size)
         b = mask.shape[0]
         return Prediction(low_res, logits.new_ones(b, 1), low_res, logits.new_zeros(b, 0),
                           20.0 * present - 10.0, high_res_masks=logits)

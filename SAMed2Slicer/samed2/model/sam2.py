@@ -234,16 +234,13 @@ class SAM2Model(nn.Module):
 
     def mask_as_output(self, image: ImageFeatures, mask: torch.Tensor) -> Prediction:
         """A given binary mask (B, 1, S, S) taken as the frame's output (SAM 2's mask prompts)."""
-        high_res = mask.float() * 20.0 - 10.0
-        low_res = F.interpolate(high_res, size=(high_res.shape[-2] // 4, high_res.shape[-1] // 4),
-                                mode="bilinear", align_corners=False, antialias=True)
+        high_res, low_res, present = mask_logits(mask, mask.shape[-1] // 4)
         ious = mask.new_ones(mask.shape[0], 1).float()
         if self.use_obj_ptrs:
             obj_ptr = self.decode(image.features, image.high_res,
                                   mask_inputs=self.mask_downsample(mask.float())).obj_ptr
         else:
             obj_ptr = mask.new_zeros(mask.shape[0], self.hidden_dim).float()
-        present = (mask.flatten(1).float() > 0).any(dim=1, keepdim=True).float()
         obj_score = 20.0 * present - 10.0
         if self.pred_obj_scores:
             if self.fixed_no_obj_ptr:
@@ -407,6 +404,15 @@ class SAM2Model(nn.Module):
         high_res = pred.high_res_masks if pred.high_res_masks is not None else self.upsample_logits(pred.low_res_masks)
         features, pos = self.encode_memory(image, high_res, pred.object_score_logits, from_points)
         return FrameMemory(features, pos, pred.obj_ptr)
+
+
+def mask_logits(mask: torch.Tensor, low_res_side: int):
+    """A given binary mask (B, 1, S, S) as decoder output: logits of +-10 at full and at low resolution,
+    and whether each row holds anything (B, 1)."""
+    high_res = mask.float() * 20.0 - 10.0
+    low_res = F.interpolate(high_res, size=(low_res_side, low_res_side), mode="bilinear", align_corners=False,
+                            antialias=True)
+    return high_res, low_res, (mask.flatten(1).float() > 0).any(dim=1, keepdim=True).float()
 
 
 def full_precision(like: torch.Tensor):
