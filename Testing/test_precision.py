@@ -49,9 +49,12 @@ def test_precision_bf16_session_masks_match_fp32(ct_volume, data_dir, trained_mo
     """The committed test-trained model, a box on the liver, propagated through the whole volume in
     fp32 and in bf16 autocast: every liver mask within IoU 0.99 of fp32 (measured on the Zen 5 host:
     min 0.9956, mean 0.9989 over 30 slices; the margin to 0.99 covers another CPU's accumulation
-    order). The kidneys, tracked weakly and only a few pixels on some slices, are no fair IoU test."""
+    order). The kidneys, tracked weakly and only a few pixels on some slices, are no fair IoU test.
+    A CPU without native bf16 emulates it (100x slower on the AVX2 host): there the check covers the
+    seven slices around the box."""
     model = build_trained_model(trained_model)
     seed = 15
+    start, stop = (None, None) if device_module.native_bf16(CPU) else (seed - 3, seed + 3)
     box = liver_box(data_dir, seed)
     dtypes = []
     linear = next(m for m in model.image_encoder.modules() if isinstance(m, torch.nn.Linear))
@@ -61,10 +64,11 @@ def test_precision_bf16_session_masks_match_fp32(ct_volume, data_dir, trained_mo
         with Session(ct_volume, model, axis=2, device="cpu", preset="soft_tissue", precision=precision) as session:
             assert session.precision == precision
             session.add_prompt(1, seed, box=box)
-            list(session.propagate([1], stop_after_absent=0))
+            list(session.propagate([1], start=start, stop=stop, stop_after_absent=0))
             masks[precision] = session.objects[1].masks
     assert torch.bfloat16 in dtypes and torch.float32 in dtypes, "the encoder's products ran in both precisions"
-    assert masks["fp32"].keys() == masks["bf16"].keys() and len(masks["fp32"]) == ct_volume.num_slices(2)
+    assert masks["fp32"].keys() == masks["bf16"].keys()
+    assert len(masks["fp32"]) == (ct_volume.num_slices(2) if start is None else stop - start + 1)
     for index, exact in masks["fp32"].items():
         assert exact.any(), "the liver is on every slice of this CT"
         fast = masks["bf16"][index]
