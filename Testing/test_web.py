@@ -18,7 +18,7 @@ WEB_PYTHON = Path(os.environ.get("SAMED2_WEB_PYTHON") or REPO / ".venv-web" / "b
 E2E = Path(__file__).with_name("web_e2e.py")
 
 
-def test_web_app_in_headless_chromium_click_propagate_undo_export(trained_model, tmp_path):  # noqa: F811
+def test_web_app_end_to_end_in_headless_chromium(trained_model, tmp_path):  # noqa: F811
     if not WEB_PYTHON.exists():
         pytest.fail(f"{WEB_PYTHON} not found: bash .ci/install makes the web app's environment")
     env = dict(os.environ, SAMED2_WEB_MODEL=str(trained_model.weights),

@@ -18,13 +18,16 @@ from trame.widgets import html  # noqa: E402
 from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
 from trame_slicer.rca_view import register_rca_factories  # noqa: E402
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition  # noqa: E402
-from trame_vuetify.ui.vuetify3 import SinglePageLayout  # noqa: E402
+from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
 from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
 from vtkmodules.vtkCommonCore import vtkCommand  # noqa: E402
 
 from SAMed2SlicerLib.logic import SAMed2Logic, written_message  # noqa: E402
+from SAMed2SlicerLib.segmenter import PRESETS  # noqa: E402
 from SAMed2SlicerLib.segments import Target, read_segment, read_slices  # noqa: E402
-from samed2.errors import Samed2Error  # noqa: E402
+from samed2.device import DEVICE_NAMES  # noqa: E402
+from samed2.errors import InputError, Samed2Error  # noqa: E402
+from samed2.weights import list_weights  # noqa: E402
 
 PROMPT_MODES = ("include", "exclude", "box")  # a box is two clicks: opposite corners
 # Export kind (the Logic's), button label, button class (what tests find it by)
@@ -35,6 +38,8 @@ VIEW_LAYOUTS = {"Axial": Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.
                 "Axial, coronal, sagittal": Layout(LayoutDirection.Horizontal, [
                     ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view(),
                     ViewLayoutDefinition.sagittal_view()])}
+DIRECTIONS = ("both", "up", "down")  # up: towards higher slice numbers (as in the Slicer module)
+STOP_AFTER_ABSENT = 3  # the Slicer module's default; 0 = never
 JOB_TICK_S = 0.01  # pause between job polls; each poll itself waits up to the Logic's TICK_WAIT_S
 
 
@@ -48,6 +53,39 @@ def image_files(image: Path) -> list:
     if not image.is_file():
         raise Samed2Error(f"no such image: {image}")
     return [str(image)]
+
+
+def cached_models(cache_dir) -> list:
+    """The models whose weights are in the cache (the only ones the page offers)."""
+    return [status.name for status in list_weights(cache_dir) if status.state == "cached"]
+
+
+def available_devices() -> list:
+    import torch
+
+    present = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    return [name for name in DEVICE_NAMES if present.get(name, True)]
+
+
+def slice_limit(value, name):
+    """A slice number typed in the page, or None (empty: the volume's edge)."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise InputError(f"{name} must be a slice number, or empty for the volume's edge (it reads {value!r})") from None
+    if number < 0:
+        raise InputError(f"{name} must be 0 or more (it reads {number})")
+    return number
+
+
+def hex_color(rgb) -> str:
+    return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
+
+
+def rgb_color(hex_text) -> tuple:
+    return tuple(int(hex_text[i:i + 2], 16) / 255 for i in (1, 3, 5))
 
 
 def expose_scene(slicer_app: SlicerApp) -> None:
@@ -80,6 +118,7 @@ class SAMed2WebApp(TrameApp):
         self._observed = []
         self._prompted_view = None
         self._box_corner = None  # (slice node, RAS) of a box's first click
+        self._run = None  # the propagation job going on
         self._jobs_task = None
         self._init_state()
         self._build_ui()
@@ -98,6 +137,10 @@ class SAMed2WebApp(TrameApp):
         segmentation = self.segmentation.GetSegmentation()
         return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
 
+    def segment(self, segment_id=None):
+        """The selected segment (or `segment_id`'s) in MRML."""
+        return self.segmentation.GetSegmentation().GetSegment(segment_id or self.state.segment_id)
+
     def segment_voxels(self, segment_id) -> int:
         """Voxels of a segment as MRML holds them (what the page's segment list shows)."""
         return int(read_segment(self.segmentation, segment_id, self.volume).sum())
@@ -111,22 +154,52 @@ class SAMed2WebApp(TrameApp):
         self._report(f"Added Segment {number}: click on its object.")
 
     def _segment_rows(self):
-        segmentation = self.segmentation.GetSegmentation()
-        return [{"id": sid, "name": segmentation.GetSegment(sid).GetName(), "voxels": self.segment_voxels(sid)}
-                for sid in self.segment_ids()]
+        return [{"id": sid, "name": self.segment(sid).GetName(), "color": hex_color(self.segment(sid).GetColor()),
+                 "voxels": self.segment_voxels(sid)} for sid in self.segment_ids()]
+
+    @change("segment_id")
+    def _on_segment_selected(self, segment_id, **_):
+        with self.state:
+            self.state.segment_name = self.segment(segment_id).GetName()
+            self.state.segment_color = hex_color(self.segment(segment_id).GetColor())
+
+    @change("segment_name")
+    def _on_segment_renamed(self, segment_name, **_):
+        name = (segment_name or "").strip()
+        if name and name != self.segment().GetName():  # an emptied field keeps the name until typed
+            self.segment().SetName(name)
+            self._report(f"Renamed the segment to {name}.")
+
+    @change("segment_color")
+    def _on_segment_coloured(self, segment_color, **_):
+        if segment_color and segment_color != hex_color(self.segment().GetColor()):
+            self.segment().SetColor(*rgb_color(segment_color))
+            self._report(f"{self.segment().GetName()} is now drawn in {segment_color}.")
 
     # ---- page state ------------------------------------------------------------------------
 
     def _init_state(self):
+        first = self.segment_ids()[0]
+        settings = self.logic.settings
         self.state.update({
             "status": f"Loaded {self.volume.GetName()}. Click on an object in the view to segment it.",
             "error": "",
             "probe": "",
             "mode": "include",
             "segments": self._segment_rows(),
-            "segment_id": self.segment_ids()[0],
+            "segment_id": first,
+            "segment_name": self.segment(first).GetName(),
+            "segment_color": hex_color(self.segment(first).GetColor()),
             "busy": False,
             "progress": 0,
+            "direction": DIRECTIONS[0],
+            "first_slice": "",
+            "last_slice": "",
+            "stop_after_absent": STOP_AFTER_ABSENT,
+            "models": cached_models(self.logic.cache_dir),
+            "model": settings["model"],
+            "device": settings["device"],
+            "preset": settings["preset"],
             "view_layout": "Axial",
         })
 
@@ -136,10 +209,10 @@ class SAMed2WebApp(TrameApp):
             self.state.error = error
             self.state.segments = self._segment_rows()
 
-    def _guarded(self, action, *args):
+    def _guarded(self, action, *args, **kwargs):
         """Run a Logic call; its error becomes the page's message, the scene stays as it was."""
         try:
-            return action(*args)
+            return action(*args, **kwargs)
         except (Samed2Error, ValueError, RuntimeError) as error:
             self._report(error=str(error))
             return None
@@ -148,6 +221,26 @@ class SAMed2WebApp(TrameApp):
     def _on_layout(self, view_layout, **_):
         self.layout_manager.set_layout(view_layout)
         self._observe_views()
+
+    # ---- model, device, preset -------------------------------------------------------------
+
+    @change("model", "device", "preset")
+    def _on_settings(self, model, device, preset, **_):
+        chosen = {"model": model, "device": device, "preset": preset}
+        previous = {name: self.logic.settings[name] for name in chosen}
+        if chosen == previous:
+            return
+        if self._guarded(self._configure, chosen) is None:  # the message says why; the previous settings stay
+            self._configure(previous)
+            with self.state:
+                self.state.update(previous)
+                self.state.models = cached_models(self.logic.cache_dir)
+            return
+        self._report(f"Segmenting with {model} on {device}, preset {preset}: the next prompt uses them.")
+
+    def _configure(self, settings):
+        self.logic.configure(**settings)
+        return self.logic.engine_model()  # loads the weights now, so a missing file is reported at once
 
     # ---- clicks in the slice views -----------------------------------------------------------
 
@@ -210,9 +303,12 @@ class SAMed2WebApp(TrameApp):
         if self._prompted_view is None:
             self._report(error="Click on the object first: propagation starts from the prompted slices.")
             return
-        job = self._guarded(self.logic.propagate, self.volume, self.segmentation, self._prompted_view,
-                            [self.state.segment_id], self._on_progress, self._on_propagated)
-        if job is None:
+        options = self._guarded(self._propagation_options)
+        if options is None:
+            return
+        self._run = self._guarded(self.logic.propagate, self.volume, self.segmentation, self._prompted_view,
+                                  [self.state.segment_id], self._on_progress, self._on_propagated, **options)
+        if self._run is None:
             return
         self._report("Propagating...")
         with self.state:
@@ -220,23 +316,37 @@ class SAMed2WebApp(TrameApp):
             self.state.progress = 0
         self._poll_jobs()
 
+    def _propagation_options(self) -> dict:
+        """The page's direction and limits, as Segmenter.propagate takes them."""
+        stop_after = slice_limit(self.state.stop_after_absent, "Stop after")
+        return dict(direction=self.state.direction, start=slice_limit(self.state.first_slice, "First slice"),
+                    stop=slice_limit(self.state.last_slice, "Last slice"),
+                    stop_after_absent=STOP_AFTER_ABSENT if stop_after is None else stop_after)
+
     def cancel(self):
-        for job in self.logic.jobs.jobs:
-            job.cancel()
+        if self._run is not None and not self._run.finished:
+            self._run.cancel()
+            with self.state:
+                self.state.status = "Cancelling after the current slice..."
 
     def _on_progress(self, job, progress):
         with self.state:
             self.state.progress = round(100 * (progress.fraction or 0))
+            if not job.cancelled:
+                self.state.status = f"Propagating: slice {progress.index} ({progress.done} done)"
 
     def _on_propagated(self, job):
         with self.state:
             self.state.busy = False
             self.state.progress = 100
+        done = job.progress().done
         if job.error is not None and not job.cancelled:
-            self._report(error=f"Propagation stopped: {job.error}")
+            self._report(error=f"Propagation stopped after {done} slice(s): {job.error}")
+        elif job.cancelled:
+            self._report(f"Propagation cancelled after {done} slice(s); the slices done are kept (Undo takes "
+                         "them back).")
         else:
-            done = job.progress().done
-            self._report(f"Propagation {'cancelled after' if job.cancelled else 'done:'} {done} slice(s).")
+            self._report(f"Propagation done: {done} slice(s).")
 
     def _poll_jobs(self):
         if self._jobs_task is None or self._jobs_task.done():
@@ -263,34 +373,66 @@ class SAMed2WebApp(TrameApp):
     # ---- page ------------------------------------------------------------------------------
 
     def _build_ui(self):
-        with SinglePageLayout(self.server, full_height=True) as self.ui:
+        with SinglePageWithDrawerLayout(self.server, full_height=True, width=320) as self.ui:
             self.ui.title.set_text("SAMed-2")
             with self.ui.toolbar:
                 v3.VSpacer()
                 with v3.VBtnToggle(v_model=("mode",), mandatory=True, density="compact"):
                     for mode in PROMPT_MODES:
                         v3.VBtn(mode.capitalize(), value=mode, classes=f"{mode}-mode")
-                v3.VSelect(v_model=("segment_id",), items=("segments",), item_title="name", item_value="id",
-                           density="compact", hide_details=True, style="max-width: 160px", classes="ml-2 segment")
-                v3.VBtn("Add", click=self.add_segment, disabled=("busy",), classes="add-segment")
-                v3.VBtn("Propagate", click=self.propagate, disabled=("busy",), classes="propagate ml-2")
-                v3.VBtn("Cancel", click=self.cancel, disabled=("!busy",), classes="cancel")
-                v3.VBtn("Undo", click=self.undo, disabled=("busy",), classes="undo")
+                v3.VBtn("Undo", click=self.undo, disabled=("busy",), classes="undo ml-2")
                 v3.VSelect(v_model=("view_layout",), items=("view_layouts", list(VIEW_LAYOUTS)), density="compact",
                            hide_details=True, style="max-width: 220px", classes="ml-2 view-layout")
+                for kind, label, name in EXPORTS:
+                    v3.VBtn(label, click=(self.export, f"['{kind}']"), disabled=("busy",), size="small",
+                            variant="tonal", classes=f"{name} ml-1")
+            with self.ui.drawer:
+                self._segments_panel()
+                self._propagation_panel()
+                self._model_panel()
             with self.ui.content:
                 with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
-                    with html.Div(style="padding: 4px 12px; position: relative;"):
-                        with html.Div(style="position: absolute; right: 8px; top: 4px;"):
-                            for kind, label, name in EXPORTS:
-                                v3.VBtn(label, click=(self.export, f"['{kind}']"), disabled=("busy",),
-                                        size="small", variant="tonal", classes=f"{name} ml-1")
+                    with html.Div(style="padding: 4px 12px;"):
                         html.Div("{{ status }}", classes="status")
                         html.Div("{{ error }}", classes="error text-red", v_show=("error",))
                         html.Div("{{ probe }}", classes="probe text-caption")
-                        v3.VProgressLinear(model_value=("progress",), v_show=("busy",), classes="progress")
-                        with html.Div(classes="segments"):
-                            html.Span("{{ s.name }}: {{ s.voxels }} voxels", v_for="s in segments",
-                                      key="s.id", classes="segment mr-4")
                     with html.Div(style="flex: 1; position: relative;"):
                         self.layout_manager.initialize_layout_grid(self.ui)
+
+    def _segments_panel(self):
+        v3.VListSubheader("Segments")
+        with v3.VList(density="compact", classes="segments"):
+            with v3.VListItem(v_for="s in segments", key="s.id", click="segment_id = s.id",
+                              active=("s.id === segment_id",), classes="segment"):
+                html.Span(style=("{display: 'inline-block', width: '12px', height: '12px', marginRight: '8px', "
+                                 "background: s.color}",), classes="swatch")
+                html.Span("{{ s.name }}: {{ s.voxels }} voxels")
+        with html.Div(classes="d-flex align-center px-2"):
+            v3.VTextField(v_model=("segment_name",), label="Name", density="compact", hide_details=True,
+                          classes="segment-name")
+            html.Input(type="color", v_model=("segment_color",), title="Colour", classes="segment-color ml-2")
+            v3.VBtn("Add", click=self.add_segment, disabled=("busy",), size="small", classes="add-segment ml-2")
+
+    def _propagation_panel(self):
+        v3.VListSubheader("Propagation")
+        with html.Div(classes="px-2"):
+            v3.VSelect(v_model=("direction",), items=("directions", list(DIRECTIONS)), label="Direction",
+                       density="compact", hide_details=True, classes="direction mb-2")
+            with html.Div(classes="d-flex"):
+                for name, label in (("first_slice", "First slice"), ("last_slice", "Last slice"),
+                                    ("stop_after_absent", "Stop after")):
+                    v3.VTextField(v_model=(name,), label=label, type="number", density="compact", hide_details=True,
+                                  classes=f"{name.replace('_', '-')} mr-1")
+            html.Div("Empty slice fields: the volume's edge. Stop after: slices without the object (0: never).",
+                     classes="text-caption")
+            v3.VBtn("Propagate", click=self.propagate, disabled=("busy",), classes="propagate mr-2")
+            v3.VBtn("Cancel", click=self.cancel, disabled=("!busy",), classes="cancel")
+            v3.VProgressLinear(model_value=("progress",), v_show=("busy",), classes="progress mt-2")
+
+    def _model_panel(self):
+        v3.VListSubheader("Model")
+        with html.Div(classes="px-2"):
+            for name, items in (("model", ("models",)), ("device", ("devices", available_devices())),
+                                ("preset", ("presets", list(PRESETS)))):
+                v3.VSelect(v_model=(name,), items=items, label=name.capitalize(), density="compact",
+                           hide_details=True, disabled=("busy",), classes=f"{name} mb-2")
