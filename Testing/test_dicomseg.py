@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from dicomseg_checks import assert_seg_valid, dcmqi_masks, no_leftovers, on_grid, series_grid
 
 import samed2
-from samed2.cli import build_parser
+from samed2_tools.cli import build_parser
 from samed2.dicomseg import export_seg, load_series, read_seg, write_repaired_series
 from samed2.errors import DicomError, InputError, OutputError
 from samed2.labelmap import LabelMap, grid_differences, read_labelmap, write_labelmap

@@ -11,9 +11,9 @@ import SimpleITK as sitk
 
 from conftest import DATA, golden_tiny_config
 from trained_model import LIVER, build_trained_model, trained_model  # noqa: F401 (fixture)
-from samed2.cli import main
+from samed2_tools.cli import main
 from samed2.errors import InputError
-from samed2.evaluate import (
+from samed2_tools.evaluate import (
     Click,
     InteractiveResult,
     Step,
@@ -314,7 +314,7 @@ def trained(trained_model):
 def cvpr25_with_strategy(strategy, trained, case) -> dict:
     """The cvpr25 protocol on liver and both kidneys; box-chain and hybrid use the model's confidence bank."""
     from samed2.bank import ConfidenceBank
-    from samed2.evaluate import EvalSettings, evaluate_case
+    from samed2_tools.evaluate import EvalSettings, evaluate_case
 
     model, files = trained
     bank = None

@@ -11,7 +11,7 @@ import torch
 from http_server import FileServer
 from lite_reference import reference_modeling, wheel
 from samed2 import volume as vol
-from samed2.cli import main as cli_main
+from samed2_tools.cli import main as cli_main
 from samed2.errors import DownloadError, WeightsError
 from samed2.presets import default_preset
 from samed2.weights import REGISTRY, download, import_checkpoint, list_weights, load_model

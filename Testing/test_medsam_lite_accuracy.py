@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA
-from samed2.evaluate import dice, extent, load_case, middle_slice, slicing_axis
+from samed2_tools.evaluate import dice, extent, load_case, middle_slice, slicing_axis
 from samed2.session import Session
 from samed2.volume import get_slice, mask_box
 

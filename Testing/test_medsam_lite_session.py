@@ -5,7 +5,7 @@ import pytest
 
 from samed2.bank import ConfidenceBank
 from samed2.errors import InputError
-from samed2.evaluate import dice
+from samed2_tools.evaluate import dice
 from samed2.session import Session
 from samed2.volume import load_volume, mask_box
 

@@ -305,11 +305,19 @@ def test_slicer_ui_files_are_qt_designer_files():
 
 # --- import direction -----------------------------------------------------------------
 
-def test_slicer_engine_never_imports_slicer_or_qt():
-    forbidden = {"slicer", "qt", "ctk", "vtk", "SAMed2SlicerLib", MODULE_NAME}
+def test_slicer_engine_never_imports_slicer_qt_or_the_tools():
+    forbidden = {"slicer", "qt", "ctk", "vtk", "SAMed2SlicerLib", MODULE_NAME, "samed2_tools", "samed2_web"}
     offenders = {f"{p.relative_to(MODULE_DIR)}: {sorted(imported_top_names(p) & forbidden)}"
                  for p in (MODULE_DIR / "samed2").rglob("*.py") if imported_top_names(p) & forbidden}
     assert sorted(offenders) == []
+
+
+def test_engine_and_tools_import_absolutely():
+    """One import style: `from samed2.x import y` everywhere, never `from .x import y`."""
+    packages = [MODULE_DIR / "samed2", REPO / "tools" / "samed2_tools"]
+    offenders = sorted(str(p.relative_to(REPO)) for package in packages for p in package.rglob("*.py")
+                       if any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(ast.parse(p.read_text()))))
+    assert offenders == []
 
 
 def test_slicer_logic_is_qt_free():

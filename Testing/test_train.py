@@ -18,16 +18,16 @@ import SimpleITK as sitk
 import torch
 
 from samed2.bank import ConfidenceBank
-from samed2.cli import main as cli_main
+from samed2_tools.cli import main as cli_main
 from samed2.errors import InputError, WeightsError
 from samed2.model import build_model
 from samed2.session import Session
-from samed2.train.cases import find_cases, split_cases
-from samed2.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from samed2.train.options import DEFAULT_PARTS
-from samed2.train.prompts import PromptSet, corrective_click, jittered_box, scaled_jitter
-from samed2.train.startpoint import initial_model, set_trainable
-from samed2.train.volumes import load_case, resolve_labels
+from samed2_tools.train.cases import find_cases, split_cases
+from samed2_tools.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from samed2_tools.train.options import DEFAULT_PARTS
+from samed2_tools.train.prompts import PromptSet, corrective_click, jittered_box, scaled_jitter
+from samed2_tools.train.startpoint import initial_model, set_trainable
+from samed2_tools.train.volumes import load_case, resolve_labels
 from samed2.volume import load_volume, logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
 from samed2.weights import import_checkpoint, load_weights
 from trained_model import (IMAGE, LABELS, LEFT_KIDNEY, LIVER, RIGHT_KIDNEY, TRAINED_LABELS,  # noqa: F401
@@ -57,7 +57,7 @@ def micro_args(files: Path, out: Path, steps: int, *extra: str) -> list:
 
 
 def run_module(args: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "samed2.train", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "samed2_tools.train", *args], capture_output=True, text=True,
                           timeout=300, **kwargs)
 
 
@@ -245,7 +245,7 @@ def test_train_run_writes_metrics_plot_checkpoint_and_export(uninterrupted_run):
 def test_resume_after_sigkill_reaches_the_same_weights(micro_files, uninterrupted_run, tmp_path):
     out = tmp_path / "straight"  # same folder name, so the export has the same name
     args = micro_args(micro_files, out, 24, "--checkpoint-every", "2", "--augment")
-    process = subprocess.Popen([sys.executable, "-m", "samed2.train", *args], stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([sys.executable, "-m", "samed2_tools.train", *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not checkpoint_path(out).exists() and time.time() < deadline and process.poll() is None:
@@ -283,7 +283,7 @@ def test_ddp_two_processes_train_like_one_process_accumulating_two(micro_files, 
     assert single.returncode == 0, single.stderr[-3000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "samed2.train", *_with_out(common, tmp_path / "ddp")],
+                          "-m", "samed2_tools.train", *_with_out(common, tmp_path / "ddp")],
                          capture_output=True, text=True, timeout=300, env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = exported_state(tmp_path / "single"), exported_state(tmp_path / "ddp")

@@ -36,7 +36,7 @@ def test_web_app_end_to_end_in_headless_chromium(trained_model, tmp_path):  # no
     ("web.example.org", "x" * 20, "not an IP address"),
 ])
 def test_web_refuses_to_listen_beyond_this_machine_without_a_token(host, token, message, capsys, data_dir):
-    from samed2.cli import main
+    from samed2_tools.cli import main
 
     argv = ["web", str(data_dir / "totalseg" / "example_ct_sm.nii.gz"), "--host", host]
     assert main(argv + (["--token", token] if token else [])) == 2

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from http_server import FileServer
-from samed2.cli import main as cli_main
+from samed2_tools.cli import main as cli_main
 from samed2.errors import DownloadError, WeightsError
 from samed2.weights import (
     REGISTRY,
@@ -142,8 +142,8 @@ def test_importing_weights_and_cli_touches_no_network():
         "def refuse(*args): raise SystemExit('network touched at import')\n"
         "socket.socket.connect = refuse\n"
         "socket.create_connection = refuse\n"
-        "import samed2.weights, samed2.cli.weights, argparse\n"
-        "samed2.cli.weights.register(argparse.ArgumentParser().add_subparsers())\n"
+        "import samed2.weights, samed2_tools.cli.weights, argparse\n"
+        "samed2_tools.cli.weights.register(argparse.ArgumentParser().add_subparsers())\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

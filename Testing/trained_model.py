@@ -3,7 +3,7 @@
 Random weights give meaningless masks, and no real SAMed-2 weights can be downloaded on the test
 machines, so behavioural tests use a model trained here: a shrunk SAMed-2 config (Hiera with temporal
 adapters, 128 px input, 4.4 M parameters, every part trainable from random init), trained with the
-project's own recipe (`samed2.train`) on totalseg/example_ct_sm.nii.gz + example_seg.nii.gz (liver
+project's own recipe (`samed2_tools.train`) on totalseg/example_ct_sm.nii.gz + example_seg.nii.gz (liver
 and both kidneys), axial slices, every 5th slice held out (k % 5 == 2) for measurement.
 
 Training is deterministic on one machine but not across CPUs (a different CPU is a different seed),
@@ -134,9 +134,9 @@ def load_trained(folder: Path) -> TrainedModel:
 
 
 def train_fixture(run_dir: Path, seed: int = 0, num_threads: int = 1) -> Path:
-    """Train the recipe into `run_dir` with `samed2.train` (resuming an interrupted run); returns run_dir."""
-    from samed2.train import TrainOptions, train
-    from samed2.train.checkpoint import checkpoint_path
+    """Train the recipe into `run_dir` with `samed2_tools.train` (resuming an interrupted run); returns run_dir."""
+    from samed2_tools.train import TrainOptions, train
+    from samed2_tools.train.checkpoint import checkpoint_path
 
     run_dir.mkdir(parents=True, exist_ok=True)
     cases = run_dir / "cases.csv"

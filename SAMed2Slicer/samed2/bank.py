@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .device import synchronize
-from .errors import WeightsError
-from .files import atomic_output, check_output_path
+from samed2.device import synchronize
+from samed2.errors import WeightsError
+from samed2.files import atomic_output, check_output_path
 
 DEFAULT_CAPACITY = 640
 ROUGH_ERROR = {torch.float16: 2e-3, torch.bfloat16: 5e-3}

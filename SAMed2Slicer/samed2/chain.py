@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import volume as vol
+from samed2 import volume as vol
 
 
 @dataclass(frozen=True)

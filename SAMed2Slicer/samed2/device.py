@@ -13,7 +13,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def pick_device(name: str = "auto") -> torch.device:
     """"auto" = CUDA, else Apple MPS, else CPU; an explicit device that is absent is an error."""
-    from .errors import InputError
+    from samed2.errors import InputError
 
     if name not in DEVICE_NAMES and not name.startswith("cuda:"):
         raise InputError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_NAMES)}")
@@ -68,7 +68,7 @@ def synchronize(device: torch.device) -> None:
 def pick_precision(name: str, device: torch.device) -> str:
     """"auto" = bf16 where the device has native bf16 and it measures at least 1.2x faster, else fp32;
     "fp32" and "bf16" as asked (bf16 runs everywhere, slowly where it is not native)."""
-    from .errors import InputError
+    from samed2.errors import InputError
 
     if name not in PRECISIONS:
         raise InputError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")

@@ -3,7 +3,7 @@ from collections import OrderedDict
 
 import torch
 
-from .model import ImageFeatures
+from samed2.model import ImageFeatures
 
 STORAGE_DTYPE = torch.float16
 

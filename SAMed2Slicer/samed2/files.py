@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputError, OutputError
+from samed2.errors import InputError, OutputError
 
 
 def check_output_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:

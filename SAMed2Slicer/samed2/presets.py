@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from samed2.errors import InputError
 
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     # name: (width, level) in Hounsfield units

@@ -16,18 +16,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import volume as vol
-from .bank import ConfidenceBank
-from .chain import BoxChain
-from .device import autocast, is_out_of_memory, pick_device, pick_precision
-from .embedding_cache import EmbeddingCache, as_stored
-from .errors import InputError
-from .model import FrameMemory, ImageFeatures, Prediction, SAM2Model
-from .model.sam2 import NO_OBJECT_SCORE
-from .model.sam_heads import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
-from .presets import IntensityPreset, default_preset, get_preset
-from .strategy import NEEDS_BANK, STRATEGIES, resolve
-from .worker import BACKGROUND, TorchWorker
+from samed2 import volume as vol
+from samed2.bank import ConfidenceBank
+from samed2.chain import BoxChain
+from samed2.device import autocast, is_out_of_memory, pick_device, pick_precision
+from samed2.embedding_cache import EmbeddingCache, as_stored
+from samed2.errors import InputError
+from samed2.model import FrameMemory, ImageFeatures, Prediction, SAM2Model
+from samed2.model.sam2 import NO_OBJECT_SCORE
+from samed2.model.sam_heads import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
+from samed2.presets import IntensityPreset, default_preset, get_preset
+from samed2.strategy import NEEDS_BANK, STRATEGIES, resolve
+from samed2.worker import BACKGROUND, TorchWorker
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import InputError
+from samed2.errors import InputError
 
 MAX_VOXELS = 2**29
 """Default size limit, 536,870,912 voxels (e.g. 512 x 512 x 2048): larger volumes are refused

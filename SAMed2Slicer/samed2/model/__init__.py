@@ -1,7 +1,7 @@
 """SAM 2 / SAMed-2 and MedSAM-Lite as plain PyTorch modules built from a config dict."""
-from .configs import CONFIG_NAMES, get_config
-from .lite import LiteMedSAM
-from .sam2 import FrameMemory, ImageFeatures, Prediction, SAM2Model
+from samed2.model.configs import CONFIG_NAMES, get_config
+from samed2.model.lite import LiteMedSAM
+from samed2.model.sam2 import FrameMemory, ImageFeatures, Prediction, SAM2Model
 
 _ARCHITECTURES = {"sam2": SAM2Model, "medsam-lite": LiteMedSAM}
 

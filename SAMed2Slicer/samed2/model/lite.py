@@ -9,10 +9,10 @@ leaves an empty FrameMemory, and the session propagates it by box chaining.
 import torch
 from torch import nn
 
-from ..chain import BoxChain
-from .sam2 import FrameMemory, ImageFeatures, Prediction, mask_logits
-from .sam_heads import BOX_TOP_LEFT, MaskDecoder, PromptEncoder
-from .tiny_vit import TinyViT
+from samed2.chain import BoxChain
+from samed2.model.sam2 import FrameMemory, ImageFeatures, Prediction, mask_logits
+from samed2.model.sam_heads import BOX_TOP_LEFT, MaskDecoder, PromptEncoder
+from samed2.model.tiny_vit import TinyViT
 
 PRESENT_SCORE = 10.0  # object score logit of every prediction: the model has no object-score head
 

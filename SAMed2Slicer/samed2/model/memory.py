@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LayerNorm2d, PositionEmbeddingSine, RoPEAttention
+from samed2.model.layers import LayerNorm2d, PositionEmbeddingSine, RoPEAttention
 
 
 class MaskDownSampler(nn.Module):

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .image_encoder import ImageEncoder
-from .layers import MLP, sine_1d
-from .memory import MemoryAttention, MemoryEncoder
-from .sam_heads import MaskDecoder, PromptEncoder
+from samed2.model.image_encoder import ImageEncoder
+from samed2.model.layers import MLP, sine_1d
+from samed2.model.memory import MemoryAttention, MemoryEncoder
+from samed2.model.sam_heads import MaskDecoder, PromptEncoder
 
 NO_OBJECT_SCORE = -1024.0  # mask logit written where the object is predicted absent
 

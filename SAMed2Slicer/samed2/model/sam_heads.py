@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import MLP, Attention, LayerNorm2d, MLPBlock, kept, upsample2x
+from samed2.model.layers import MLP, Attention, LayerNorm2d, MLPBlock, kept, upsample2x
 
 # Point labels understood by the prompt encoder.
 PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3

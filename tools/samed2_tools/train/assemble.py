@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from samed2.errors import InputError
-from samed2.train.cases import find_cases, split_cases
-from samed2.train.data import TrainingClips
-from samed2.train.options import TrainOptions
-from samed2.train.validate import ValidationSet
-from samed2.train.volumes import CaseVolume, load_case, resolve_labels
+from samed2_tools.train.cases import find_cases, split_cases
+from samed2_tools.train.data import TrainingClips
+from samed2_tools.train.options import TrainOptions
+from samed2_tools.train.validate import ValidationSet
+from samed2_tools.train.volumes import CaseVolume, load_case, resolve_labels
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 def check_exposure(host: str, token) -> None:
     """Listening beyond this machine needs an access token."""
-    from ..errors import InputError
+    from samed2.errors import InputError
 
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -43,8 +43,8 @@ def check_exposure(host: str, token) -> None:
 
 
 def run(args) -> int:
-    from .. import weights
-    from ..errors import OutputError
+    from samed2 import weights
+    from samed2.errors import OutputError
 
     check_exposure(args.host, args.token)
     out = Path(args.out).resolve()

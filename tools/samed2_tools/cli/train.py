@@ -1,4 +1,4 @@
-"""`samed2 train`: fine-tune a model on volumes with label maps (multi-GPU: `torchrun ... -m samed2.train`)."""
+"""`samed2 train`: fine-tune a model on volumes with label maps (multi-GPU: `torchrun ... -m samed2_tools.train`)."""
 import argparse
 
 EPILOG = """\
@@ -15,12 +15,12 @@ outputs in --out: checkpoints/last.pt (resume with --resume), metrics.csv, metri
   end NAME.pt ({"model": state_dict}), NAME.config.json and NAME.bank.safetensors; load them with
   `samed2 weights import NAME.pt --config NAME.config.json`.
 
-multi-GPU: torchrun --nproc-per-node N -m samed2.train --data ... (same options).
+multi-GPU: torchrun --nproc-per-node N -m samed2_tools.train --data ... (same options).
 """
 
 
 def register(subparsers) -> None:
-    from samed2.train.options import add_arguments
+    from samed2_tools.train.options import add_arguments
 
     parser = subparsers.add_parser("train", help="fine-tune on volumes with label maps",
                                    description=__doc__, epilog=EPILOG,
@@ -31,8 +31,8 @@ def register(subparsers) -> None:
 
 def _train(args) -> int:
     from samed2.errors import InputError
-    from samed2.train import train
-    from samed2.train.options import options_from_args
+    from samed2_tools.train import train
+    from samed2_tools.train.options import options_from_args
 
     options = options_from_args(args)
     if not options.resume and not (options.data and options.init and options.out):

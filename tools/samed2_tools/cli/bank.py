@@ -15,7 +15,7 @@ def register(sub) -> None:
 
 
 def run_import(args) -> int:
-    from ..bank import import_reference_bank
+    from samed2.bank import import_reference_bank
 
     bank = import_reference_bank(args.file, args.out, capacity=args.capacity)
     print(f"wrote {args.out}: {len(bank)} entries, keys {tuple(bank.keys.shape)}, memories {tuple(bank.features.shape[1:])}")
@@ -23,7 +23,7 @@ def run_import(args) -> int:
 
 
 def run_info(args) -> int:
-    from ..bank import ConfidenceBank
+    from samed2.bank import ConfidenceBank
 
     bank = ConfidenceBank.load(args.file)
     ious = bank.ious

@@ -34,9 +34,9 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InputError
-from .files import atomic_output
-from .volume import Volume, get_slice, ijk_to_slice_coords, mask_box
+from samed2.errors import InputError
+from samed2.files import atomic_output
+from samed2.volume import Volume, get_slice, ijk_to_slice_coords, mask_box
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +301,8 @@ class EvalSettings:
 
 def list_cases(data: list) -> list[tuple[str, Path, Path]]:
     """(name, image, label map) of each case: from [IMAGE, LABELMAP], [CSV file] or [folder] (the layouts
-    `samed2 train` reads, see samed2.train.cases)."""
-    from .train.cases import find_cases
+    `samed2 train` reads, see samed2_tools.train.cases)."""
+    from samed2_tools.train.cases import find_cases
 
     paths = [Path(p).expanduser() for p in data]
     for path in paths:
@@ -325,9 +325,9 @@ class LoadedCase:
 
 def load_case(name: str, image, label) -> LoadedCase:
     """An image and its label map on the image's grid (resampled in physical space, with a warning, if needed)."""
-    from .labelmap import read_labelmap
-    from .train.volumes import labels_on_grid
-    from .volume import load_volume
+    from samed2.labelmap import read_labelmap
+    from samed2_tools.train.volumes import labels_on_grid
+    from samed2.volume import load_volume
 
     volume = load_volume(image)
     labelmap = read_labelmap(label)
@@ -353,7 +353,7 @@ def chosen_labels(case: LoadedCase, wanted: Optional[list[int]]) -> list[int]:
 
 def evaluate_case(case: LoadedCase, model, settings: EvalSettings, bank=None) -> list:
     """One session per case; each chosen label is one object of it, run through the protocol."""
-    from .session import Session
+    from samed2.session import Session
 
     spacing_kji = case.volume.spacing[::-1]
     results = []

@@ -32,14 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import volume as vol
-from .bank import ConfidenceBank, fastest_kernel, image_key
-from .device import autocast, native_bf16, pick_device, pick_precision, precision_probe, synchronize
-from .embedding_cache import EmbeddingCache, as_stored
-from .errors import BenchError
-from .model import ImageFeatures, SAM2Model, build_model, get_config
-from .presets import CT_WINDOWS, IntensityWindow, ct_window
-from .session import DEFAULT_CACHE_BYTES, Session
+from samed2 import volume as vol
+from samed2.bank import ConfidenceBank, fastest_kernel, image_key
+from samed2.device import autocast, native_bf16, pick_device, pick_precision, precision_probe, synchronize
+from samed2.embedding_cache import EmbeddingCache, as_stored
+from samed2.errors import BenchError
+from samed2.model import ImageFeatures, SAM2Model, build_model, get_config
+from samed2.presets import CT_WINDOWS, IntensityWindow, ct_window
+from samed2.session import DEFAULT_CACHE_BYTES, Session
 
 try:
     import resource

@@ -26,17 +26,17 @@ from tqdm import tqdm
 from samed2.bank import ConfidenceBank
 from samed2.errors import InputError
 from samed2.model import SAM2Model, build_model
-from samed2.train.assemble import assemble
-from samed2.train.checkpoint import (bank_from_state, bank_state, capture_rng, checkpoint_path, export_model,
+from samed2_tools.train.assemble import assemble
+from samed2_tools.train.checkpoint import (bank_from_state, bank_state, capture_rng, checkpoint_path, export_model,
                                      load_checkpoint, restore_rng, save_checkpoint)
-from samed2.train.clip import ClipTrainer, PromptSettings
-from samed2.train.data import ClipSampler
-from samed2.train.distributed import Process, end_process, start_process
-from samed2.train.losses import LossWeights, SegmentationLoss
-from samed2.train.options import RUNTIME_FIELDS, TrainOptions
-from samed2.train.prompts import scaled_jitter
-from samed2.train.report import MetricsLog
-from samed2.train.startpoint import check_lr_scales, initial_model, lr_factor, set_trainable
+from samed2_tools.train.clip import ClipTrainer, PromptSettings
+from samed2_tools.train.data import ClipSampler
+from samed2_tools.train.distributed import Process, end_process, start_process
+from samed2_tools.train.losses import LossWeights, SegmentationLoss
+from samed2_tools.train.options import RUNTIME_FIELDS, TrainOptions
+from samed2_tools.train.prompts import scaled_jitter
+from samed2_tools.train.report import MetricsLog
+from samed2_tools.train.startpoint import check_lr_scales, initial_model, lr_factor, set_trainable
 from samed2.weights import load_weights
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ class TrainingRun:
         self.process.barrier()
 
     def _validate(self) -> Optional[dict]:
-        from samed2.train.validate import validation_dice
+        from samed2_tools.train.validate import validation_dice
 
         if not self.process.is_main:
             return None

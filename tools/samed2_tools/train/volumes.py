@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from samed2.errors import InputError
 from samed2.labelmap import LabelMap, bounds_overlap, grid_differences, physical_bounds, read_labelmap, resample_like
 from samed2.presets import IntensityWindow, get_preset
-from samed2.train.cases import Case
+from samed2_tools.train.cases import Case
 from samed2.volume import Volume, get_slice, load_volume
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..strategy import STRATEGIES
-from . import add_precision_option
+from samed2.errors import InputError
+from samed2_tools.cli.options import add_model_options, model_and_bank
 
 log = logging.getLogger(__name__)
 SPACES = {"ras": "RAS", "lps": "LPS"}
@@ -17,9 +16,6 @@ def register(sub) -> None:
     p = sub.add_parser("segment", help="segment one structure in a volume from points and/or boxes",
                        description="Prompt with points and boxes, propagate through the volume and write a label map.")
     p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
-    p.add_argument("--model", default="samed2", help="cached weights name (see `samed2 weights list`) or a checkpoint file")
-    p.add_argument("--config", help="model config of a checkpoint file given to --model (default: samed2)")
-    p.add_argument("--bank", help="SAMed-2 confidence memory bank (.safetensors)")
     p.add_argument("--point", action="append", default=[], metavar="X,Y,Z[,+|-]",
                    help="a click; '+' (default) includes, '-' excludes; repeatable")
     p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1,Z",
@@ -32,23 +28,16 @@ def register(sub) -> None:
     p.add_argument("--range", metavar="A:B", help="propagate only between slices A and B (inclusive)")
     p.add_argument("--stop-after-absent", type=int, default=3,
                    help="stop after this many slices without the object (0: never)")
-    p.add_argument("--strategy", choices=STRATEGIES,
-                   help="propagation strategy (default: box-chain with --bank, else track; MedSAM-Lite: box-chain "
-                        "only); box-chain and hybrid (with SAMed-2) "
-                        "need --bank")
-    p.add_argument("--preset", default="auto", help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
-    p.add_argument("--device", default="auto")
-    add_precision_option(p)
-    p.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
+    add_model_options(p)
     p.add_argument("--out", required=True, help="label map to write (.nii.gz, .nrrd, .seg.nrrd)")
     p.add_argument("--overlay", help="PNG picture of the first prompted slice")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..files import check_output_path
-    from ..labelmap import LABELMAP_SUFFIXES
-    from ..volume import load_volume
+    from samed2.files import check_output_path
+    from samed2.labelmap import LABELMAP_SUFFIXES
+    from samed2.volume import load_volume
 
     check_output_path(args.out, LABELMAP_SUFFIXES)
     if args.overlay:
@@ -56,7 +45,7 @@ def run(args) -> int:
     volume = load_volume(args.image)
     axis = _axis(args, volume)
     prompts = _prompts(args, volume, axis)
-    model, bank = _load_model(args)
+    model, bank = model_and_bank(args)
     result = segment(volume, model, axis, prompts, args, bank)
     _write_outputs(args, volume, axis, prompts, result)
     return 0
@@ -86,7 +75,7 @@ def _parse_numbers(text: str, count: int, what: str, allow_sign=False):
 
 def _to_slice(volume, xyz, axis, coords):
     """(index, x, y) of a point given in RAS, LPS or voxel coordinates; refuses points outside."""
-    from ..volume import ijk_to_slice_coords
+    from samed2.volume import ijk_to_slice_coords
 
     if coords == "voxel":
         volume.require_inside(np.asarray(xyz), "point")
@@ -115,30 +104,6 @@ def _prompts(args, volume, axis) -> dict:
     return dict(slices)
 
 
-def _load_model(args):
-    from .. import weights
-    from ..bank import ConfidenceBank
-
-    if Path(args.model).is_file():
-        model = weights.build_and_load(_config(args.config or "samed2"), args.model)
-    else:
-        model = weights.load_model(args.model, cache_dir=args.cache_dir)
-    bank = ConfidenceBank.load(args.bank) if args.bank else None
-    return model, bank
-
-
-def _config(text: str):
-    """A config name, or a JSON file holding a config dict."""
-    import json
-
-    if Path(text).is_file():
-        try:
-            return json.loads(Path(text).read_text())
-        except ValueError as exc:
-            raise InputError(f"--config {text} is not a JSON model config: {exc}") from None
-    return text
-
-
 def _limits(text):
     if not text:
         return None, None
@@ -153,7 +118,7 @@ def segment(volume, model, axis, prompts, args, bank=None) -> np.ndarray:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..session import Session
+    from samed2.session import Session
 
     with Session(volume, model, axis=axis, preset=args.preset, device=args.device, bank=bank,
                  strategy=args.strategy, precision=args.precision) as session:
@@ -171,16 +136,16 @@ def segment(volume, model, axis, prompts, args, bank=None) -> np.ndarray:
 
 
 def _write_outputs(args, volume, axis, prompts, mask: np.ndarray) -> None:
-    from ..labelmap import LabelMap, write_labelmap
-    from ..volume import get_slice
+    from samed2.labelmap import LabelMap, write_labelmap
+    from samed2.volume import get_slice
 
     image = volume.to_sitk(mask.astype(np.uint8))
     out = write_labelmap(LabelMap(image, names={1: "segment"}, source=args.image), args.out)
     filled = [i for i in range(volume.num_slices(axis)) if get_slice(mask, axis, i).any()]
     print(f"wrote {out}: {int(mask.sum())} voxels on {len(filled)} slices")
     if args.overlay:
-        from ..overlay import render_overlay
-        from ..presets import default_preset, get_preset
+        from samed2_tools.overlay import render_overlay
+        from samed2.presets import default_preset, get_preset
 
         index = min(prompts)
         preset = default_preset(volume.array, volume.modality) if args.preset == "auto" else \

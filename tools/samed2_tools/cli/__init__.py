@@ -14,14 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMAND_MODULES:
-        importlib.import_module(f"samed2.cli.{name}").register(sub)
+        importlib.import_module(f"samed2_tools.cli.{name}").register(sub)
     return parser
-
-
-def add_precision_option(parser) -> None:
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",  # samed2.device.PRECISIONS
-                        help="model arithmetic: bf16 autocast or fp32; auto = bf16 where the device computes it "
-                             "natively and a short measurement finds it faster, else fp32 (default)")
 
 
 # Options whose values are coordinate lists that may start with '-' (argparse would read an option).

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
-from samed2.train.augment import augment_clip
-from samed2.train.volumes import CaseVolume
+from samed2_tools.train.augment import augment_clip
+from samed2_tools.train.volumes import CaseVolume
 from samed2.volume import IMAGENET_MEAN, IMAGENET_STD, preprocess_slices
 
 

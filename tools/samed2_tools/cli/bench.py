@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import add_precision_option
+from samed2_tools.cli.options import add_precision_option
 
 
 def register(sub) -> None:
@@ -20,8 +20,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..bench import FULL, QUICK, format_table, run as run_bench
-    from ..files import atomic_write, check_output_path
+    from samed2_tools.bench import FULL, QUICK, format_table, run as run_bench
+    from samed2.files import atomic_write, check_output_path
 
     if args.json:
         check_output_path(args.json, (".json",))

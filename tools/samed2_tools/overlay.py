@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_output, check_output_path
+from samed2.files import atomic_output, check_output_path
 
 
 def render_overlay(image01: np.ndarray, mask: np.ndarray, path, points=(), boxes=(), title: str = "") -> Path:

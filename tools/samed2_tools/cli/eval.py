@@ -3,9 +3,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..errors import InputError
-from ..strategy import STRATEGIES
-from . import add_precision_option
+from samed2.errors import InputError
+from samed2_tools.cli.options import add_model_options, model_and_bank
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +26,10 @@ def register(sub) -> None:
     p.add_argument("--protocol", choices=["cvpr25", "propagation"], default="cvpr25")
     p.add_argument("--labels", type=_label_list, metavar="V,V,...",
                    help="label values to evaluate, each as one object (default: every label of each case)")
-    p.add_argument("--model", default="samed2",
-                   help="cached weights name (see `samed2 weights list`) or a checkpoint file")
-    p.add_argument("--config", help="model config name or JSON file, for a checkpoint file given to --model")
-    p.add_argument("--bank", help="SAMed-2 confidence memory bank (.safetensors); needed by box-chain and hybrid")
-    p.add_argument("--strategy", choices=STRATEGIES, help="propagation strategy (default: box-chain with --bank, "
-                                                           "else track; MedSAM-Lite: box-chain only)")
     p.add_argument("--clicks", type=int, default=5, help="corrective clicks of the cvpr25 protocol (default 5)")
     p.add_argument("--axis", default="auto", choices=["auto", "0", "1", "2"],
                    help="voxel axis to slice along; auto = the one closest to axial")
-    p.add_argument("--preset", default="auto", help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
-    p.add_argument("--device", default="auto")
-    add_precision_option(p)
-    p.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
+    add_model_options(p)
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the results")
     p.set_defaults(func=run)
 
@@ -55,16 +45,15 @@ def _label_list(text: str) -> list:
 
 
 def run(args) -> int:
-    from .. import __version__
-    from ..device import pick_device, pick_precision
-    from ..evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
-    from ..session import checked_strategy
-    from .segment import _load_model
+    from samed2 import __version__
+    from samed2.device import pick_device, pick_precision
+    from samed2_tools.evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
+    from samed2.session import checked_strategy
 
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder for the results")
     cases = list_cases(args.data)
-    model, bank = _load_model(args)
+    model, bank = model_and_bank(args)
     settings = EvalSettings(args.protocol, args.labels, None if args.axis == "auto" else int(args.axis),
                             None if args.preset == "auto" else args.preset, args.device,
                             checked_strategy(args.strategy, model, bank), args.clicks, args.precision)

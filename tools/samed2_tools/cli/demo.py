@@ -21,9 +21,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import weights
-    from ..errors import DownloadError
-    from ..sample import fetch_sample
+    from samed2 import weights
+    from samed2.errors import DownloadError
+    from samed2_tools.sample import fetch_sample
 
     try:
         model = _model(args.model, args.cache_dir)
@@ -45,8 +45,8 @@ def _model(name: str, cache_dir):
     """The cached model, downloading it first if needed (offline: an error naming the import command)."""
     from tqdm import tqdm
 
-    from .. import weights
-    from ..errors import WeightsError
+    from samed2 import weights
+    from samed2.errors import WeightsError
 
     try:
         weights.cached_checkpoint(name, cache_dir)
@@ -64,12 +64,12 @@ def _segment_liver(model, series_dir: Path, out: Path, args) -> None:
     import numpy as np
     from tqdm import tqdm
 
-    from ..dicomseg import export_seg
-    from ..labelmap import LabelMap, write_labelmap
-    from ..overlay import render_overlay
-    from ..sample import LIVER_BOX_RAS
-    from ..session import Session
-    from ..volume import get_slice, load_volume
+    from samed2.dicomseg import export_seg
+    from samed2.labelmap import LabelMap, write_labelmap
+    from samed2_tools.overlay import render_overlay
+    from samed2_tools.sample import LIVER_BOX_RAS
+    from samed2.session import Session
+    from samed2.volume import get_slice, load_volume
 
     volume = load_volume(series_dir)
     axis = volume.slicing_axis((0.0, 0.0, 1.0))

@@ -23,9 +23,9 @@ from torch import nn
 
 from samed2.bank import ConfidenceBank
 from samed2.model import FrameMemory, ImageFeatures, Prediction, SAM2Model
-from samed2.train.data import Clip, clip_rng
-from samed2.train.losses import SegmentationLoss, dice_score
-from samed2.train.prompts import PromptSet
+from samed2_tools.train.data import Clip, clip_rng
+from samed2_tools.train.losses import SegmentationLoss, dice_score
+from samed2_tools.train.prompts import PromptSet
 
 
 @dataclass(frozen=True)

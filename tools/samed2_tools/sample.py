@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 from typing import Optional
 
-from .errors import DownloadError
+from samed2.errors import DownloadError
 
 SAMPLE_ARCHIVE_URL = ("https://files.pythonhosted.org/packages/c3/53/7d654d2ec3fcb801ae54d318b0ffc18021aed528bf4e4df0753"
                       "caf0c8a73/totalsegmentator-2.18.0.tar.gz")

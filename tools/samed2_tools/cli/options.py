@@ -1,0 +1,52 @@
+"""Options that several sub-commands share: the model and how it runs."""
+import json
+from pathlib import Path
+
+from samed2.errors import InputError
+from samed2.strategy import STRATEGIES
+
+
+def add_precision_option(parser) -> None:
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",  # samed2.device.PRECISIONS
+                        help="model arithmetic: bf16 autocast or fp32; auto = bf16 where the device computes it "
+                             "natively and a short measurement finds it faster, else fp32 (default)")
+
+
+def add_model_options(parser) -> None:
+    """--model/--config/--bank, --strategy, --preset, --device, --precision, --cache-dir."""
+    parser.add_argument("--model", default="samed2",
+                        help="cached weights name (see `samed2 weights list`) or a checkpoint file")
+    parser.add_argument("--config", help="model config name or JSON file, for a checkpoint file given to --model "
+                                         "(default: samed2)")
+    parser.add_argument("--bank", help="SAMed-2 confidence memory bank (.safetensors); needed by box-chain and hybrid")
+    parser.add_argument("--strategy", choices=STRATEGIES,
+                        help="propagation strategy (default: box-chain with --bank, else track; MedSAM-Lite: "
+                             "box-chain only)")
+    parser.add_argument("--preset", default="auto",
+                        help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
+    parser.add_argument("--device", default="auto")
+    add_precision_option(parser)
+    parser.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
+
+
+def model_and_bank(args):
+    """The model named by --model (and --config), and the bank of --bank (or None)."""
+    from samed2 import weights
+    from samed2.bank import ConfidenceBank
+
+    if Path(args.model).is_file():
+        model = weights.build_and_load(_config(args.config or "samed2"), args.model)
+    else:
+        model = weights.load_model(args.model, cache_dir=args.cache_dir)
+    bank = ConfidenceBank.load(args.bank) if args.bank else None
+    return model, bank
+
+
+def _config(text: str):
+    """A config name, or a JSON file holding a config dict."""
+    if Path(text).is_file():
+        try:
+            return json.loads(Path(text).read_text())
+        except ValueError as exc:
+            raise InputError(f"--config {text} is not a JSON model config: {exc}") from None
+    return text
