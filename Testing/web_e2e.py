@@ -250,6 +250,17 @@ def liver_point_on_slice(superior):
     return ras(i, j)
 
 
+def liver_points_far_apart(superior, depth=10):
+    """Two points (world RAS) at least `depth` voxels inside the liver on that axial slice: the
+    deepest one, and the one of those farthest from it."""
+    liver, ras = liver_on_slice(superior)
+    inside = ndimage.distance_transform_edt(liver)
+    j, i = np.unravel_index(np.argmax(inside), inside.shape)
+    rows, cols = np.nonzero(inside >= depth)
+    far = np.argmax(np.hypot(rows - j, cols - i))
+    return ras(i, j), ras(cols[far], rows[far])
+
+
 def liver_point_on_coronal_plane(anterior):
     """The liver voxel deepest inside the liver on the coronal plane at RAS A = `anterior`."""
     labels = sitk.ReadImage(str(LABELS))
@@ -401,12 +412,9 @@ def test_segment_list_add_select_rename_colour(page):
 
 
 def test_model_device_and_preset_choice(page, cache):
-    options = page.locator(".model").first
-    options.click()
-    offered = page.locator(".v-overlay--active .v-list-item").all_inner_texts()
+    click(page, ".model")  # the list offers the cached models
+    expect(page.locator(".v-overlay--active .v-list-item")).to_have_text(["absent-model", "gone-model", "test-model"])
     page.keyboard.press("Escape")
-    assert sorted(o.strip() for o in offered) == ["absent-model", "gone-model", "test-model"], \
-        "the model list is the cached models"
 
     click(page, ".add-segment")
     wait_text(page, ".status", r"Added Segment 3")
@@ -426,10 +434,12 @@ def test_model_device_and_preset_choice(page, cache):
     choose(page, ".device", "auto")
     choose(page, ".preset", "lung")
     wait_text(page, ".status", r"Segmenting with test-model on auto, preset lung")
-    # the lung window shows the liver as flat white: the same click gives another mask
+    # the lung window shows the liver flat white: the first test's click, in a new segment, gives another mask
+    click(page, ".add-segment")
+    wait_text(page, ".status", r"Added Segment 4")
     page.mouse.click(*page_point(page, liver_point_on_slice(session["superior"])))
-    wait_message(page, r"slice k = \d+")
-    assert voxels(page, "Segment 3") != session["clicked"]
+    wait_message(page, rf"slice k = {session['clicked_slice']}\b")
+    assert voxels(page, "Segment 4") != session["clicked"]
     choose(page, ".preset", "auto")
     wait_text(page, ".status", r"preset auto")
 
@@ -445,7 +455,7 @@ def test_three_views_show_the_volume_and_a_coronal_click_and_cancelled_propagati
         assert (grey > 100).sum() > 500 and grey.std() > 20, f"view {view} does not show the volume"
 
     click(page, ".add-segment")
-    wait_text(page, ".status", r"Added Segment 4")
+    wait_text(page, ".status", r"Added Segment 5")
     box = view_box(page, 1)
     anterior = probe(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)[1]
     assert "Green" in text(page, ".probe")
@@ -454,7 +464,7 @@ def test_three_views_show_the_volume_and_a_coronal_click_and_cancelled_propagati
     # the prompt is on the coronal slice the view shows (the model may or may not find the liver there)
     clicked = wait_message(page, rf"slice j = {row}\b")
     print(f"\ncoronal click: {clicked.string}")
-    before = voxels(page, "Segment 4")
+    before = voxels(page, "Segment 5")
 
     # propagation through the 512 coronal slices, cancelled once it runs
     fill(page, ".stop-after-absent", 0)
@@ -470,7 +480,7 @@ def test_three_views_show_the_volume_and_a_coronal_click_and_cancelled_propagati
     # consistent: the kept slices are one undo step, which takes them back exactly
     click(page, ".undo")
     wait_text(page, ".status", r"^Undone\.")
-    assert voxels(page, "Segment 4") == before
+    assert voxels(page, "Segment 5") == before
 
     # still usable: propagation again, up to a limit, along the coronal slices
     choose(page, ".direction", "up")
@@ -482,6 +492,33 @@ def test_three_views_show_the_volume_and_a_coronal_click_and_cancelled_propagati
     fill(page, ".stop-after-absent", 3)
     choose(page, ".view-layout", "Axial")
     page.wait_for_function("document.querySelectorAll('img.image-display-area').length === 1")
+
+
+def test_dragging_a_prompt_moves_it_and_re_segments(page):
+    click(page, ".add-segment")
+    wait_text(page, ".status", r"Added Segment 6")
+    _, far = liver_points_far_apart(session["superior"])  # away from the other segments' points
+    start = page_point(page, far)
+    page.mouse.click(*start)
+    wait_message(page, rf"slice k = {session['clicked_slice']}\b")
+    placed = voxels(page, "Segment 6")
+    assert re.search(r"Segment 6: \d+ voxels, 1 prompt", text(page, ".segments"))
+
+    time.sleep(0.5)  # the point's glyph drawn
+    page.mouse.move(*(start + 3))
+    page.mouse.move(*start)  # hovering the point: the Markups displayable manager takes the press
+    time.sleep(0.3)
+    page.mouse.down()
+    end = start + (60, 0)
+    for step in np.linspace(0, 1, 6)[1:]:
+        page.mouse.move(*(start + step * (end - start)))
+        time.sleep(0.05)
+    page.mouse.up()
+    wait_text(page, ".status", rf"Prompt moved\. Segmented slice k = {session['clicked_slice']}\b")
+    moved = voxels(page, "Segment 6")
+    assert re.search(r"Segment 6: \d+ voxels, 1 prompt\b", text(page, ".segments")), "the drag added a prompt"
+    print(f"\ndragged prompt: {placed} -> {moved} voxels")
+    assert moved != placed, "the segment did not follow the dragged point"
 
 
 def test_exports_hold_what_mrml_holds(page, out):

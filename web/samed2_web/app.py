@@ -23,6 +23,7 @@ from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
 from vtkmodules.vtkCommonCore import vtkCommand  # noqa: E402
 
 from SAMed2SlicerLib.logic import SAMed2Logic, written_message  # noqa: E402
+from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes  # noqa: E402
 from SAMed2SlicerLib.segmenter import PRESETS  # noqa: E402
 from SAMed2SlicerLib.segments import Target, read_segment, read_slices  # noqa: E402
 from samed2.device import DEVICE_NAMES  # noqa: E402
@@ -116,9 +117,11 @@ class SAMed2WebApp(TrameApp):
         self.logic.configure(device=device, **({"model": model} if model else {}))
         self.logic.engine_model()  # a missing or broken checkpoint stops the start, with its WeightsError
         self._observed = []
+        self._watched_prompts = set()  # IDs of the prompt markups whose drags are observed
         self._prompted_view = None
         self._box_corner = None  # (slice node, RAS) of a box's first click
         self._run = None  # the propagation job going on
+        self._moved_while_running = False
         self._jobs_task = None
         self._init_state()
         self._build_ui()
@@ -155,7 +158,11 @@ class SAMed2WebApp(TrameApp):
 
     def _segment_rows(self):
         return [{"id": sid, "name": self.segment(sid).GetName(), "color": hex_color(self.segment(sid).GetColor()),
-                 "voxels": self.segment_voxels(sid)} for sid in self.segment_ids()]
+                 "voxels": self.segment_voxels(sid), "prompts": self.prompt_count(sid)} for sid in self.segment_ids()]
+
+    def prompt_count(self, segment_id) -> int:
+        """Points and boxes of a segment (a box is an ROI with one control point, its centre)."""
+        return sum(node.GetNumberOfControlPoints() for node in prompt_nodes(self.segmentation, segment_id))
 
     @change("segment_id")
     def _on_segment_selected(self, segment_id, **_):
@@ -251,11 +258,41 @@ class SAMed2WebApp(TrameApp):
         for view in self.slicer_app.view_manager.get_slice_views():
             if view in self._observed:
                 continue
-            interactor = view.interactor()
-            interactor.AddObserver(vtkCommand.LeftButtonPressEvent,
-                                   lambda caller, event, v=view: self._on_click(v), 1.0)
-            interactor.AddObserver(vtkCommand.MouseMoveEvent, lambda caller, event, v=view: self._on_move(v), 1.0)
+            self._observe_press(view)
+            view.interactor().AddObserver(vtkCommand.MouseMoveEvent, lambda caller, event, v=view: self._on_move(v),
+                                          1.0)
             self._observed.append(view)
+
+    def _observe_press(self, view):
+        """Presses reach this observer before the view's interactor style (priority 1 > 0): over a
+        prompt of the selected segment the press is left to the Markups displayable manager, which
+        drags it; any other press makes a prompt and goes no further (no drag of another segment's
+        prompt starts with it)."""
+        def on_press(interactor, event):
+            if not self._over_selected_prompt():
+                self._on_click(view)
+                interactor.GetCommand(tag).SetAbortFlag(1)
+
+        tag = view.interactor().AddObserver(vtkCommand.LeftButtonPressEvent, on_press, 1.0)
+
+    def _over_selected_prompt(self) -> bool:
+        hovered = hovered_prompt(self.segmentation)
+        return hovered is not None and hovered.GetAttribute(SEGMENT) == self.state.segment_id
+
+    def _watch_prompts(self):
+        """Re-segment when a drag of a prompt (point or box handle) ends."""
+        for node in self.logic.prompt_nodes():
+            if node.GetID() not in self._watched_prompts:
+                node.AddObserver(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self._on_prompt_moved)
+                self._watched_prompts.add(node.GetID())
+
+    def _on_prompt_moved(self, *_):
+        if self._run is not None and not self._run.finished:
+            self._moved_while_running = True  # applied when the run ends
+            return
+        written = self._guarded(self.logic.apply_moved_prompts)
+        if written is not None:
+            self._report(f"Prompt moved. {written_message(written)}")
 
     @staticmethod
     def _event_ras(view):
@@ -284,6 +321,7 @@ class SAMed2WebApp(TrameApp):
         written = self._guarded(add, self.volume, self.segmentation, segment_id, slice_node, *where)
         if written is None:
             return
+        self._watch_prompts()
         empty = [f"{'ijk'[axis]} = {index}" for axis, indices in written.items()
                  for index, mask in read_slices(Target(self.segmentation, segment_id, self.volume, axis),
                                                 indices).items() if not mask.any()]
@@ -347,6 +385,9 @@ class SAMed2WebApp(TrameApp):
                          "them back).")
         else:
             self._report(f"Propagation done: {done} slice(s).")
+        if self._moved_while_running:
+            self._moved_while_running = False
+            self._on_prompt_moved()
 
     def _poll_jobs(self):
         if self._jobs_task is None or self._jobs_task.done():
@@ -406,7 +447,7 @@ class SAMed2WebApp(TrameApp):
                               active=("s.id === segment_id",), classes="segment"):
                 html.Span(style=("{display: 'inline-block', width: '12px', height: '12px', marginRight: '8px', "
                                  "background: s.color}",), classes="swatch")
-                html.Span("{{ s.name }}: {{ s.voxels }} voxels")
+                html.Span("{{ s.name }}: {{ s.voxels }} voxels, {{ s.prompts }} prompt(s)")
         with html.Div(classes="d-flex align-center px-2"):
             v3.VTextField(v_model=("segment_name",), label="Name", density="compact", hide_details=True,
                           classes="segment-name")
