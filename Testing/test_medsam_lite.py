@@ -7,15 +7,23 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
 from http_server import FileServer
 from lite_reference import reference_modeling, wheel
-from samed2 import volume as vol
-from samed2_tools.cli import main as cli_main
+
 from samed2.errors import DownloadError, WeightsError
+from samed2.model_io import (
+    letterbox_size,
+    logits_to_slice,
+    mask_box,
+    preprocess_slices,
+    slice_box_to_model,
+    slice_points_to_model,
+)
 from samed2.presets import default_preset
+from samed2.volume_files import load_volume
 from samed2.weights import REGISTRY, download, import_checkpoint, list_weights, load_model
 from samed2.weights.cache import read_manifest
+from samed2_tools.cli import main as cli_main
 
 TOLERANCE = 1e-4  # the issue's bound; measured differences are float32 rounding, <= 5e-5 on these slices
 LITE = REGISTRY["medsam-lite"]
@@ -36,8 +44,8 @@ def real_slice(data_dir, case):
     else:
         image, label = "pyradiomics/brain1_image.nrrd", "pyradiomics/brain1_label.nrrd"
         value = 1
-    volume = vol.load_volume(data_dir / image)
-    labels = vol.load_volume(data_dir / label).array == value
+    volume = load_volume(data_dir / image)
+    labels = load_volume(data_dir / label).array == value
     index = int(np.median(np.nonzero(labels.any(axis=(1, 2)))[0]))
     window = default_preset(volume.array).resolve(volume.array)
     return window.apply(volume.array[index]), labels[index]
@@ -45,18 +53,18 @@ def real_slice(data_dir, case):
 
 def prompts(mask):
     """A box around the mask (letterboxed model pixels) and two clicks: one inside, one outside."""
-    box = vol.slice_box_to_model(vol.mask_box(mask), mask.shape, 256, letterbox=True)
+    box = slice_box_to_model(mask_box(mask), mask.shape, 256, letterbox=True)
     rows, cols = np.nonzero(mask)
     inside = (cols[len(cols) // 2], rows[len(rows) // 2])
     outside = (min(mask.shape[1] - 1, cols.max() + 3), rows[len(rows) // 2])
-    points = vol.slice_points_to_model([inside, outside], mask.shape, 256, letterbox=True)
+    points = slice_points_to_model([inside, outside], mask.shape, 256, letterbox=True)
     return box[None], points[None]
 
 
 def differences(model, reference, image, mask) -> dict:
     """Largest absolute differences from the reference: embedding, box logits, point logits and IoUs,
     final (slice-size) logits; and whether the final masks agree."""
-    batch = vol.preprocess_slices([image], 256, letterbox=True)
+    batch = preprocess_slices([image], 256, letterbox=True)
     box, points = prompts(mask)
     one, both = torch.ones(1, 1, dtype=torch.int32), torch.tensor([[1, 0]], dtype=torch.int32)
     with torch.no_grad():
@@ -76,8 +84,8 @@ def differences(model, reference, image, mask) -> dict:
             pred = model.decode(embedding, xy, labels, box if with_box else None)
             out[name] = (ref_masks - pred.low_res_multimasks).abs().max()
             out[name + " iou"] = (ref_ious - pred.ious).abs().max()
-        ref_final = reference.postprocess_masks(ref_box, vol.letterbox_size(mask.shape, 256), mask.shape)
-        final = vol.logits_to_slice(ours_box, mask.shape, letterbox=True)
+        ref_final = reference.postprocess_masks(ref_box, letterbox_size(mask.shape, 256), mask.shape)
+        final = logits_to_slice(ours_box, mask.shape, letterbox=True)
     out["final"] = (ref_final - final).abs().max()
     out = {k: float(v) for k, v in out.items()}
     sure = (ref_final.abs() > TOLERANCE)  # pixels whose sign cannot flip within the tolerance

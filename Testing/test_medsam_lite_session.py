@@ -5,9 +5,10 @@ import pytest
 
 from samed2.bank import ConfidenceBank
 from samed2.errors import InputError
-from samed2_tools.evaluate import dice
+from samed2.model_io import mask_box
 from samed2.session import Session
-from samed2.volume import load_volume, mask_box
+from samed2.volume_files import load_volume
+from samed2_tools.evaluate import dice
 
 LIVER, SPLEEN, AORTA = 5, 1, 52
 

@@ -18,20 +18,32 @@ import SimpleITK as sitk
 import torch
 
 from samed2.bank import ConfidenceBank
-from samed2_tools.cli import main as cli_main
 from samed2.errors import InputError, WeightsError
 from samed2.model import build_model
+from samed2.model_io import logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
 from samed2.session import Session
-from samed2_tools.train.cases import find_cases, split_cases
+from samed2.volume_files import load_volume
+from samed2.weights import import_checkpoint, load_weights
+from samed2_tools.cli import main as cli_main
+from samed2_tools.cases import find_cases, split_cases
 from samed2_tools.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from samed2_tools.train.options import DEFAULT_PARTS
 from samed2_tools.train.prompts import PromptSet, corrective_click, jittered_box, scaled_jitter
 from samed2_tools.train.startpoint import initial_model, set_trainable
 from samed2_tools.train.volumes import load_case, resolve_labels
-from samed2.volume import load_volume, logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
-from samed2.weights import import_checkpoint, load_weights
-from trained_model import (IMAGE, LABELS, LEFT_KIDNEY, LIVER, RIGHT_KIDNEY, TRAINED_LABELS,  # noqa: F401
-                           build_trained_model, fresh_run, load_trained, shrunk_samed2_config, trained_model)
+from trained_model import (  # noqa: F401
+    IMAGE,
+    LABELS,
+    LEFT_KIDNEY,
+    LIVER,
+    RIGHT_KIDNEY,
+    TRAINED_LABELS,
+    build_trained_model,
+    fresh_run,
+    load_trained,
+    shrunk_samed2_config,
+    trained_model,
+)
 
 MICRO_CONFIG = shrunk_samed2_config(image_size=64, embed_dim=16, stages=[1, 1, 2, 1], d_model=32, mem_dim=16,
                                     memory_layers=1, feedforward=64, dropout=0.0)

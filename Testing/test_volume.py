@@ -15,9 +15,17 @@ from PIL import Image
 
 from samed2 import presets
 from samed2.errors import InputError
-from samed2.volume import (IMAGENET_MEAN, IMAGENET_STD, Volume, get_slice, ijk_to_slice_coords, load_volume,
-                           logits_to_slice, mask_box, preprocess_slices, put_slice, slice_box_to_model,
-                           slice_coords_to_ijk, slice_points_to_model)
+from samed2.model_io import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    logits_to_slice,
+    mask_box,
+    preprocess_slices,
+    slice_box_to_model,
+    slice_points_to_model,
+)
+from samed2.volume import Volume, get_slice, ijk_to_slice_coords, put_slice, slice_coords_to_ijk
+from samed2.volume_files import load_volume
 
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 RNG_SEED = 20240607

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from samed2.labelmap import LabelMap, write_labelmap
+from samed2.terminology import Code, SegmentAttributes, SegMetadata
+from samed2.volume import Volume
 from SAMed2SlicerLib.geometry import local_ijk_to_ras, volume_to_array
 from SAMed2SlicerLib.segments import read_segment
 
@@ -34,8 +37,6 @@ def segment_ids(segmentation_node, only=None):
 def volume_grid(volume_node):
     """The volume as an engine Volume in its own patient geometry (its IJK-to-RAS without parent
     transforms: DICOM and files describe the scanner's coordinates)."""
-    from samed2.volume import Volume
-
     voxels, _ = volume_to_array(volume_node)
     return Volume(voxels, local_ijk_to_ras(volume_node))
 
@@ -46,8 +47,6 @@ def _rgb(segment):
 
 def segment_labelmaps(segmentation_node, volume_node, only=None):
     """One binary label map (label 1) per segment, named and coloured like the segment."""
-    from samed2.labelmap import LabelMap
-
     grid = volume_grid(volume_node)
     maps = []
     for segment_id in segment_ids(segmentation_node, only):
@@ -60,8 +59,6 @@ def segment_labelmaps(segmentation_node, volume_node, only=None):
 def merged_labelmap(segmentation_node, volume_node, only=None):
     """All segments in one label map, values 1..N in segment order (a later segment wins
     where segments overlap)."""
-    from samed2.labelmap import LabelMap
-
     ids = segment_ids(segmentation_node, only)
     labels = np.zeros(tuple(reversed(volume_node.GetImageData().GetDimensions())), np.uint16)
     names, colors = {}, {}
@@ -74,16 +71,12 @@ def merged_labelmap(segmentation_node, volume_node, only=None):
 
 def export_labelmap_file(segmentation_node, volume_node, path, only=None):
     """Write the segments as one label map file (.nii.gz, .nii, .nrrd, .seg.nrrd)."""
-    from samed2.labelmap import write_labelmap
-
     return write_labelmap(merged_labelmap(segmentation_node, volume_node, only), path)
 
 
 def parse_terminology(tag):
     """(category, type, type modifier, anatomic region) engine Codes from a segment's Slicer
     "TerminologyEntry" tag; None for parts that are absent or unreadable."""
-    from samed2.terminology import Code
-
     fields = (tag or "").split("~")
 
     def code(position):
@@ -95,8 +88,6 @@ def parse_terminology(tag):
 
 def seg_metadata(segmentation_node, only=None):
     """The engine's SEG metadata for the segments: label, colour and Slicer's codes, if any."""
-    from samed2.terminology import SegmentAttributes, SegMetadata
-
     groups = []
     for segment_id in segment_ids(segmentation_node, only):
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)

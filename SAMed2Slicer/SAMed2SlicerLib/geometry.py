@@ -9,6 +9,8 @@ import numpy as np
 import slicer
 import vtk
 
+from samed2.volume import Volume
+
 VIEW_PLANE_TOLERANCE_MM = 1e-3
 """A point placed in a slice view lies on its plane; farther than this it does not."""
 
@@ -34,12 +36,7 @@ def volume_to_array(volume_node):
 
 
 def engine_volume(volume_node):
-    """The volume node as a `samed2.volume.Volume` (a read-only view, no copy), in world RAS.
-
-    Imports the engine, hence torch: call it only once the install flow has run.
-    """
-    from samed2.volume import Volume
-
+    """The volume node as a `samed2.volume.Volume` (a read-only view, no copy), in world RAS."""
     voxels, ijk_to_ras = volume_to_array(volume_node)
     return Volume(voxels, ijk_to_ras)
 
@@ -111,9 +108,3 @@ def view_containing(point_ras, slice_nodes):
             return slice_node
     return None
 
-
-def slice_selector(axis, index):
-    """Index tuple of slice `index` along voxel `axis` in a [k, j, i] array."""
-    selector = [slice(None)] * 3
-    selector[2 - axis] = index
-    return tuple(selector)

@@ -17,9 +17,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from samed2.errors import InputError
+from samed2.presets import ct_window
 from SAMed2SlicerLib.geometry import engine_volume, view_axis
-from SAMed2SlicerLib.prompts import SEGMENT, add_box, add_point, collect_prompts, prompt_nodes, prompted_axes
 from SAMed2SlicerLib.jobs import BackgroundJob
+from SAMed2SlicerLib.prompts import SEGMENT, add_box, add_point, collect_prompts, prompt_nodes, prompted_axes
 from SAMed2SlicerLib.segments import EditStep, Target, UndoStack, check_editable, read_slices
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,6 @@ class BusyError(RuntimeError):
 
 def intensity_preset(name, volume_node):
     """The engine preset for a preset name; "view" = the volume's displayed window/level."""
-    from samed2.presets import ct_window
-
     if name != "view":
         return name
     display = volume_node.GetDisplayNode()
@@ -139,8 +139,6 @@ class Segmenter:
     def add_box(self, segment_id, slice_node, corner_ras, opposite_ras, before_write=None):
         """A box dragged in a slice view between two world corners: stored as an ROI, run, and
         the segment's slice updated (one undo step). Returns {axis: [slices]}."""
-        from samed2.errors import InputError
-
         axis = self._prompt_axis(slice_node)
         coords = self.volume.to_slice_coords(np.array([corner_ras, opposite_ras], float), axis)
         if np.any(np.abs(coords[1, 1:] - coords[0, 1:]) < 1.0):
@@ -238,8 +236,6 @@ class Segmenter:
         given segments (default: every segment prompted on that axis). Returns the running
         BackgroundJob: poll() it from the main thread, or wait() for it. One undo step;
         `before_write()` runs on the polling thread before the run's first write."""
-        from samed2.errors import InputError
-
         self._require_idle()
         self._catch_up_with_undo()
         step = EditStep("propagation", before_write)

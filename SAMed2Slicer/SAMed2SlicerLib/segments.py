@@ -18,7 +18,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from SAMed2SlicerLib.geometry import slice_selector, volume_to_array, world_from_node
+from samed2.volume import slice_selector
+from SAMed2SlicerLib.geometry import volume_to_array, world_from_node
 
 UNDO_DEPTH = 20
 KEEP, CLEAR = 255, 0
@@ -95,7 +96,7 @@ def read_slices(target, indices) -> Dict[int, np.ndarray]:
         return {}
     low = indices[0]
     slab = read_slab(target, low, indices[-1])
-    return {index: slab[slice_selector(target.axis, index - low)].copy() for index in indices}
+    return {index: slab[slice_selector(slab, target.axis, index - low)].copy() for index in indices}
 
 
 def _has_voxels(image):
@@ -113,7 +114,7 @@ def write_slices(target, masks: Dict[int, np.ndarray]) -> None:
     keep, keep_array = _slab(target, low, high, KEEP)
     add, add_array = _slab(target, low, high, CLEAR)
     for index, mask in masks.items():
-        selector = slice_selector(target.axis, index - low)
+        selector = slice_selector(add_array, target.axis, index - low)
         if np.shape(mask) != add_array[selector].shape:
             raise ValueError(f"mask of shape {np.shape(mask)} does not fit slice {index} "
                              f"{add_array[selector].shape} along axis {target.axis}")

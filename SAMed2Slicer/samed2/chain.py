@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from samed2 import volume as vol
+from samed2.model_io import mask_box
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class BoxChain:
     def box(self, previous: np.ndarray, model_scale):
         """The next slice's box (slice pixels) from the previous mask; None when that mask is empty.
         model_scale: (x, y) model-input pixels per slice pixel."""
-        box = vol.mask_box(previous, largest_only=True)
+        box = mask_box(previous, largest_only=True)
         if box is None or not self.margin:
             return box
         dx, dy = (self.margin / float(s) for s in model_scale)

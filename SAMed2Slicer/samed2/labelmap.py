@@ -8,6 +8,7 @@ keys (so Slicer shows names and colours); NIfTI has no place for them, so they g
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import SimpleITK as sitk
 from samed2.errors import InputError
 from samed2.files import atomic_output, check_output_path
 from samed2.terminology import default_term
+
+log = logging.getLogger(__name__)
 
 _FLOAT_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64)
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -234,6 +237,29 @@ def grid_differences(image: sitk.Image, reference: sitk.Image, tolerance: float 
     if not np.allclose(image.GetDirection(), reference.GetDirection(), atol=tolerance):
         differences.append(f"direction {_rounded(image.GetDirection(), 3)} vs {_rounded(reference.GetDirection(), 3)}")
     return differences
+
+
+def labels_on_grid(labelmap: LabelMap, reference: sitk.Image, target: str, warn=log.warning) -> np.ndarray:
+    """The label values at the voxels of `reference`, the grid of `target` (e.g. "the DICOM series"),
+    as a [k, j, i] array: as read when the grids agree, else resampled in physical space (nearest
+    neighbour) with a warning. InputError when the label map does not overlap `target` at all."""
+    differences = grid_differences(labelmap.image, reference)
+    if not differences:
+        return sitk.GetArrayFromImage(labelmap.image)
+    require_overlap(labelmap, reference, target)
+    warn(f"{labelmap.source} is not on the grid of {target} ({'; '.join(differences)}): resampled onto it in "
+         "physical space (nearest neighbour)")
+    return sitk.GetArrayFromImage(resample_like(labelmap.image, reference))
+
+
+def require_overlap(labelmap: LabelMap, reference: sitk.Image, target: str) -> None:
+    """InputError when the label map and the grid of `target` share no point in physical space."""
+    low, high = physical_bounds(labelmap.image)
+    target_low, target_high = physical_bounds(reference)
+    if not bounds_overlap((low, high), (target_low, target_high)):
+        raise InputError(f"{labelmap.source} (x, y, z from {low.round(1).tolist()} to {high.round(1).tolist()} mm) "
+                         f"does not overlap {target} (from {target_low.round(1).tolist()} to "
+                         f"{target_high.round(1).tolist()} mm): is it the segmentation of another image?")
 
 
 def resample_like(image: sitk.Image, reference: sitk.Image) -> sitk.Image:

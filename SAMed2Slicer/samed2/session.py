@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samed2 import volume as vol
 from samed2.bank import ConfidenceBank
 from samed2.chain import BoxChain
 from samed2.device import autocast, is_out_of_memory, pick_device, pick_precision
@@ -25,8 +24,10 @@ from samed2.errors import InputError
 from samed2.model import FrameMemory, ImageFeatures, Prediction, SAM2Model
 from samed2.model.sam2 import NO_OBJECT_SCORE
 from samed2.model.sam_heads import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
+from samed2.model_io import logits_to_slice, model_scale, preprocess_slices, slice_box_to_model, slice_points_to_model
 from samed2.presets import IntensityPreset, default_preset, get_preset
 from samed2.strategy import NEEDS_BANK, STRATEGIES, resolve
+from samed2.volume import Volume, checked_axis, put_slice
 from samed2.worker import BACKGROUND, TorchWorker
 
 log = logging.getLogger(__name__)
@@ -135,11 +136,11 @@ def checked_strategy(strategy: Optional[str], model, bank: Optional[ConfidenceBa
 
 
 class Session:
-    def __init__(self, volume: vol.Volume, model: SAM2Model, axis: int = 2, preset=None, device: str = "auto",
+    def __init__(self, volume: Volume, model: SAM2Model, axis: int = 2, preset=None, device: str = "auto",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, bank: Optional[ConfidenceBank] = None,
                  strategy: Optional[str] = None, encode_batch: Optional[int] = None, precision: str = "fp32"):
         strategy = checked_strategy(strategy, model, bank)
-        self.volume, self.axis, self.strategy, self.bank = volume, vol.checked_axis(axis), strategy, bank
+        self.volume, self.axis, self.strategy, self.bank = volume, checked_axis(axis), strategy, bank
         self.device = pick_device(device)
         self._precision_asked = precision
         self.precision = pick_precision(precision, self.device)  # "fp32" or "bf16" (autocast)
@@ -207,7 +208,7 @@ class Session:
 
     def _encode_now(self, indices: List[int]) -> List[ImageFeatures]:
         normalize = "imagenet" if self.model.preprocess == "imagenet" else "none"
-        images = vol.preprocess_slices([self._slice_image(i) for i in indices], self.image_size, normalize,
+        images = preprocess_slices([self._slice_image(i) for i in indices], self.image_size, normalize,
                                        letterbox=self.letterbox)
         with torch.no_grad(), self._autocast():
             features = self.model.encode_images(images.to(self.device))
@@ -337,7 +338,7 @@ class Session:
             self._check_point(x, y)
             merged.points.append((float(x), float(y), bool(positive)))
         if box is not None:
-            vol.slice_box_to_model(box, self.slice_shape, self.image_size)  # validates the box
+            slice_box_to_model(box, self.slice_shape, self.image_size)  # validates the box
             merged.box = tuple(float(v) for v in box)
         if not merged.points and merged.box is None:
             raise InputError("a prompt needs at least one point or a box")
@@ -354,11 +355,11 @@ class Session:
     def _prompt_tensors(self, prompts: SlicePrompts):
         coords, labels = [], []
         if prompts.box is not None:
-            box = vol.slice_box_to_model(prompts.box, self.slice_shape, self.image_size, self.letterbox).reshape(2, 2)
+            box = slice_box_to_model(prompts.box, self.slice_shape, self.image_size, self.letterbox).reshape(2, 2)
             coords += box.tolist()
             labels += [BOX_TOP_LEFT, BOX_BOTTOM_RIGHT]
         if prompts.points:
-            xy = vol.slice_points_to_model([p[:2] for p in prompts.points], self.slice_shape, self.image_size,
+            xy = slice_points_to_model([p[:2] for p in prompts.points], self.slice_shape, self.image_size,
                                            self.letterbox)
             coords += xy.reshape(-1, 2).tolist()
             labels += [POSITIVE if p[2] else NEGATIVE for p in prompts.points]
@@ -458,7 +459,7 @@ class Session:
     def _store(self, obj: TrackedObject, index: int, pred: Prediction) -> np.ndarray:
         present = bool((pred.object_score_logits > 0).all())
         logits = pred.low_res_masks.float()
-        mask = (vol.logits_to_slice(logits.cpu(), self.slice_shape, self.letterbox)[0, 0] > 0).numpy() if present else \
+        mask = (logits_to_slice(logits.cpu(), self.slice_shape, self.letterbox)[0, 0] > 0).numpy() if present else \
             np.zeros(self.slice_shape, dtype=bool)
         obj.logits[index] = logits
         obj.masks[index] = mask
@@ -479,7 +480,7 @@ class Session:
 
     def _condition_on_mask(self, obj: TrackedObject, index: int, mask: np.ndarray) -> None:
         image = self._embedding(index)
-        big = vol.preprocess_slices([mask.astype(np.float32)], self.image_size, letterbox=self.letterbox)[:, :1] > 0.5
+        big = preprocess_slices([mask.astype(np.float32)], self.image_size, letterbox=self.letterbox)[:, :1] > 0.5
         with torch.no_grad(), self._autocast():
             pred = self.model.mask_as_output(image, big.to(self.device))
             memory = self.model.frame_memory(image, pred, from_points=False)
@@ -610,7 +611,7 @@ class Session:
         """SAMed-2's image mode: the previous slice's mask box as the prompt, with bank memory (MedSAM-Lite:
         the box widened by the model's margin, without memory)."""
         previous = obj.masks.get(index - step)
-        scale = vol.model_scale(self.slice_shape, self.image_size, self.letterbox)
+        scale = model_scale(self.slice_shape, self.image_size, self.letterbox)
         box = None if previous is None else self.chain.box(previous, scale)
         if box is None:
             pred = self.model.mask_as_output(image, torch.zeros(1, 1, self.image_size, self.image_size,
@@ -625,7 +626,7 @@ class Session:
         """The object's mask on the volume grid, array order [k, j, i]."""
         out = np.zeros(self.volume.array.shape, dtype=bool)
         for index, mask in self.objects[obj_id].masks.items():
-            vol.put_slice(out, self.axis, index, mask)
+            put_slice(out, self.axis, index, mask)
         return out
 
     def label_volume(self) -> np.ndarray:

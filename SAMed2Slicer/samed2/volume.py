@@ -1,4 +1,4 @@
-"""Volumes and their geometry, slicing along voxel axes, and the model's slice preprocessing.
+"""Volumes and their geometry: voxel, RAS and LPS coordinates, and slices along voxel axes.
 
 Conventions used by the whole engine and by the Slicer logic:
 
@@ -23,20 +23,18 @@ Conventions used by the whole engine and by the Slicer logic:
 
 Bad input raises :class:`~samed2.errors.InputError` with a message that says what is wrong:
 2D or 4D images, multi-component pixels, empty volumes, volumes above ``MAX_VOXELS`` (unless
-``max_voxels=None``), singular matrices, unknown DICOM series, oblique views, prompts outside
-the volume or slice, zero-size boxes, model input outside [0, 1]. Constant volumes and
-NaN/inf voxels are handled by :mod:`samed2.presets` (refused, and replaced with a warning).
+``max_voxels=None``), singular matrices, oblique views, points outside the volume. Reading files
+is :mod:`samed2.volume_files`, the model's input and output :mod:`samed2.model_io`; constant
+volumes and NaN/inf voxels are handled by :mod:`samed2.presets`.
+
+Needs numpy and SimpleITK only (no torch): the Slicer logic imports it at start-up.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-import torch.nn.functional as F
-from scipy import ndimage
 
 from samed2.errors import InputError
 
@@ -47,12 +45,9 @@ DEFAULT_OBLIQUE_TOLERANCE_DEG = 3.0
 """Largest angle between a view's normal and a voxel slice plane's normal that still counts as
 that plane: about 6 mm out of plane at 120 mm from the centre of the view."""
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""Flips x and y: LPS to RAS and, being its own inverse, RAS to LPS."""
 SPACES = ("RAS", "LPS")
 AXIS_NAMES = ("i", "j", "k")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZATIONS = ("none", "imagenet")
-
 
 @dataclass(frozen=True)
 class SlicePoint:
@@ -61,20 +56,6 @@ class SlicePoint:
     index: int
     x: float
     y: float
-
-
-@dataclass(frozen=True)
-class DicomSeries:
-    """One DICOM series found in a folder (``uid`` may be empty in defective files)."""
-
-    uid: str
-    files: tuple[str, ...]
-    description: str
-    modality: str
-
-    def summary(self) -> str:
-        uid = self.uid or "(empty SeriesInstanceUID)"
-        return f"{uid}: {self.modality or '?'} '{self.description}', {len(self.files)} file(s)"
 
 
 class Volume:
@@ -151,6 +132,10 @@ class Volume:
         image.SetDirection((ijk_to_lps[:3, :3] / spacing).reshape(-1).tolist())
         image.SetOrigin(ijk_to_lps[:3, 3].tolist())
         return image
+
+    def grid_image(self) -> sitk.Image:
+        """An empty (zero, uint8) SimpleITK image on this volume's grid: a target to resample onto."""
+        return self.to_sitk(np.zeros(self.array.shape, dtype=np.uint8))
 
     def index_to_physical(self, ijk, space: str = "RAS") -> np.ndarray:
         """Continuous voxel indices ``(i, j, k)``, shape (3,) or (N, 3), to RAS or LPS mm."""
@@ -295,90 +280,6 @@ def slice_selector(array_kji, axis: int, index: int) -> tuple:
     return tuple(selector)
 
 
-def load_volume(path, series_uid: str | None = None, max_voxels: int | None = MAX_VOXELS) -> Volume:
-    """Load a NIfTI, NRRD, MHA (any SimpleITK-readable file) or a DICOM series folder.
-
-    A folder holding several series needs ``series_uid`` (InputError lists them otherwise).
-    The size limit is checked from the header before any pixel data is read.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return load_dicom_series(path, series_uid, max_voxels)
-    if not path.is_file():
-        raise InputError(f"no such image file or DICOM folder: {path}")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise InputError(f"cannot read {path} as an image: {first_line(error)}") from error
-    check_header(reader, max_voxels, str(path))
-    modality = reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") else None
-    return Volume.from_sitk(read_pixels(reader, str(path)), modality, max_voxels)
-
-
-def load_dicom_series(folder: Path, series_uid: str | None = None,
-                      max_voxels: int | None = MAX_VOXELS) -> Volume:
-    """Load one DICOM series from a folder (see :func:`load_volume`)."""
-    series = pick_series(list_dicom_series(folder), series_uid, folder)
-    first = sitk.ImageFileReader()
-    first.SetFileName(series.files[0])
-    first.ReadImageInformation()
-    if len(series.files) == 1:
-        check_header(first, max_voxels, series.files[0])
-        return Volume.from_sitk(read_pixels(first, series.files[0]), series.modality, max_voxels)
-    columns, rows = first.GetSize()[:2]
-    check_array_layout((len(series.files), rows, columns), None, max_voxels)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(series.files))
-    return Volume.from_sitk(read_pixels(reader, str(folder)), series.modality, max_voxels)
-
-
-def list_dicom_series(folder) -> list[DicomSeries]:
-    """The DICOM series directly inside ``folder``, files sorted by slice position."""
-    found = []
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
-        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
-        header = sitk.ImageFileReader()
-        header.SetFileName(files[0])
-        header.ReadImageInformation()
-        found.append(DicomSeries(uid, files, dicom_tag(header, "0008|103e"), dicom_tag(header, "0008|0060")))
-    return found
-
-
-def pick_series(series: list[DicomSeries], series_uid: str | None, folder: Path) -> DicomSeries:
-    if not series:
-        raise InputError(f"no DICOM series found in {folder} (for a NIfTI/NRRD/MHA file, give the file itself)")
-    listing = "; ".join(s.summary() for s in series)
-    if series_uid is None:
-        if len(series) > 1:
-            raise InputError(f"{folder} holds {len(series)} DICOM series; choose one by SeriesInstanceUID: {listing}")
-        return series[0]
-    for candidate in series:
-        if candidate.uid == series_uid:
-            return candidate
-    raise InputError(f"no DICOM series with SeriesInstanceUID {series_uid!r} in {folder}; found: {listing}")
-
-
-def dicom_tag(reader: sitk.ImageFileReader, key: str) -> str:
-    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
-
-
-def read_pixels(reader, source: str) -> sitk.Image:
-    try:
-        return reader.Execute()
-    except RuntimeError as error:
-        raise InputError(f"cannot read the pixel data of {source}: {first_line(error)}") from error
-
-
-def check_header(reader: sitk.ImageFileReader, max_voxels: int | None, source: str) -> None:
-    """Dimension, components and size checks from an image header, before reading pixels."""
-    size = reader.GetSize()
-    check_dimension(len(size), size, source)
-    check_components(reader.GetNumberOfComponents(), source)
-    check_array_layout(tuple(reversed(size[:3])), None, max_voxels)
-
-
 def as_3d_scalar(image: sitk.Image, source: str) -> sitk.Image:
     """The image itself if 3D scalar; its only time point if 4D with one; InputError otherwise."""
     size = image.GetSize()
@@ -462,161 +363,3 @@ def nearest_index(continuous):
 
 def format_point(point) -> str:
     return "(" + ", ".join(f"{float(v):.2f}" for v in np.asarray(point, dtype=float).reshape(-1)) + ")"
-
-
-def first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
-# --- the model's input and output -----------------------------------------------------
-
-
-def preprocess_slices(slices, image_size: int, normalize: str = "none", antialias: bool = True,
-                      letterbox: bool = False) -> torch.Tensor:
-    """Slices in [0, 1] (after an intensity preset) to the model's input, (N, 3, S, S) float32.
-
-    ``slices``: one 2D slice, an (N, H, W) array/tensor, or a sequence of equal-shape 2D
-    slices. Each is resized to ``image_size`` x ``image_size`` (bilinear, half-pixel centres,
-    ``align_corners=False``), repeated into 3 identical channels, and for
-    ``normalize="imagenet"`` (SAM 2 / 2.1) normalised with ImageNet mean/std; SAMed-2 uses
-    ``"none"``. ``antialias=True`` matches Meta's SAM 2 image predictor (torchvision
-    ``Resize`` on tensors, whose default is antialias=True since torchvision 0.17); it only
-    matters when shrinking. ``letterbox`` (MedSAM-Lite, SAM 1) keeps the aspect ratio instead: the
-    longer side becomes ``image_size`` and the rest is zero-padded at the bottom and right. Tensors
-    stay on their device.
-    """
-    if normalize not in NORMALIZATIONS:
-        raise InputError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    if int(image_size) != image_size or image_size <= 0:
-        raise InputError(f"image_size must be a positive integer, got {image_size!r}")
-    batch = stack_slices(slices)
-    size = letterbox_size(batch.shape[-2:], image_size) if letterbox else (int(image_size),) * 2
-    resized = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=antialias)
-    if letterbox:
-        resized = F.pad(resized, (0, int(image_size) - size[1], 0, int(image_size) - size[0]))
-    rgb = resized.expand(-1, 3, -1, -1)
-    if normalize == "none":
-        return rgb.contiguous()
-    mean = torch.tensor(IMAGENET_MEAN, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    return (rgb - mean) / std
-
-
-def stack_slices(slices) -> torch.Tensor:
-    """(N, 1, H, W) float32 tensor from 2D slices in [0, 1]; InputError outside that range."""
-    if isinstance(slices, (list, tuple)):
-        shapes = {tuple(np.shape(s)) for s in slices}
-        if len(shapes) != 1:
-            raise ValueError(f"slices must all have one shape, got {sorted(shapes)}")
-        batch = torch.stack([as_float_tensor(s) for s in slices])
-    else:
-        batch = as_float_tensor(slices)
-    if batch.dim() == 2:
-        batch = batch[None]
-    if batch.dim() != 3 or batch.numel() == 0:
-        raise ValueError(f"expected 2D slices, got a batch of shape {tuple(batch.shape)}")
-    if not bool(torch.isfinite(batch).all()) or float(batch.min()) < 0.0 or float(batch.max()) > 1.0:
-        raise InputError("model input must be finite and within [0, 1]: apply an intensity preset first")
-    return batch[:, None]
-
-
-def as_float_tensor(values) -> torch.Tensor:
-    """float32 tensor; numpy input is copied (it may be a read-only view of the volume)."""
-    if torch.is_tensor(values):
-        return values.to(torch.float32)
-    return torch.from_numpy(np.array(values, dtype=np.float32))
-
-
-def letterbox_size(shape, image_size: int) -> tuple[int, int]:
-    """(rows, columns) a slice of `shape` takes in a letterboxed model input of `image_size`
-    (the longer side becomes `image_size`; rounded as SAM 1 rounds)."""
-    scale = image_size / max(int(shape[0]), int(shape[1]))
-    return int(int(shape[0]) * scale + 0.5), int(int(shape[1]) * scale + 0.5)
-
-
-def logits_to_slice(low_res_logits: torch.Tensor, slice_shape: tuple[int, int], letterbox: bool = False) -> torch.Tensor:
-    """Upsample mask logits (N, C, h, w), e.g. the decoder's 256x256, straight to the slice
-    size (N, C, H, W): bilinear, ``align_corners=False``, as SAM 2's postprocessing does
-    (with ``letterbox``, the slice's part of the logits, as SAM 1 crops them).
-    Threshold the result at 0 for a mask."""
-    if low_res_logits.dim() != 4:
-        raise ValueError(f"expected logits of shape (N, C, h, w), got {tuple(low_res_logits.shape)}")
-    if letterbox:
-        rows, cols = letterbox_size(slice_shape, low_res_logits.shape[-1])
-        low_res_logits = low_res_logits[..., :rows, :cols]
-    return F.interpolate(low_res_logits.float(), size=tuple(int(s) for s in slice_shape),
-                         mode="bilinear", align_corners=False)
-
-
-def model_scale(slice_shape: tuple[int, int], image_size: int, letterbox: bool = False) -> torch.Tensor:
-    """(x, y) factors from slice pixels to model input pixels: S / W and S / H, or S / max(H, W) for both
-    when letterboxed."""
-    rows, columns = slice_shape
-    if letterbox:
-        return torch.tensor([image_size / max(rows, columns)] * 2)
-    return torch.tensor([image_size / columns, image_size / rows])
-
-
-def slice_points_to_model(points_xy, slice_shape: tuple[int, int], image_size: int,
-                          letterbox: bool = False) -> torch.Tensor:
-    """Point prompts (..., 2) in slice pixels (x = column, y = row) to model input coordinates:
-    x * S / W, y * S / H (SAM 2's convention; its prompt encoder adds the half pixel), or both times
-    S / max(H, W) when letterboxed.
-    InputError for points outside the slice."""
-    points = torch.as_tensor(np.asarray(points_xy, dtype=np.float32))
-    if points.shape[-1:] != (2,):
-        raise InputError(f"points must be (x, y) pairs, got shape {tuple(points.shape)}")
-    rows, columns = slice_shape
-    outside = ~torch.isfinite(points).all(-1) | (points[..., 0] < -0.5) | (points[..., 0] >= columns - 0.5) \
-        | (points[..., 1] < -0.5) | (points[..., 1] >= rows - 0.5)
-    if bool(outside.any()):
-        x, y = points[outside][0].tolist()
-        raise InputError(f"point (x={x:.1f}, y={y:.1f}) is outside the slice of {columns} x {rows} pixels")
-    return points * model_scale(slice_shape, image_size, letterbox)
-
-
-def slice_box_to_model(box_xyxy, slice_shape: tuple[int, int], image_size: int,
-                       letterbox: bool = False) -> torch.Tensor:
-    """Box prompts (..., 4) = (x0, y0, x1, y1) in slice pixels to model coordinates.
-
-    Corners may come in any order (they are sorted); the box is clipped to the slice's pixel
-    centres. InputError for zero-size boxes and boxes that miss the slice.
-    """
-    boxes = torch.as_tensor(np.asarray(box_xyxy, dtype=np.float32))
-    if boxes.shape[-1:] != (4,) or not bool(torch.isfinite(boxes).all()):
-        raise InputError(f"boxes must be finite (x0, y0, x1, y1), got shape {tuple(boxes.shape)}")
-    x0, x1 = torch.minimum(boxes[..., 0], boxes[..., 2]), torch.maximum(boxes[..., 0], boxes[..., 2])
-    y0, y1 = torch.minimum(boxes[..., 1], boxes[..., 3]), torch.maximum(boxes[..., 1], boxes[..., 3])
-    if bool(((x1 == x0) | (y1 == y0)).any()):
-        raise InputError("a box has zero width or height: drag a box over the object")
-    rows, columns = slice_shape
-    misses = (x1 < -0.5) | (x0 >= columns - 0.5) | (y1 < -0.5) | (y0 >= rows - 0.5)
-    if bool(misses.any()):
-        raise InputError(f"a box lies outside the slice of {columns} x {rows} pixels")
-    clipped = torch.stack([x0.clamp(0, columns - 1), y0.clamp(0, rows - 1),
-                           x1.clamp(0, columns - 1), y1.clamp(0, rows - 1)], dim=-1)
-    return clipped * model_scale(slice_shape, image_size, letterbox).repeat(2)
-
-
-def mask_box(mask2d: np.ndarray, largest_only: bool = False):
-    """(x0, y0, x1, y1) of a 2D mask: its first and last column and row; None when it is empty.
-
-    A mask one pixel thin gets a box out to that pixel's edges (half a pixel each side) rather
-    than a zero-size one. `largest_only` boxes the largest 8-connected component only, so that
-    stray specks do not widen the box.
-    """
-    mask2d = np.asarray(mask2d, dtype=bool)
-    if largest_only and mask2d.any():
-        components, count = ndimage.label(mask2d, structure=np.ones((3, 3)))
-        if count > 1:
-            mask2d = components == 1 + int(np.argmax(ndimage.sum_labels(mask2d, components, range(1, count + 1))))
-    rows, cols = np.nonzero(mask2d)
-    if rows.size == 0:
-        return None
-    (x0, x1), (y0, y1) = (_widened(cols.min(), cols.max()), _widened(rows.min(), rows.max()))
-    return x0, y0, x1, y1
-
-
-def _widened(low, high):
-    return (int(low), int(high)) if high > low else (float(low) - 0.5, float(high) + 0.5)

@@ -32,14 +32,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samed2 import volume as vol
 from samed2.bank import ConfidenceBank, fastest_kernel, image_key
 from samed2.device import autocast, native_bf16, pick_device, pick_precision, precision_probe, synchronize
 from samed2.embedding_cache import EmbeddingCache, as_stored
 from samed2.errors import BenchError
 from samed2.model import ImageFeatures, SAM2Model, build_model, get_config
+from samed2.model_io import logits_to_slice, preprocess_slices, slice_box_to_model, slice_points_to_model
 from samed2.presets import CT_WINDOWS, IntensityWindow, ct_window
 from samed2.session import DEFAULT_CACHE_BYTES, Session
+from samed2.volume import Volume
 
 try:
     import resource
@@ -242,15 +243,15 @@ class Bench:
     def slices(self, indices, size: int, normalize: str) -> torch.Tensor:
         window = soft_tissue()
         images = [window.apply(phantom_slice(k, self.shape, self.settings.seed)) for k in indices]
-        return vol.preprocess_slices(images, size, normalize).to(self.device)
+        return preprocess_slices(images, size, normalize).to(self.device)
 
     def click(self, size: int):
         """A positive click on the liver, in model coordinates (points (1, 1, 2), labels (1, 1))."""
-        xy = vol.slice_points_to_model([liver_point(self.shape)], self.shape[1:], size)
+        xy = slice_points_to_model([liver_point(self.shape)], self.shape[1:], size)
         return xy.reshape(1, 1, 2).to(self.device), torch.ones(1, 1, dtype=torch.int32, device=self.device)
 
     def to_mask(self, pred) -> np.ndarray:
-        return (vol.logits_to_slice(pred.low_res_masks.float().cpu(), self.shape[1:])[0, 0] > 0).numpy()
+        return (logits_to_slice(pred.low_res_masks.float().cpu(), self.shape[1:])[0, 0] > 0).numpy()
 
 
 # ---- clicks, encoding, bank and fast mode (SAMed-2) ---------------------------------------
@@ -371,14 +372,14 @@ def lite_rows(b: Bench, med: dict) -> List[Row]:
     model = build_model("medsam-lite").to(b.device)  # timing does not depend on the weights
     size, shape = model.image_size, b.shape[1:]
     image = soft_tissue().apply(phantom_slice(b.center, b.shape, b.settings.seed))
-    box = vol.slice_box_to_model(liver_box(b.center, b.shape), shape, size, letterbox=True)[None].to(b.device)
+    box = slice_box_to_model(liver_box(b.center, b.shape), shape, size, letterbox=True)[None].to(b.device)
 
     def encode():
-        return model.encode_images(vol.preprocess_slices([image], size, letterbox=True).to(b.device)).features
+        return model.encode_images(preprocess_slices([image], size, letterbox=True).to(b.device)).features
 
     def click(features):
         logits = model.decode(features, boxes=box).low_res_masks
-        return (vol.logits_to_slice(logits.float().cpu(), shape, letterbox=True)[0, 0] > 0).numpy()
+        return (logits_to_slice(logits.float().cpu(), shape, letterbox=True)[0, 0] > 0).numpy()
 
     def propagated_slice():
         return click(encode())
@@ -566,7 +567,7 @@ def propagation_row(b: Bench, model: SAM2Model, meta, tmp: Path) -> Row:
         meta.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=box)
         meta_steps = meta.propagate_in_video(state)
         meta_masks = [next(meta_steps)[2][0, 0].cpu().numpy() > 0]
-    volume, preset = vol.Volume(frames, np.eye(4)), ct_window(255.0, 127.5)  # uint8 / 255, as Meta reads them
+    volume, preset = Volume(frames, np.eye(4)), ct_window(255.0, 127.5)  # uint8 / 255, as Meta reads them
     with Session(volume, model, axis=2, preset=preset, device=str(b.device), precision=b.precision) as session:
         our_masks = [session.add_prompt(1, 0, box=box)]
         our_steps = session.propagate([1], direction="up", stop_after_absent=0)
@@ -636,7 +637,7 @@ def measure_session(settings: Settings, device_name: str, precision: str) -> dic
     the default cache budget."""
     device = pick_device(device_name)
     clock, shape = Clock(device), settings.volume_shape
-    volume = vol.Volume(phantom_ct(shape, settings.seed), np.diag([0.8, 0.8, 1.5, 1.0]), modality="CT")
+    volume = Volume(phantom_ct(shape, settings.seed), np.diag([0.8, 0.8, 1.5, 1.0]), modality="CT")
     model, center = sized_model(SAMED2, settings.image_size, seed=settings.seed), liver_slice(shape)
     bank = random_bank(settings.bank_entries, model, settings.seed, device)
     out = {}

@@ -36,7 +36,8 @@ import numpy as np
 
 from samed2.errors import InputError
 from samed2.files import atomic_output
-from samed2.volume import Volume, get_slice, ijk_to_slice_coords, mask_box
+from samed2.model_io import mask_box
+from samed2.volume import Volume, get_slice, ijk_to_slice_coords
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +302,8 @@ class EvalSettings:
 
 def list_cases(data: list) -> list[tuple[str, Path, Path]]:
     """(name, image, label map) of each case: from [IMAGE, LABELMAP], [CSV file] or [folder] (the layouts
-    `samed2 train` reads, see samed2_tools.train.cases)."""
-    from samed2_tools.train.cases import find_cases
+    `samed2 train` reads, see samed2_tools.cases)."""
+    from samed2_tools.cases import find_cases
 
     paths = [Path(p).expanduser() for p in data]
     for path in paths:
@@ -325,15 +326,15 @@ class LoadedCase:
 
 def load_case(name: str, image, label) -> LoadedCase:
     """An image and its label map on the image's grid (resampled in physical space, with a warning, if needed)."""
-    from samed2.labelmap import read_labelmap
-    from samed2_tools.train.volumes import labels_on_grid
-    from samed2.volume import load_volume
+    from samed2.labelmap import labels_on_grid, read_labelmap
+    from samed2.volume_files import load_volume
 
     volume = load_volume(image)
     labelmap = read_labelmap(label)
     if labelmap.is_probability:
         raise InputError(f"{label} is a probability map; evaluation needs a label map with integer labels")
-    return LoadedCase(name, volume, labels_on_grid(labelmap, volume, name), dict(labelmap.names))
+    labels = labels_on_grid(labelmap, volume.grid_image(), f"the image of case {name}")
+    return LoadedCase(name, volume, labels, dict(labelmap.names))
 
 
 def slicing_axis(volume: Volume, axis: Optional[int]) -> int:

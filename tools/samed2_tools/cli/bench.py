@@ -20,8 +20,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from samed2_tools.bench import FULL, QUICK, format_table, run as run_bench
     from samed2.files import atomic_write, check_output_path
+    from samed2_tools.bench import FULL, QUICK, format_table
+    from samed2_tools.bench import run as run_bench
 
     if args.json:
         check_output_path(args.json, (".json",))

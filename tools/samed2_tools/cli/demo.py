@@ -66,10 +66,11 @@ def _segment_liver(model, series_dir: Path, out: Path, args) -> None:
 
     from samed2.dicomseg import export_seg
     from samed2.labelmap import LabelMap, write_labelmap
+    from samed2.session import Session
+    from samed2.volume import get_slice
+    from samed2.volume_files import load_volume
     from samed2_tools.overlay import render_overlay
     from samed2_tools.sample import LIVER_BOX_RAS
-    from samed2.session import Session
-    from samed2.volume import get_slice, load_volume
 
     volume = load_volume(series_dir)
     axis = volume.slicing_axis((0.0, 0.0, 1.0))

@@ -47,8 +47,8 @@ def _label_list(text: str) -> list:
 def run(args) -> int:
     from samed2 import __version__
     from samed2.device import pick_device, pick_precision
-    from samed2_tools.evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
     from samed2.session import checked_strategy
+    from samed2_tools.evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
 
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder for the results")

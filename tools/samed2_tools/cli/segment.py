@@ -37,7 +37,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from samed2.files import check_output_path
     from samed2.labelmap import LABELMAP_SUFFIXES
-    from samed2.volume import load_volume
+    from samed2.volume_files import load_volume
 
     check_output_path(args.out, LABELMAP_SUFFIXES)
     if args.overlay:
@@ -144,8 +144,8 @@ def _write_outputs(args, volume, axis, prompts, mask: np.ndarray) -> None:
     filled = [i for i in range(volume.num_slices(axis)) if get_slice(mask, axis, i).any()]
     print(f"wrote {out}: {int(mask.sum())} voxels on {len(filled)} slices")
     if args.overlay:
-        from samed2_tools.overlay import render_overlay
         from samed2.presets import default_preset, get_preset
+        from samed2_tools.overlay import render_overlay
 
         index = min(prompts)
         preset = default_preset(volume.array, volume.modality) if args.preset == "auto" else \

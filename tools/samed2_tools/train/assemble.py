@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from samed2.errors import InputError
-from samed2_tools.train.cases import find_cases, split_cases
+from samed2_tools.cases import find_cases, split_cases
 from samed2_tools.train.data import TrainingClips
 from samed2_tools.train.options import TrainOptions
 from samed2_tools.train.validate import ValidationSet

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
+from samed2.model_io import IMAGENET_MEAN, IMAGENET_STD, preprocess_slices
 from samed2_tools.train.augment import augment_clip
 from samed2_tools.train.volumes import CaseVolume
-from samed2.volume import IMAGENET_MEAN, IMAGENET_STD, preprocess_slices
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,18 @@ from tqdm import tqdm
 from samed2.bank import ConfidenceBank
 from samed2.errors import InputError
 from samed2.model import SAM2Model, build_model
+from samed2.weights import load_weights
 from samed2_tools.train.assemble import assemble
-from samed2_tools.train.checkpoint import (bank_from_state, bank_state, capture_rng, checkpoint_path, export_model,
-                                     load_checkpoint, restore_rng, save_checkpoint)
+from samed2_tools.train.checkpoint import (
+    bank_from_state,
+    bank_state,
+    capture_rng,
+    checkpoint_path,
+    export_model,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from samed2_tools.train.clip import ClipTrainer, PromptSettings
 from samed2_tools.train.data import ClipSampler
 from samed2_tools.train.distributed import Process, end_process, start_process
@@ -37,7 +46,6 @@ from samed2_tools.train.options import RUNTIME_FIELDS, TrainOptions
 from samed2_tools.train.prompts import scaled_jitter
 from samed2_tools.train.report import MetricsLog
 from samed2_tools.train.startpoint import check_lr_scales, initial_model, lr_factor, set_trainable
-from samed2.weights import load_weights
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 
 from samed2.errors import InputError
-from samed2.labelmap import LabelMap, bounds_overlap, grid_differences, physical_bounds, read_labelmap, resample_like
+from samed2.labelmap import labels_on_grid, read_labelmap
 from samed2.presets import IntensityWindow, get_preset
-from samed2_tools.train.cases import Case
-from samed2.volume import Volume, get_slice, load_volume
+from samed2.volume import Volume, get_slice
+from samed2.volume_files import load_volume
+from samed2_tools.cases import Case
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +58,9 @@ def load_case(case: Case, axis: int, preset: str) -> CaseVolume:
     labelmap = read_labelmap(case.label)
     if labelmap.is_probability:
         raise InputError(f"{case.label} is a probability map; training needs a label map with integer labels")
-    labels = labels_on_grid(labelmap, volume, case.name)
+    labels = labels_on_grid(labelmap, volume.grid_image(), f"the image of case {case.name}")
     window = get_preset(preset, volume.array, volume.modality).resolve(volume.array)
     return CaseVolume(case.name, volume, window, labels, axis, dict(labelmap.names))
-
-
-def labels_on_grid(labelmap: LabelMap, volume: Volume, name: str) -> np.ndarray:
-    """The label values on the volume's voxel grid, [k, j, i]: as read when the grids agree, else resampled."""
-    reference = volume.to_sitk(np.zeros(volume.array.shape, dtype=np.uint8))
-    differences = grid_differences(labelmap.image, reference)
-    image = labelmap.image
-    if differences:
-        if not bounds_overlap(physical_bounds(image), physical_bounds(reference)):
-            raise InputError(f"case {name}: the label map {labelmap.source} does not overlap its image in physical "
-                             f"space ({'; '.join(differences)}): it belongs to another image")
-        log.warning("case %s: label map grid differs from the image (%s); resampled onto the image grid "
-                    "(nearest neighbour, physical space)", name, "; ".join(differences))
-        image = resample_like(image, reference)
-    return sitk.GetArrayFromImage(image)
-
 
 def resolve_labels(requested: list, labelmaps_names: dict[str, dict[int, str]]) -> list[int]:
     """Label values for the requested values or names, checked against every case's label names.
