@@ -61,9 +61,8 @@ def import_model(cache, name, weights, config):
 def cache(tmp_path_factory, golden_dir):
     """A weights cache with the test-trained model, a model that finds nothing, and one more copy
     of that (whose file the model test deletes)."""
-    from safetensors.torch import load_file, save_file
-
     from conftest import golden_tiny_config
+    from safetensors.torch import load_file, save_file
 
     weights, config = os.environ.get("SAMED2_WEB_MODEL"), os.environ.get("SAMED2_WEB_MODEL_CONFIG")
     if not weights or not config:
@@ -229,7 +228,7 @@ def liver_on_slice(superior):
     """The series' reference labels (in physical space, by SimpleITK) on the axial slice at height
     `superior` (RAS S): the liver mask and a function from (i, j) to world RAS."""
     labels = sitk.ReadImage(str(LABELS))
-    k = int(round(labels.TransformPhysicalPointToContinuousIndex((0.0, 0.0, superior))[2]))
+    k = round(labels.TransformPhysicalPointToContinuousIndex((0.0, 0.0, superior))[2])
 
     def ras(i, j):
         lps = labels.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
@@ -264,7 +263,7 @@ def liver_points_far_apart(superior, depth=10):
 def liver_point_on_coronal_plane(anterior):
     """The liver voxel deepest inside the liver on the coronal plane at RAS A = `anterior`."""
     labels = sitk.ReadImage(str(LABELS))
-    j = int(round(labels.TransformPhysicalPointToContinuousIndex((0.0, -anterior, 0.0))[1]))
+    j = round(labels.TransformPhysicalPointToContinuousIndex((0.0, -anterior, 0.0))[1])
     liver = sitk.GetArrayFromImage(labels)[:, j, :] == LIVER
     assert liver.any(), f"no liver on the coronal plane A = {anterior}"
     k, i = deepest(liver)
@@ -277,7 +276,7 @@ def series_row_index(anterior):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(SERIES)))
     series = reader.Execute()
-    return int(round(series.TransformPhysicalPointToContinuousIndex((0.0, -anterior, series.GetOrigin()[2]))[1]))
+    return round(series.TransformPhysicalPointToContinuousIndex((0.0, -anterior, series.GetOrigin()[2]))[1])
 
 
 def liver_box_on_slice(superior, margin=3):
@@ -548,7 +547,7 @@ def test_a_wrong_or_missing_token_gets_nothing(browser, server):
     for address in (url, f"{url}?secret=not-the-token-0123456789"):
         page = browser.new_context(viewport=VIEWPORT).new_page()
         refused = []
-        page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: refused.append(
+        page.on("websocket", lambda ws, refused=refused: ws.on("framereceived", lambda frame: refused.append(
             b"Authentication failed" in (frame if isinstance(frame, bytes) else frame.encode()))))
         page.goto(address)
         deadline = time.monotonic() + 30
@@ -558,6 +557,7 @@ def test_a_wrong_or_missing_token_gets_nothing(browser, server):
         page.wait_for_timeout(1000)
         assert page.locator(".status").count() == 0 and page.locator("img.image-display-area").count() == 0, \
             "a page without the token got the app"
+        assert "Segment" not in page.content() and "CT Body" not in page.content(), "the page shows the session data"
         page.context.close()
 
 

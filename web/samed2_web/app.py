@@ -11,24 +11,24 @@ from pathlib import Path
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # offscreen, no X
 
-import slicer  # noqa: E402 (after the render window choice)
-from trame.app import TrameApp  # noqa: E402
-from trame.decorators import change  # noqa: E402
-from trame.widgets import html  # noqa: E402
-from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
-from trame_slicer.rca_view import register_rca_factories  # noqa: E402
-from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition  # noqa: E402
-from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
-from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
-from vtkmodules.vtkCommonCore import vtkCommand  # noqa: E402
+import slicer
+from trame.app import TrameApp
+from trame.decorators import change
+from trame.widgets import html
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
+from trame_vuetify.widgets import vuetify3 as v3
+from vtkmodules.vtkCommonCore import vtkCommand
 
-from SAMed2SlicerLib.logic import SAMed2Logic, written_message  # noqa: E402
-from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes  # noqa: E402
-from SAMed2SlicerLib.segmenter import PRESETS  # noqa: E402
-from SAMed2SlicerLib.segments import Target, read_segment, read_slices  # noqa: E402
-from samed2.device import DEVICE_NAMES  # noqa: E402
-from samed2.errors import InputError, Samed2Error  # noqa: E402
-from samed2.weights import list_weights  # noqa: E402
+from samed2.device import DEVICE_NAMES
+from samed2.errors import InputError, Samed2Error
+from samed2.weights import list_weights
+from SAMed2SlicerLib.logic import SAMed2Logic, written_message
+from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes
+from SAMed2SlicerLib.segmenter import PRESETS
+from SAMed2SlicerLib.segments import Target, read_segment, read_slices
 
 PROMPT_MODES = ("include", "exclude", "box")  # a box is two clicks: opposite corners
 # Export kind (the Logic's), button label, button class (what tests find it by)
@@ -68,14 +68,14 @@ def available_devices() -> list:
     return [name for name in DEVICE_NAMES if present.get(name, True)]
 
 
-def slice_limit(value, name):
-    """A slice number typed in the page, or None (empty: the volume's edge)."""
+def count_field(value, name):
+    """A whole number (slice number, slice count) typed in the page, or None when left empty."""
     if value is None or str(value).strip() == "":
         return None
     try:
         number = int(str(value).strip())
     except ValueError:
-        raise InputError(f"{name} must be a slice number, or empty for the volume's edge (it reads {value!r})") from None
+        raise InputError(f"{name} must be a whole number (it reads {value!r})") from None
     if number < 0:
         raise InputError(f"{name} must be 0 or more (it reads {number})")
     return number
@@ -356,10 +356,10 @@ class SAMed2WebApp(TrameApp):
 
     def _propagation_options(self) -> dict:
         """The page's direction and limits, as Segmenter.propagate takes them."""
-        stop_after = slice_limit(self.state.stop_after_absent, "Stop after")
-        return dict(direction=self.state.direction, start=slice_limit(self.state.first_slice, "First slice"),
-                    stop=slice_limit(self.state.last_slice, "Last slice"),
-                    stop_after_absent=STOP_AFTER_ABSENT if stop_after is None else stop_after)
+        stop_after = count_field(self.state.stop_after_absent, "Stop after")
+        return {"direction": self.state.direction, "start": count_field(self.state.first_slice, "First"),
+                "stop": count_field(self.state.last_slice, "Last"),
+                "stop_after_absent": STOP_AFTER_ABSENT if stop_after is None else stop_after}
 
     def cancel(self):
         if self._run is not None and not self._run.finished:
@@ -431,23 +431,22 @@ class SAMed2WebApp(TrameApp):
                 self._segments_panel()
                 self._propagation_panel()
                 self._model_panel()
-            with self.ui.content:
-                with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
-                    with html.Div(style="padding: 4px 12px;"):
-                        html.Div("{{ status }}", classes="status")
-                        html.Div("{{ error }}", classes="error text-red", v_show=("error",))
-                        html.Div("{{ probe }}", classes="probe text-caption")
-                    with html.Div(style="flex: 1; position: relative;"):
-                        self.layout_manager.initialize_layout_grid(self.ui)
+            with self.ui.content, html.Div(style="display: flex; flex-direction: column; height: 100%;"):
+                with html.Div(style="padding: 4px 12px;"):
+                    html.Div("{{ status }}", classes="status")
+                    html.Div("{{ error }}", classes="error text-red", v_show=("error",))
+                    html.Div("{{ probe }}", classes="probe text-caption")
+                with html.Div(style="flex: 1; position: relative;"):
+                    self.layout_manager.initialize_layout_grid(self.ui)
 
     def _segments_panel(self):
         v3.VListSubheader("Segments")
-        with v3.VList(density="compact", classes="segments"):
-            with v3.VListItem(v_for="s in segments", key="s.id", click="segment_id = s.id",
-                              active=("s.id === segment_id",), classes="segment"):
-                html.Span(style=("{display: 'inline-block', width: '12px', height: '12px', marginRight: '8px', "
-                                 "background: s.color}",), classes="swatch")
-                html.Span("{{ s.name }}: {{ s.voxels }} voxels, {{ s.prompts }} prompt(s)")
+        swatch = "{display: 'inline-block', width: '12px', height: '12px', marginRight: '8px', background: s.color}"
+        with v3.VList(density="compact", classes="segments"), \
+                v3.VListItem(v_for="s in segments", key="s.id", click="segment_id = s.id",
+                             active=("s.id === segment_id",), classes="segment"):
+            html.Span(style=(swatch,), classes="swatch")
+            html.Span("{{ s.name }}: {{ s.voxels }} voxels, {{ s.prompts }} prompt(s)", classes="text-body-2")
         with html.Div(classes="d-flex align-center px-2"):
             v3.VTextField(v_model=("segment_name",), label="Name", density="compact", hide_details=True,
                           classes="segment-name")
@@ -460,12 +459,12 @@ class SAMed2WebApp(TrameApp):
             v3.VSelect(v_model=("direction",), items=("directions", list(DIRECTIONS)), label="Direction",
                        density="compact", hide_details=True, classes="direction mb-2")
             with html.Div(classes="d-flex"):
-                for name, label in (("first_slice", "First slice"), ("last_slice", "Last slice"),
+                for name, label in (("first_slice", "First"), ("last_slice", "Last"),
                                     ("stop_after_absent", "Stop after")):
                     v3.VTextField(v_model=(name,), label=label, type="number", density="compact", hide_details=True,
                                   classes=f"{name.replace('_', '-')} mr-1")
-            html.Div("Empty slice fields: the volume's edge. Stop after: slices without the object (0: never).",
-                     classes="text-caption")
+            html.Div("First, Last: slice numbers (empty: the volume's edge). Stop after: slices without the object "
+                     "(0: never).", classes="text-caption")
             v3.VBtn("Propagate", click=self.propagate, disabled=("busy",), classes="propagate mr-2")
             v3.VBtn("Cancel", click=self.cancel, disabled=("!busy",), classes="cancel")
             v3.VProgressLinear(model_value=("progress",), v_show=("busy",), classes="progress mt-2")
