@@ -458,8 +458,11 @@ def test_three_views_show_the_volume_and_a_coronal_click_and_cancelled_propagati
     box = view_box(page, 1)
     anterior = probe(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)[1]
     assert "Green" in text(page, ".probe")
-    page.mouse.click(*page_point(page, liver_point_on_coronal_plane(anterior), view=1, axes=(0, 2)))
+    target = page_point(page, liver_point_on_coronal_plane(anterior), view=1, axes=(0, 2))
     row = series_row_index(anterior)
+    probe(page, *target)
+    assert re.search(rf"\(voxel i \d+, j {row}, k \d+\)", text(page, ".probe")), "the probe's slice number"
+    page.mouse.click(*target)
     # the prompt is on the coronal slice the view shows (the model may or may not find the liver there)
     clicked = wait_message(page, rf"slice j = {row}\b")
     print(f"\ncoronal click: {clicked.string}")

@@ -21,6 +21,7 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
 from trame_vuetify.widgets import vuetify3 as v3
 from vtkmodules.vtkCommonCore import vtkCommand
+from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 from samed2.device import DEVICE_NAMES
 from samed2.errors import InputError, Samed2Error
@@ -302,7 +303,15 @@ class SAMed2WebApp(TrameApp):
     def _on_move(self, view):
         r, a, s = self._event_ras(view)
         with self.state:
-            self.state.probe = f"{view.get_view_node().GetName()} R {r:.1f}  A {a:.1f}  S {s:.1f}"
+            self.state.probe = f"{view.get_view_node().GetName()} R {r:.1f}  A {a:.1f}  S {s:.1f}{self._voxel((r, a, s))}"
+
+    def _voxel(self, ras) -> str:
+        """The voxel under a world point, as slice numbers (what First and Last take), or nothing outside."""
+        ras_to_ijk = vtkMatrix4x4()
+        self.volume.GetRASToIJKMatrix(ras_to_ijk)
+        ijk = [round(c) for c in ras_to_ijk.MultiplyPoint((*ras, 1.0))[:3]]
+        inside = all(0 <= c < n for c, n in zip(ijk, self.volume.GetImageData().GetDimensions()))
+        return "  (voxel " + ", ".join(f"{axis} {c}" for axis, c in zip("ijk", ijk)) + ")" if inside else ""
 
     def _on_click(self, view):
         slice_node, point = view.get_view_node(), self._event_ras(view)
