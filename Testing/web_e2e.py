@@ -12,7 +12,8 @@ view, exports (DICOM-SEG through dciodvfy), a refused token, and the server's st
 
 The model is the test-trained SAMed-2 (SAMED2_WEB_MODEL / SAMED2_WEB_MODEL_CONFIG, given by
 test_web.py), imported into a temporary weights cache as a user would with `samed2 weights import`,
-beside the golden tiny SAMed-2 with its object score forced to "absent" (it finds nothing, on any CPU).
+beside the golden tiny SAMed-2 with its object score forced to "absent" (it finds nothing, on any CPU),
+which the model test also imports under another name while the page is open, then deletes.
 """
 import json
 import os
@@ -58,25 +59,30 @@ def import_model(cache, name, weights, config):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory, golden_dir):
-    """A weights cache with the test-trained model, a model that finds nothing, and one more copy
-    of that (whose file the model test deletes)."""
+def absent_model(tmp_path_factory, golden_dir):
+    """The golden tiny SAMed-2 with its object-score head made to answer "absent" everywhere: it
+    finds nothing wherever one clicks, on any CPU. (weights file, config)"""
     from conftest import golden_tiny_config
     from safetensors.torch import load_file, save_file
 
-    weights, config = os.environ.get("SAMED2_WEB_MODEL"), os.environ.get("SAMED2_WEB_MODEL_CONFIG")
-    if not weights or not config:
-        pytest.fail("SAMED2_WEB_MODEL and SAMED2_WEB_MODEL_CONFIG name the model: run this through test_web.py")
-    cache = tmp_path_factory.mktemp("weights")
-    import_model(cache, "test-model", weights, json.loads(Path(config).read_text())["model"])
     state = load_file(str(golden_dir / "samed2_tiny_state.safetensors"))
     last = "sam_mask_decoder.pred_obj_score_head.layers.2"
     state[f"{last}.weight"].zero_()
     state[f"{last}.bias"].fill_(-20.0)
     absent = tmp_path_factory.mktemp("absent") / "absent.safetensors"
     save_file(state, str(absent))
-    for name in ("absent-model", "gone-model"):
-        import_model(cache, name, absent, golden_tiny_config())
+    return absent, golden_tiny_config()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, absent_model):
+    """A weights cache with the test-trained model and the model that finds nothing."""
+    weights, config = os.environ.get("SAMED2_WEB_MODEL"), os.environ.get("SAMED2_WEB_MODEL_CONFIG")
+    if not weights or not config:
+        pytest.fail("SAMED2_WEB_MODEL and SAMED2_WEB_MODEL_CONFIG name the model: run this through test_web.py")
+    cache = tmp_path_factory.mktemp("weights")
+    import_model(cache, "test-model", weights, json.loads(Path(config).read_text())["model"])
+    import_model(cache, "absent-model", *absent_model)
     return cache
 
 
@@ -410,10 +416,11 @@ def test_segment_list_add_select_rename_colour(page):
     session["boxed"] = boxed
 
 
-def test_model_device_and_preset_choice(page, cache):
+def test_model_device_and_preset_choice(page, cache, absent_model):
     click(page, ".model")  # the list offers the cached models
-    expect(page.locator(".v-overlay--active .v-list-item")).to_have_text(["absent-model", "gone-model", "test-model"])
+    expect(page.locator(".v-overlay--active .v-list-item")).to_have_text(["absent-model", "test-model"])
     page.keyboard.press("Escape")
+    import_model(cache, "gone-model", *absent_model)  # as `samed2 weights import` would, while the page is open
 
     click(page, ".add-segment")
     wait_text(page, ".status", r"Added Segment 3")
@@ -423,11 +430,16 @@ def test_model_device_and_preset_choice(page, cache):
     wait_text(page, ".error", rf"The model found nothing there \(slice k = {session['clicked_slice']}\)")
     assert voxels(page, "Segment 3") == 0
 
-    # a model whose file went missing after the start: the page says so and keeps the model it had
+    # a model whose file goes missing while the menu is open: the page says so and keeps the model it had
+    click(page, ".model")  # the menu reads the cache again: the model imported meanwhile is there
+    expect(page.locator(".v-overlay--active .v-list-item")).to_have_text(["absent-model", "gone-model", "test-model"])
     (cache / "gone-model.safetensors").unlink()
-    choose(page, ".model", "gone-model")
+    page.locator(".v-overlay--active .v-list-item", has_text="gone-model").click()
     wait_text(page, ".error", r"gone-model was imported but .* is gone: import it again")
     expect(page.locator(".model").first).to_contain_text("absent-model")
+    click(page, ".model")  # the menu reads the cache again
+    expect(page.locator(".v-overlay--active .v-list-item")).to_have_text(["absent-model", "test-model"])
+    page.keyboard.press("Escape")
 
     choose(page, ".model", "test-model")
     choose(page, ".device", "auto")
@@ -472,6 +484,7 @@ def test_three_views_show_the_volume_and_a_coronal_click_and_cancelled_propagati
     fill(page, ".stop-after-absent", 0)
     click(page, ".propagate")
     wait_text(page, ".status", r"Propagating: slice \d+ \(\d+ done\)")
+    expect(page.locator(".progress")).to_be_visible()
     start = time.perf_counter()
     click(page, ".cancel")
     done = int(wait_text(page, ".status", r"Propagation cancelled after (\d+) slice").group(1))

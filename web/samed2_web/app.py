@@ -242,9 +242,14 @@ class SAMed2WebApp(TrameApp):
             self._configure(previous)
             with self.state:
                 self.state.update(previous)
-                self.state.models = cached_models(self.logic.cache_dir)
+            self._list_models()
             return
         self._report(f"Segmenting with {model} on {device}, preset {preset}: the next prompt uses them.")
+
+    def _list_models(self, *_):
+        """The cached models, read again whenever the model menu opens."""
+        with self.state:
+            self.state.models = cached_models(self.logic.cache_dir)
 
     def _configure(self, settings):
         self.logic.configure(**settings)
@@ -481,7 +486,8 @@ class SAMed2WebApp(TrameApp):
     def _model_panel(self):
         v3.VListSubheader("Model")
         with html.Div(classes="px-2"):
-            for name, items in (("model", ("models",)), ("device", ("devices", available_devices())),
-                                ("preset", ("presets", list(PRESETS)))):
+            v3.VSelect(v_model=("model",), items=("models",), label="Model", density="compact", hide_details=True,
+                       disabled=("busy",), update_menu=self._list_models, classes="model mb-2")
+            for name, items in (("device", ("devices", available_devices())), ("preset", ("presets", list(PRESETS)))):
                 v3.VSelect(v_model=(name,), items=items, label=name.capitalize(), density="compact",
                            hide_details=True, disabled=("busy",), classes=f"{name} mb-2")
