@@ -24,6 +24,7 @@ from SAMed2SlicerLib.install import (
     DICOM_REQUIREMENTS,
     ENGINE_REQUIREMENTS,
     SLICER_PYTHONS,
+    TORCH_REQUIREMENT,
     InstallPlan,
     install_function,
     planned_requirements,
@@ -34,6 +35,15 @@ PAYLOAD = os.urandom(300_000)  # a few 64 KiB chunks: the first one lands before
 
 
 # ---- install plan ---------------------------------------------------------------------
+
+
+def test_slicer_installs_what_the_package_declares():
+    """One list each: what the module installs into Slicer's Python is what pyproject.toml declares
+    (the installed samed2's metadata), torch and the engine packages as dependencies, the DICOM
+    packages as the `dicom` extra."""
+    declared = set(importlib.metadata.requires("samed2"))
+    assert {TORCH_REQUIREMENT, *ENGINE_REQUIREMENTS} <= declared
+    assert {f'{r}; extra == "dicom"' for r in DICOM_REQUIREMENTS} <= declared
 
 
 def test_slicer_install_plan_lists_only_what_is_missing():
