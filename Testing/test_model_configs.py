@@ -104,9 +104,9 @@ def test_decoder_cross_attention_folding_equals_the_plain_computation():
 
 
 def test_hiera_position_embedding_is_kept_until_its_parameters_change():
-    from conftest import golden_tiny_config
-
     from samed2.model import build_model
+
+    from conftest import golden_tiny_config
 
     trunk = build_model(golden_tiny_config()).image_encoder.trunk
     with torch.no_grad():

@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 import slicer
-from http_server import FileServer
-from slicer_harness import slicer_app  # noqa: F401 (pytest fixture)
 
 from samed2.weights import CheckpointInfo
-from SAMed2SlicerLib import models
-from SAMed2SlicerLib.jobs import JobCancelled
-from SAMed2SlicerLib import install
+from SAMed2SlicerLib import install, models
 from SAMed2SlicerLib.install import (
     DICOM_REQUIREMENTS,
     ENGINE_REQUIREMENTS,
@@ -30,6 +26,10 @@ from SAMed2SlicerLib.install import (
     planned_requirements,
     satisfied,
 )
+from SAMed2SlicerLib.jobs import JobCancelled
+
+from http_server import FileServer
+from slicer_harness import slicer_app  # noqa: F401 (pytest fixture)
 
 PAYLOAD = os.urandom(300_000)  # a few 64 KiB chunks: the first one lands before a cancel
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from trained_model import trained_model  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
