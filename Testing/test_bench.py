@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from samed2_tools import bench
 from samed2.bank import KERNELS
 from samed2.device import native_bf16
 from samed2.errors import BenchError
+from samed2_tools import bench
 
 CPU = torch.device("cpu")
 

@@ -13,14 +13,15 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicomseg_checks import assert_seg_valid, dcmqi_masks, no_leftovers, on_grid, series_grid
 
 import samed2
-from samed2_tools.cli import build_parser
 from samed2.dicomseg import export_seg, load_series, read_seg, write_repaired_series
 from samed2.errors import DicomError, InputError, OutputError
 from samed2.labelmap import LabelMap, grid_differences, read_labelmap, write_labelmap
 from samed2.terminology import load_seg_metadata, lookup_term
+from samed2_tools.cli import build_parser
+
+from dicomseg_checks import assert_seg_valid, dcmqi_masks, no_leftovers, on_grid, series_grid
 
 TOTALSEG_LIVER = 5
 

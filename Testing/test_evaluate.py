@@ -8,7 +8,6 @@ import logging
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import DATA, golden_tiny_config
 
 from samed2.errors import InputError
 from samed2.model_io import mask_box
@@ -33,6 +32,8 @@ from samed2_tools.evaluate import (
     scores,
     surface_dice,
 )
+
+from conftest import DATA, golden_tiny_config
 from trained_model import LIVER, build_trained_model, trained_model  # noqa: F401 (fixture)
 
 CT = DATA / "totalseg" / "example_ct_sm.nii.gz"

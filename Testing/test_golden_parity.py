@@ -1,15 +1,15 @@
 """Parity with the SAMed-2 reference: every output vector in ../shared/golden is reproduced."""
 import copy
-import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import GOLDEN
-from parity_helpers import TOLERANCE, parity_error
 from samed2.bank import ConfidenceBank, image_key
-from samed2.model import ImageFeatures, build_model
+from samed2.model import ImageFeatures
+
+from conftest import GOLDEN, golden_tiny_model
+from parity_helpers import parity_error
 
 # The golden README does not list the tracking box; this is the box whose corner-point prompt
 # reproduces `track.0.*` (recovered by fitting the prompt to the vector, residual ~1e-10).
@@ -24,11 +24,7 @@ def vectors(golden_dir):
 
 @pytest.fixture(scope="module")
 def golden_model(golden_dir):
-    cfg = json.loads((golden_dir / "samed2_tiny_config.json").read_text())["model"]
-    cfg["image_encoder"]["trunk"].update(temporal_adapter=True, fusion_blocks=True)
-    model = build_model(cfg)
-    model.load_state_dict(load_file(str(golden_dir / "samed2_tiny_state.safetensors")), strict=True)
-    return model
+    return golden_tiny_model()
 
 
 def golden_bank(vectors) -> ConfidenceBank:

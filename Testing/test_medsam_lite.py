@@ -7,8 +7,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from http_server import FileServer
-from lite_reference import reference_modeling, wheel
 
 from samed2.errors import DownloadError, WeightsError
 from samed2.model_io import (
@@ -24,6 +22,9 @@ from samed2.volume_files import load_volume
 from samed2.weights import REGISTRY, download, import_checkpoint, list_weights, load_model
 from samed2.weights.cache import read_manifest
 from samed2_tools.cli import main as cli_main
+
+from http_server import FileServer
+from lite_reference import reference_modeling, wheel
 
 TOLERANCE = 1e-4  # the bound; measured differences are float32 rounding, <= 5e-5 on these slices
 LITE = REGISTRY["medsam-lite"]

@@ -10,12 +10,13 @@ from functools import lru_cache
 
 import numpy as np
 import pytest
-from conftest import DATA
 
 from samed2.model_io import mask_box
 from samed2.session import Session
 from samed2.volume import get_slice
 from samed2_tools.evaluate import dice, extent, load_case, middle_slice, slicing_axis
+
+from conftest import DATA
 
 MARGIN = 0.02
 PER_SLICE_OBJECT = 10_000  # the object the per-slice boxes go to (apart from the propagated one)

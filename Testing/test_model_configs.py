@@ -70,7 +70,7 @@ def test_cached_dense_position_encoding_works_for_a_model_built_in_inference_mod
 
 @pytest.mark.parametrize("channels, side", [(256, 16), (64, 32)])
 def test_upsample2x_equals_the_transposed_convolution(channels, side):
-    from samed2.model.layers import upsample2x
+    from samed2.model.building_blocks import upsample2x
 
     torch.manual_seed(0)
     conv = torch.nn.ConvTranspose2d(channels, channels // 4, kernel_size=2, stride=2)
@@ -84,7 +84,7 @@ def test_upsample2x_equals_the_transposed_convolution(channels, side):
 
 def test_decoder_cross_attention_folding_equals_the_plain_computation():
     """Few prompt tokens with many image tokens: the folded products give the plain attention's result."""
-    from samed2.model.layers import Attention
+    from samed2.model.attention import Attention
 
     torch.manual_seed(0)
     attention = Attention(256, 8, downsample_rate=2).eval()
@@ -104,8 +104,9 @@ def test_decoder_cross_attention_folding_equals_the_plain_computation():
 
 
 def test_hiera_position_embedding_is_kept_until_its_parameters_change():
-    from conftest import golden_tiny_config
     from samed2.model import build_model
+
+    from conftest import golden_tiny_config
 
     trunk = build_model(golden_tiny_config()).image_encoder.trunk
     with torch.no_grad():

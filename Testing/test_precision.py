@@ -13,6 +13,7 @@ from samed2.errors import InputError
 from samed2.model_io import mask_box
 from samed2.session import Session
 from samed2.volume_files import load_volume
+
 from trained_model import build_trained_model, trained_model  # noqa: F401 (fixture)
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import require_module
-from parity_helpers import TOLERANCE, max_abs_diff, parity_error
 from PIL import Image
 
 from samed2.model import build_model, get_config
 from samed2.model_io import preprocess_slices
 from samed2.presets import get_preset
+
+from conftest import require_module
+from parity_helpers import TOLERANCE, max_abs_diff, parity_error
 
 sam2_build = require_module("sam2.build_sam", "Meta's sam2, installed by .ci/install")
 

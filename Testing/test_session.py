@@ -10,6 +10,8 @@ import torch
 from samed2.errors import InputError
 from samed2.session import Session
 
+from conftest import object_score_says
+
 
 @pytest.fixture
 def session(ct_volume, tiny_model):
@@ -127,14 +129,6 @@ def test_propagation_directions_and_limits(session):
     both = [r.index for r in session.propagate(obj_ids=[3], stop_after_absent=0)]
     assert sorted(both) == [i for i in range(session.num_slices) if i != 15]
     assert sorted(session.objects[3].masks) == list(range(session.num_slices))  # a mask kept for every slice
-
-
-def object_score_says(model, present: bool) -> None:
-    """Make the mask decoder's object-score head answer `present` on every slice (a constant logit of +-20)."""
-    last = model.sam_mask_decoder.pred_obj_score_head.layers[-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.fill_(20.0 if present else -20.0)
 
 
 def test_propagation_stops_after_absent_slices(ct_volume, tiny_model):

@@ -7,7 +7,6 @@ The model is the golden tiny SAMed-2 (random weights) with its object-score and 
 raised so that every decoded mask is present and non-empty: these tests check where results
 land, never how good they are (model quality is the engine's trained-model tests' job).
 """
-import json
 import time
 
 import numpy as np
@@ -15,17 +14,17 @@ import pytest
 import slicer
 import torch
 import vtk
-from safetensors.torch import load_file
 from vtk.util import numpy_support
-from slicer_harness import add_slice_views, load_scene, mrml_scene, save_scene, slicer_app  # noqa: F401
 
 from samed2.errors import InputError
-from samed2.model import build_model
 from samed2.session import Session
 from SAMed2SlicerLib import prompts as markups
 from SAMed2SlicerLib.geometry import engine_volume, view_axis, view_containing
 from SAMed2SlicerLib.segmenter import BusyError, Segmenter
 from SAMed2SlicerLib.segments import Target, read_slices, write_slices
+
+from conftest import golden_tiny_model, object_score_says
+from slicer_harness import add_slice_views, load_scene, mrml_scene, save_scene, slicer_app  # noqa: F401
 
 SPACING = (0.8, 1.3, 2.5)
 VIEW_AXES = {"Red": 2, "Yellow": 0, "Green": 1}
@@ -170,17 +169,12 @@ def fill(segmentation, segment_id, volume, voxels):
 
 
 def tiny_model(golden_dir, present=True):
-    cfg = json.loads((golden_dir / "samed2_tiny_config.json").read_text())["model"]
-    cfg["image_encoder"]["trunk"].update(temporal_adapter=True, fusion_blocks=True)
-    cfg["preprocess"] = "unit"
-    model = build_model(cfg)
-    model.load_state_dict(load_file(str(golden_dir / "samed2_tiny_state.safetensors")), strict=True)
+    """The golden tiny model; `present`: it finds the object on every slice, with larger masks."""
+    model = golden_tiny_model()
     if present:
+        object_score_says(model, present=True)
         with torch.no_grad():
-            decoder = model.sam_mask_decoder
-            head = decoder.pred_obj_score_head
-            (head if isinstance(head, torch.nn.Linear) else head.layers[-1]).bias += 30.0
-            for mlp in decoder.output_hypernetworks_mlps:
+            for mlp in model.sam_mask_decoder.output_hypernetworks_mlps:
                 mlp.layers[-1].bias += 0.3
     return model
 

@@ -13,27 +13,37 @@ from pathlib import Path
 
 import pytest
 import slicer
-from http_server import FileServer
-from slicer_harness import slicer_app  # noqa: F401 (pytest fixture)
 
 from samed2.weights import CheckpointInfo
-from SAMed2SlicerLib import models
-from SAMed2SlicerLib.jobs import JobCancelled
-from SAMed2SlicerLib import install
+from SAMed2SlicerLib import install, models
 from SAMed2SlicerLib.install import (
     DICOM_REQUIREMENTS,
     ENGINE_REQUIREMENTS,
     SLICER_PYTHONS,
+    TORCH_REQUIREMENT,
     InstallPlan,
     install_function,
     planned_requirements,
     satisfied,
 )
+from SAMed2SlicerLib.jobs import JobCancelled
+
+from http_server import FileServer
+from slicer_harness import slicer_app  # noqa: F401 (pytest fixture)
 
 PAYLOAD = os.urandom(300_000)  # a few 64 KiB chunks: the first one lands before a cancel
 
 
 # ---- install plan ---------------------------------------------------------------------
+
+
+def test_slicer_installs_what_the_package_declares():
+    """One list each: what the module installs into Slicer's Python is what pyproject.toml declares
+    (the installed samed2's metadata), torch and the engine packages as dependencies, the DICOM
+    packages as the `dicom` extra."""
+    declared = set(importlib.metadata.requires("samed2"))
+    assert {TORCH_REQUIREMENT, *ENGINE_REQUIREMENTS} <= declared
+    assert {f'{r}; extra == "dicom"' for r in DICOM_REQUIREMENTS} <= declared
 
 
 def test_slicer_install_plan_lists_only_what_is_missing():

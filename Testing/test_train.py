@@ -24,13 +24,14 @@ from samed2.model_io import logits_to_slice, mask_box, preprocess_slices, slice_
 from samed2.session import Session
 from samed2.volume_files import load_volume
 from samed2.weights import import_checkpoint, load_weights
-from samed2_tools.cli import main as cli_main
 from samed2_tools.cases import find_cases, split_cases
+from samed2_tools.cli import main as cli_main
 from samed2_tools.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from samed2_tools.train.options import DEFAULT_PARTS
 from samed2_tools.train.prompts import PromptSet, corrective_click, jittered_box, scaled_jitter
 from samed2_tools.train.startpoint import initial_model, set_trainable
 from samed2_tools.train.volumes import load_case, resolve_labels
+
 from trained_model import (  # noqa: F401
     IMAGE,
     LABELS,

@@ -13,8 +13,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from http_server import FileServer
-from samed2_tools.cli import main as cli_main
 from samed2.errors import DownloadError, WeightsError
 from samed2.weights import (
     REGISTRY,
@@ -31,7 +29,10 @@ from samed2.weights import (
     verify,
 )
 from samed2.weights.cache import read_manifest
+from samed2_tools.cli import main as cli_main
 
+from conftest import golden_tiny_config
+from http_server import FileServer
 
 # ---------------------------------------------------------------- fixtures and helpers
 
@@ -53,10 +54,7 @@ def payload() -> bytes:
 
 @pytest.fixture(scope="session")
 def tiny_config(golden_dir) -> dict:
-    """The golden tiny SAMed-2 config: its trunk has the temporal adapters and the (unused) fusion blocks."""
-    config = json.loads((golden_dir / "samed2_tiny_config.json").read_text())["model"]
-    config["image_encoder"]["trunk"].update(temporal_adapter=True, fusion_blocks=True)
-    return config
+    return golden_tiny_config()
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,25 @@ import importlib.metadata
 import importlib.util
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Tuple
 
 from packaging.requirements import Requirement
 
-TORCH_VERSION = ">=2.1"
-TORCH_REQUIREMENT = "torch" + TORCH_VERSION
-ENGINE_REQUIREMENTS = ("safetensors>=0.4",)
-DICOM_REQUIREMENTS = ("pydicom>=3.0", "highdicom>=0.25", "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.3")
+REQUIREMENTS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Requirements"
+
+
+def read_requirements(name: str) -> Tuple[str, ...]:
+    """The requirement lines of Resources/Requirements/<name>.txt (shared with pyproject.toml)."""
+    lines = (line.split("#")[0].strip() for line in (REQUIREMENTS_DIR / f"{name}.txt").read_text().splitlines())
+    return tuple(line for line in lines if line)
+
+
+_ENGINE = read_requirements("engine")
+TORCH_REQUIREMENT = next(r for r in _ENGINE if Requirement(r).name == "torch")
+TORCH_VERSION = str(Requirement(TORCH_REQUIREMENT).specifier)
+ENGINE_REQUIREMENTS = tuple(r for r in _ENGINE if r != TORCH_REQUIREMENT)  # torch: through the PyTorch extension
+DICOM_REQUIREMENTS = read_requirements("dicom")
 DICOM_PYTHON = (3, 10)
 """pydicom 3 and highdicom >= 0.25 need it: Slicer 5.10 or later."""
 SLICER_PYTHONS = {"3.9": "Slicer 5.6 and 5.8", "3.12": "Slicer 5.10 and later"}

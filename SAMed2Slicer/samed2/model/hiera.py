@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samed2.model.layers import MLP, kept
+from samed2.model.building_blocks import MLP, kept
 
 
 def window_partition(x: torch.Tensor, size: int):

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samed2.model.building_blocks import PositionEmbeddingSine
 from samed2.model.hiera import Hiera
-from samed2.model.layers import PositionEmbeddingSine
 
 
 class FpnNeck(nn.Module):

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from samed2.chain import BoxChain
+from samed2.model.mask_decoder import MaskDecoder
+from samed2.model.prompt_encoder import BOX_TOP_LEFT, PromptEncoder
 from samed2.model.sam2 import FrameMemory, ImageFeatures, Prediction, mask_logits
-from samed2.model.sam_heads import BOX_TOP_LEFT, MaskDecoder, PromptEncoder
 from samed2.model.tiny_vit import TinyViT
 
 PRESENT_SCORE = 10.0  # object score logit of every prediction: the model has no object-score head

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samed2.model.layers import LayerNorm2d, PositionEmbeddingSine, RoPEAttention
+from samed2.model.attention import RoPEAttention
+from samed2.model.building_blocks import LayerNorm2d, PositionEmbeddingSine
 
 
 class MaskDownSampler(nn.Module):

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samed2.model.building_blocks import MLP, sine_1d
 from samed2.model.image_encoder import ImageEncoder
-from samed2.model.layers import MLP, sine_1d
+from samed2.model.mask_decoder import MaskDecoder
 from samed2.model.memory import MemoryAttention, MemoryEncoder
-from samed2.model.sam_heads import MaskDecoder, PromptEncoder
+from samed2.model.prompt_encoder import PromptEncoder
 
 NO_OBJECT_SCORE = -1024.0  # mask logit written where the object is predicted absent
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samed2.model.layers import LayerNorm2d
+from samed2.model.building_blocks import LayerNorm2d
 
 
 class ConvBN(nn.Sequential):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from samed2.model.sam_heads import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, POSITIVE
+from samed2.model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, POSITIVE
 
 
 def scaled_jitter(jitter_at_1024: float, image_size: int) -> int:
