@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicomseg_checks import assert_dciodvfy_clean
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 from scipy import ndimage
+
+from dicomseg_checks import assert_dciodvfy_clean
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg"
 SERIES = DATA / "example_ct_dicom"
@@ -62,15 +63,14 @@ def import_model(cache, name, weights, config):
 def absent_model(tmp_path_factory, golden_dir):
     """The golden tiny SAMed-2 with its object-score head made to answer "absent" everywhere: it
     finds nothing wherever one clicks, on any CPU. (weights file, config)"""
-    from conftest import golden_tiny_config
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    state = load_file(str(golden_dir / "samed2_tiny_state.safetensors"))
-    last = "sam_mask_decoder.pred_obj_score_head.layers.2"
-    state[f"{last}.weight"].zero_()
-    state[f"{last}.bias"].fill_(-20.0)
+    from conftest import golden_tiny_config, golden_tiny_model, object_score_says
+
+    model = golden_tiny_model()
+    object_score_says(model, present=False)
     absent = tmp_path_factory.mktemp("absent") / "absent.safetensors"
-    save_file(state, str(absent))
+    save_file(model.state_dict(), str(absent))
     return absent, golden_tiny_config()
 
 
