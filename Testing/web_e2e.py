@@ -91,14 +91,17 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("out")
 
 
+def samed2_web(cache, out, model, **popen):
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("samed2")), "web", str(SERIES), "--model", model, "--cache-dir",
+         str(cache), "--out", str(out), "--port", "0", "--token", TOKEN, "--device", "cpu"], text=True, **popen)
+
+
 @pytest.fixture(scope="module")
 def server(cache, out):
     """`samed2 web` on 127.0.0.1 (a free port); yields (page URL, process)."""
     start = time.perf_counter()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("samed2")), "web", str(SERIES), "--model", "test-model", "--cache-dir",
-         str(cache), "--out", str(out), "--port", "0", "--token", TOKEN, "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = samed2_web(cache, out, "test-model", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url, lines = None, []
     for line in process.stdout:
         lines.append(line)
@@ -580,6 +583,14 @@ def test_a_wrong_or_missing_token_gets_nothing(browser, server):
             "a page without the token got the app"
         assert "Segment" not in page.content() and "CT Body" not in page.content(), "the page shows the session data"
         page.context.close()
+
+
+def test_a_model_missing_from_the_cache_stops_the_start_with_what_to_do(cache, out):
+    process = samed2_web(cache, out, "sam2.1-hiera-tiny", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "the sam2.1-hiera-tiny weights are not in the cache" in error
+    assert "samed2 weights download sam2.1-hiera-tiny" in error
 
 
 def test_the_server_stops(server):

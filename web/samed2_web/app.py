@@ -102,6 +102,9 @@ class SAMed2WebApp(TrameApp):
         self.output_dir = Path(output_dir)
         self.slicer_app = SlicerApp()
         expose_scene(self.slicer_app)
+        self.logic = SAMed2Logic(cache_dir=cache_dir)
+        self.logic.configure(device=device, **({"model": model} if model else {}))
+        self.logic.engine_model()  # a missing or broken checkpoint stops the start, with its WeightsError
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(VIEW_LAYOUTS)
@@ -113,10 +116,6 @@ class SAMed2WebApp(TrameApp):
         self.volume = volumes[0]
         self.slicer_app.display_manager.show_volume(self.volume, do_reset_views=True)
         self.segmentation = self._new_segmentation()
-
-        self.logic = SAMed2Logic(cache_dir=cache_dir)
-        self.logic.configure(device=device, **({"model": model} if model else {}))
-        self.logic.engine_model()  # a missing or broken checkpoint stops the start, with its WeightsError
         self._observed = []
         self._watched_prompts = set()  # IDs of the prompt markups whose drags are observed
         self._prompted_view = None
