@@ -70,7 +70,7 @@ def micro_args(files: Path, out: Path, steps: int, *extra: str) -> list:
 
 
 def run_module(args: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "samed2_tools.train", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "samed2_tools.cli", "train", *args], capture_output=True, text=True,
                           timeout=300, **kwargs)
 
 
@@ -258,7 +258,7 @@ def test_train_run_writes_metrics_plot_checkpoint_and_export(uninterrupted_run):
 def test_resume_after_sigkill_reaches_the_same_weights(micro_files, uninterrupted_run, tmp_path):
     out = tmp_path / "straight"  # same folder name, so the export has the same name
     args = micro_args(micro_files, out, 24, "--checkpoint-every", "2", "--augment")
-    process = subprocess.Popen([sys.executable, "-m", "samed2_tools.train", *args], stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([sys.executable, "-m", "samed2_tools.cli", "train", *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not checkpoint_path(out).exists() and time.time() < deadline and process.poll() is None:
@@ -296,7 +296,7 @@ def test_ddp_two_processes_train_like_one_process_accumulating_two(micro_files, 
     assert single.returncode == 0, single.stderr[-3000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "samed2_tools.train", *_with_out(common, tmp_path / "ddp")],
+                          "-m", "samed2_tools.cli", "train", *_with_out(common, tmp_path / "ddp")],
                          capture_output=True, text=True, timeout=300, env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = exported_state(tmp_path / "single"), exported_state(tmp_path / "ddp")

@@ -1,4 +1,4 @@
-"""`samed2 train`: fine-tune a model on volumes with label maps (multi-GPU: `torchrun ... -m samed2_tools.train`)."""
+"""`samed2 train`: fine-tune a model on volumes with label maps (multi-GPU: `torchrun ... -m samed2_tools.cli train`)."""
 import argparse
 
 EPILOG = """\
@@ -15,7 +15,7 @@ outputs in --out: checkpoints/last.pt (resume with --resume), metrics.csv, metri
   end NAME.pt ({"model": state_dict}), NAME.config.json and NAME.bank.safetensors; load them with
   `samed2 weights import NAME.pt --config NAME.config.json`.
 
-multi-GPU: torchrun --nproc-per-node N -m samed2_tools.train --data ... (same options).
+multi-GPU: torchrun --nproc-per-node N -m samed2_tools.cli train --data ... (same options).
 """
 
 

@@ -1,6 +1,6 @@
 """Headless fine-tuning of SAM 2 / SAMed-2 models on labelled volumes.
 
-`samed2 train ...` in one process, `torchrun --nproc-per-node N -m samed2_tools.train ...` on N GPUs (or
+`samed2 train ...` in one process, `torchrun --nproc-per-node N -m samed2_tools.cli train ...` on N GPUs (or
 CPU processes with gloo). From Python::
 
     from samed2_tools.train import TrainOptions, train

@@ -1,6 +1,6 @@
 """The process's place in a `torchrun` job (or a single process) and its device.
 
-Under `torchrun --nproc-per-node N -m samed2_tools.train ...` the environment carries RANK, LOCAL_RANK
+Under `torchrun --nproc-per-node N -m samed2_tools.cli train ...` the environment carries RANK, LOCAL_RANK
 and WORLD_SIZE; the process group uses NCCL on CUDA and gloo on the CPU.
 """
 from __future__ import annotations

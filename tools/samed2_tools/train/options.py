@@ -105,7 +105,7 @@ def _require(condition: bool, message: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `samed2 train` / `python -m samed2_tools.train` options."""
+    """The `samed2 train` / `python -m samed2_tools.cli train` options."""
     d = TrainOptions()
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="a CSV (columns image,label[,split]) or a folder with imagesTr/ and labelsTr/ "
