@@ -23,7 +23,7 @@ from slicer.util import VTKObservationMixin
 from SAMed2SlicerLib import models
 from SAMed2SlicerLib.geometry import describe_volume
 from SAMed2SlicerLib.logic import SAMed2Logic
-from SAMed2SlicerLib.segmenter import PRESETS
+from SAMed2SlicerLib.segmenter import PRECISIONS, PRESETS
 from SAMed2SlicerQt.controller import Controller, show_error
 
 HOMEPAGE = "https://github.com/samed2slicer/SAMed2Slicer"
@@ -91,6 +91,7 @@ class SAMed2SlicerParameterNode:
     model: str = models.DEFAULT_MODEL
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
     preset: Annotated[str, Choice(list(PRESETS))] = "auto"
+    precision: Annotated[str, Choice(list(PRECISIONS))] = "auto"
     exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = next(iter(EXPORT_FORMATS))
     dicomFolder: Path = Path()
     exportPath: Path = Path()
@@ -197,7 +198,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onParameterChanged(self, caller=None, event=None):
         self.logic.configure(model=self._parameterNode.model, device=self._parameterNode.device,
-                             preset=self._parameterNode.preset)
+                             preset=self._parameterNode.preset, precision=self._parameterNode.precision)
 
     # ---- model and weights -----------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import slicer
 import vtk
 from dicomseg_checks import assert_dciodvfy_clean
 from slicer_harness import add_slice_views, load_volume, mrml_scene, slicer_app  # noqa: F401 (fixtures)
-from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, tiny_model, views, world_point  # noqa: F401
+from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, segment_voxels, tiny_model, views, world_point  # noqa: F401
 
 from samed2.dicomseg import read_seg
 from SAMed2SlicerLib.logic import SAMed2Logic, with_suffix
@@ -133,3 +133,41 @@ def test_mrml_warm_up_is_a_job_that_ends_when_the_slices_around_the_view_are_enc
     assert job.error is None
     cache = logic.segmenter.session(2).cache
     assert all(index in cache for index in range(18, 23))
+
+
+def test_mrml_precision_setting_reaches_the_engine_session_and_the_status_line(logic, ct, abdomen, views):
+    """The panel's Precision combo sets `precision` as the CLI's --precision does: each value makes a
+    new segmenter whose sessions run in it, and the status line after a click says what runs ("auto"
+    resolved by the engine's own rule: bf16 only where it is native and measured faster)."""
+    import torch
+
+    from samed2.device import pick_precision
+
+    assert logic.settings["precision"] == "auto"
+    logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+    auto = pick_precision("auto", torch.device("cpu"))
+    first = logic.segmenter
+    assert first.session(2).precision == auto
+    assert logic.prompt_message({2: [15]}) == \
+        f"Segmented slice k = 15; tiny-test runs on cpu in {auto} (precision setting: auto)."
+    for precision in ("bf16", "fp32"):
+        logic.configure(precision=precision)
+        assert logic.segmenter is None, "a changed precision closes the segmenter"
+        logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+        assert logic.segmenter is not first and logic.segmenter.session(2).precision == precision
+        assert logic.prompt_message({}) == \
+            f"Nothing changed; tiny-test runs on cpu in {precision} (precision setting: {precision})."
+        first = logic.segmenter
+    logic.configure(precision="fp32")
+    assert logic.segmenter is first, "the same setting keeps the segmenter (and its cached slices)"
+
+
+def test_mrml_unknown_precision_is_refused_with_the_choices(logic, ct, abdomen, views):
+    from samed2.errors import InputError
+
+    before = segment_voxels(abdomen, "liver", ct)
+    logic.configure(precision="fp16")
+    with pytest.raises(InputError, match="unknown precision 'fp16'; choose one of auto, fp32, bf16"):
+        logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+    assert logic.prompt_nodes() == []
+    np.testing.assert_array_equal(segment_voxels(abdomen, "liver", ct), before)

@@ -296,6 +296,36 @@ def test_slicer_gui_loads_its_ui_file_from_the_resources(python_file, ui_file):
     assert "slicer.util.loadUI(" in source and ui_file in source
 
 
+def class_fields(tree, name):
+    """The annotated fields of a class in a parsed file."""
+    (cls,) = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == name]
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_slicer_panel_settings_are_parameters_that_reach_the_logic():
+    """Each widget the .ui binds with SlicerParameterName is a field of the parameter node (Slicer's
+    connectGui refuses other names), and the panel hands every setting the Logic has to configure()."""
+    panel = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / f"{MODULE_NAME}.ui").getroot()
+    bound = {p.find("string").text for p in panel.iter("property") if p.get("name") == "SlicerParameterName"}
+    module = ast.parse((MODULE_DIR / f"{MODULE_NAME}.py").read_text())
+    assert bound <= class_fields(module, f"{MODULE_NAME}ParameterNode")
+    (configure,) = [n for n in ast.walk(module) if isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Attribute) and n.func.attr == "configure"]
+    logic = ast.parse((MODULE_DIR / "SAMed2SlicerLib" / "logic.py").read_text())
+    (defaults,) = [n.value for n in logic.body if isinstance(n, ast.Assign) and n.targets[0].id == "DEFAULT_SETTINGS"]
+    settings = {key.value for key in defaults.keys}
+    assert {k.arg for k in configure.keywords} == settings
+    assert settings - {"model"} <= bound, "the model combo is filled by the widget; the others are bound"
+
+
+def test_slicer_panel_offers_the_engines_precisions():
+    from samed2.device import PRECISIONS
+
+    segmenter = ast.parse((MODULE_DIR / "SAMed2SlicerLib" / "segmenter.py").read_text())
+    (offered,) = [n.value for n in segmenter.body if isinstance(n, ast.Assign) and n.targets[0].id == "PRECISIONS"]
+    assert ast.literal_eval(offered) == PRECISIONS
+
+
 def test_slicer_ui_files_are_qt_designer_files():
     for path in (MODULE_DIR / "Resources" / "UI").glob("*.ui"):
         root = ElementTree.parse(path).getroot()

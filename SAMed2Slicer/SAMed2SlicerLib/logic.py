@@ -20,7 +20,7 @@ from SAMed2SlicerLib.jobs import BackgroundJob, JobPoller
 from SAMed2SlicerLib.prompts import prompt_nodes
 from SAMed2SlicerLib.segmenter import Segmenter
 
-DEFAULT_SETTINGS = {"model": models.DEFAULT_MODEL, "device": "auto", "preset": "auto"}
+DEFAULT_SETTINGS = {"model": models.DEFAULT_MODEL, "device": "auto", "preset": "auto", "precision": "auto"}
 EXPORT_SUFFIXES = {"DICOM-SEG": ".dcm", "NIfTI": ".nii.gz", "Slicer segmentation": ".seg.nrrd"}
 
 
@@ -51,7 +51,7 @@ class SAMed2Logic(VTKObservationMixin):
         return InstallPlan.for_this_python(dicom=dicom)
 
     def configure(self, **settings) -> None:
-        """Change model, device or preset; the next action makes a new segmenter."""
+        """Change model, device, preset or precision; the next action makes a new segmenter."""
         if any(self.settings.get(k) != v for k, v in settings.items()):
             self.settings.update(settings)
             self.close_segmenter()
@@ -80,7 +80,7 @@ class SAMed2Logic(VTKObservationMixin):
                                "when asked (or install them with the PyTorch Utils module and pip)")
         self.close_segmenter()
         self.segmenter = Segmenter(volume, segmentation, self.engine_model(), device=self.settings["device"],
-                                   preset=self.settings["preset"])
+                                   preset=self.settings["preset"], precision=self.settings["precision"])
         self._segmenter_key = key
         self.addObserver(volume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._on_volume_changed)
         return self.segmenter
@@ -122,6 +122,13 @@ class SAMed2Logic(VTKObservationMixin):
         """A box dragged between two world corners in a slice view; {axis: [slices]}."""
         return self.segmenter_for(volume, segmentation).add_box(segment_id, slice_node, corner_ras, opposite_ras,
                                                                 before_write)
+
+    def prompt_message(self, written) -> str:
+        """The status line after a prompt: what it wrote, and where and in which precision the model runs
+        (what "auto" chose)."""
+        message = written_message(written)
+        engine = self.segmenter.engine_description() if self.segmenter is not None else None
+        return f"{message.rstrip('.')}; {self.settings['model']} runs {engine}." if engine else message
 
     def prompt_nodes(self):
         """The prompt markups of the current segmentation (to watch for moves and deletions)."""

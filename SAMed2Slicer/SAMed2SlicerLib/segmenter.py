@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 CACHE_BYTES_PER_AXIS = 1024 ** 3
 PRESETS = ("auto", "view", "soft_tissue", "lung", "bone", "brain", "liver", "mr")
 """Intensity presets offered: the engine's, plus "view" (the window/level Slicer displays)."""
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Model arithmetic offered: samed2.device.PRECISIONS, named here so the panel needs no torch."""
 
 
 class BusyError(RuntimeError):
@@ -48,18 +50,19 @@ class Segmenter:
     """Prompts -> engine -> segments, for one volume and one segmentation.
 
     `model` is an engine model (samed2.model / samed2.weights.load_model); `device`, `preset`,
-    `strategy` and `bank` go to each engine Session.
+    `precision`, `strategy` and `bank` go to each engine Session (precision "fp32" unless asked, as
+    the Session's; the module's Logic asks for its setting, "auto" by default).
     """
 
     def __init__(self, volume_node, segmentation_node, model, device="auto", preset="auto",
-                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy=None, bank=None):
+                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy=None, bank=None, precision="fp32"):
         check_editable(segmentation_node)
         self.volume_node = volume_node
         self.segmentation_node = segmentation_node
         self.volume = engine_volume(volume_node)
         self.model = model
         self._options = dict(device=device, preset=intensity_preset(preset, volume_node),
-                             cache_bytes=cache_bytes, strategy=strategy, bank=bank)
+                             cache_bytes=cache_bytes, strategy=strategy, bank=bank, precision=precision)
         self._sessions = {}
         self._object_ids: Dict[str, int] = {}
         self._applied: Dict[tuple, dict] = {}  # (segment id, axis) -> {index: SlicePrompt}
@@ -83,8 +86,17 @@ class Segmenter:
 
             session = Session(self.volume, self.model, axis=axis, **self._options)
             self._sessions[axis] = session
+            log.info("SAMed-2 segments along %s %s", "ijk"[axis], self.engine_description())
             self._resume(session, axis)
         return self._sessions[axis]
+
+    def engine_description(self) -> Optional[str]:
+        """Where and in which precision the engine runs ("on cpu in bf16 (precision setting: auto)");
+        None before the first session."""
+        session = next(iter(self._sessions.values()), None)
+        if session is None:
+            return None
+        return f"on {session.device} in {session.precision} (precision setting: {self._options['precision']})"
 
     def _resume(self, session, axis) -> None:
         """Replay the scene's prompts into a new session. Slices that already show voxels are

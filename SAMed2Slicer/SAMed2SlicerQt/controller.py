@@ -16,7 +16,6 @@ from slicer.util import VTKObservationMixin
 
 from SAMed2SlicerLib.install import TORCH_VERSION, install_function
 from SAMed2SlicerLib.jobs import TICK_INTERVAL_MS
-from SAMed2SlicerLib.logic import written_message
 from SAMed2SlicerLib.segmenter import BusyError
 
 MODULE_NAME = "SAMed2Slicer"
@@ -169,7 +168,7 @@ class Controller(VTKObservationMixin):
             self._save_undo = save_undo
             written = add(*args, before_write=save_undo)
             self._observe_prompts()
-            self.notify(written_message(written))
+            self.notify(self.logic.prompt_message(written))
 
     def _observe_prompts(self):
         for node in self.logic.prompt_nodes():
@@ -184,7 +183,7 @@ class Controller(VTKObservationMixin):
         with self.reporting("Updating the segment after moving prompts"):
             written = self.logic.apply_moved_prompts(before_write=self._save_undo)
             if written is not None:
-                self.notify(written_message(written))
+                self.notify(self.logic.prompt_message(written))
 
     def _on_scene_closing(self, caller=None, event=None):
         self.removeObservers(self._on_markup_changed)  # the prompt nodes go with the scene

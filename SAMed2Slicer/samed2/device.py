@@ -81,9 +81,11 @@ def pick_precision(name: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str = "fp32"):
-    """bfloat16 autocast for "bf16"; full precision for "fp32"."""
+    """bfloat16 autocast for "bf16"; full precision for "fp32". Inference only, so without autocast's
+    weight cache: it keeps a bfloat16 copy of each weight until the outermost autocast exits, which saves
+    nothing here (each weight is used once per call) and raised a SAMed-2 session's peak RSS by 0.5 GB."""
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
