@@ -20,10 +20,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from samed2.precisions import PRECISIONS
 from SAMed2SlicerLib import models
 from SAMed2SlicerLib.geometry import describe_volume
 from SAMed2SlicerLib.logic import SAMed2Logic
-from SAMed2SlicerLib.segmenter import PRECISIONS, PRESETS
+from SAMed2SlicerLib.segmenter import PRESETS
 from SAMed2SlicerQt.controller import Controller, show_error
 
 HOMEPAGE = "https://github.com/samed2slicer/SAMed2Slicer"
@@ -73,6 +74,7 @@ def registerEffect():
     The package is imported first, so Slicer's loader finds the class on sys.modules (as its
     ScriptedSegmentEditorEffect template's layout allows) instead of loading the file again."""
     import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
     import SegmentEditorSAMed2Lib  # noqa: F401 (sys.modules entry for setPythonSource)
 
     factory = slicer.qSlicerSegmentEditorEffectFactory.instance()

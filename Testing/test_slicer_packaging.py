@@ -318,14 +318,6 @@ def test_slicer_panel_settings_are_parameters_that_reach_the_logic():
     assert settings - {"model"} <= bound, "the model combo is filled by the widget; the others are bound"
 
 
-def test_slicer_panel_offers_the_engines_precisions():
-    from samed2.device import PRECISIONS
-
-    segmenter = ast.parse((MODULE_DIR / "SAMed2SlicerLib" / "segmenter.py").read_text())
-    (offered,) = [n.value for n in segmenter.body if isinstance(n, ast.Assign) and n.targets[0].id == "PRECISIONS"]
-    assert ast.literal_eval(offered) == PRECISIONS
-
-
 def test_slicer_ui_files_are_qt_designer_files():
     for path in (MODULE_DIR / "Resources" / "UI").glob("*.ui"):
         root = ElementTree.parse(path).getroot()

@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 CACHE_BYTES_PER_AXIS = 1024 ** 3
 PRESETS = ("auto", "view", "soft_tissue", "lung", "bone", "brain", "liver", "mr")
 """Intensity presets offered: the engine's, plus "view" (the window/level Slicer displays)."""
-PRECISIONS = ("auto", "fp32", "bf16")
-"""Model arithmetic offered: samed2.device.PRECISIONS, named here so the panel needs no torch."""
 
 
 class BusyError(RuntimeError):

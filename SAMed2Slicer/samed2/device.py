@@ -6,9 +6,10 @@ import time
 
 import torch
 
+from samed2.precisions import PRECISIONS
+
 log = logging.getLogger(__name__)
 DEVICE_NAMES = ("auto", "cuda", "mps", "cpu")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -3,11 +3,12 @@ import json
 from pathlib import Path
 
 from samed2.errors import InputError
+from samed2.precisions import PRECISIONS
 from samed2.strategy import STRATEGIES
 
 
 def add_precision_option(parser) -> None:
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",  # samed2.device.PRECISIONS
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="model arithmetic: bf16 autocast or fp32; auto = bf16 where the device computes it "
                              "natively and a short measurement finds it faster, else fp32 (default)")
 
