@@ -291,7 +291,7 @@ class EvalSettings:
     device: str = "auto"
     strategy: Optional[str] = None  # None: the default for the bank given (samed2.strategy)
     clicks: int = CLICKS
-    precision: str = "fp32"  # samed2.device.PRECISIONS
+    precision: str = "fp32"  # samed2.precisions.PRECISIONS
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
