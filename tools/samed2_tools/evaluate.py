@@ -310,7 +310,8 @@ def list_cases(data: list) -> list[tuple[str, Path, Path]]:
         if not path.exists():
             raise InputError(f"--data: {path} does not exist")
     if len(paths) == 2:
-        return [(paths[0].name.split(".")[0], paths[0], paths[1])]
+        name = paths[0].name if paths[0].is_dir() else paths[0].name.split(".")[0]  # a DICOM folder: whole
+        return [(name, paths[0], paths[1])]
     if len(paths) != 1 or (paths[0].is_file() and paths[0].suffix.lower() != ".csv"):
         raise InputError("--data takes IMAGE LABELMAP, a .csv file listing cases, or a folder of cases")
     return [(case.name, case.image, case.label) for case in find_cases(paths[0])]

@@ -96,9 +96,10 @@ def expose_scene(slicer_app: SlicerApp) -> None:
 
 
 class SAMed2WebApp(TrameApp):
-    def __init__(self, image, output_dir, cache_dir, model=None, device="auto", server=None):
+    def __init__(self, image, output_dir, cache_dir, model=None, device="auto", server=None, pacs=None):
         super().__init__(server=server)
         self.image = Path(image)
+        self.pacs = pacs  # samed2_web.pacs.Pacs when the series came from a DICOMweb server
         self.output_dir = Path(output_dir)
         self.slicer_app = SlicerApp()
         expose_scene(self.slicer_app)
@@ -418,9 +419,20 @@ class SAMed2WebApp(TrameApp):
             self._report("Undone." if undone else "Nothing to undo.")
 
     def export(self, kind):
-        path = self.output_dir / f"{self.image.name.split('.')[0]}_segmentation"  # named after the image
         dicom_folder = self.image if self.image.is_dir() else None
-        message = self._guarded(self.logic.export, self.volume, self.segmentation, kind, path, dicom_folder)
+        message = self._guarded(self.logic.export, self.volume, self.segmentation, kind, self._export_path(),
+                                dicom_folder)
+        if message is not None:
+            self._report(message)
+
+    def _export_path(self):
+        """Named after the image (a DICOM folder by its whole name: a series fetched from a server is its UID)."""
+        name = self.image.name if self.image.is_dir() else self.image.name.split(".")[0]
+        return self.output_dir / f"{name}_segmentation"
+
+    def save_to_pacs(self):
+        message = self._guarded(self.pacs.save, self.logic, self.volume, self.segmentation, self.image,
+                                self._export_path())
         if message is not None:
             self._report(message)
 
@@ -440,6 +452,9 @@ class SAMed2WebApp(TrameApp):
                 for kind, label, name in EXPORTS:
                     v3.VBtn(label, click=(self.export, f"['{kind}']"), disabled=("busy",), size="small",
                             variant="tonal", classes=f"{name} ml-1")
+                if self.pacs is not None:
+                    v3.VBtn("Save to PACS", click=self.save_to_pacs, disabled=("busy",), size="small",
+                            variant="tonal", classes="save-to-pacs ml-1")
             with self.ui.drawer:
                 self._segments_panel()
                 self._propagation_panel()

@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(_attach_coordinate_values(argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
-    logging.getLogger("highdicom").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    for chatty in ("highdicom", "dicomweb_client"):  # a line per module copied, per instance fetched
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     warnings.showwarning = _log_warning
     from samed2.errors import Samed2Error
 

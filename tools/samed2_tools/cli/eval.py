@@ -4,15 +4,15 @@ import logging
 from pathlib import Path
 
 from samed2.errors import InputError
-from samed2_tools.cli.options import add_model_options, model_and_bank
+from samed2_tools.cli.options import add_dicomweb_options, add_model_options, model_and_bank
 
 log = logging.getLogger(__name__)
 
 DATA_HELP = """\
-cases to evaluate: IMAGE LABELMAP (one case), a CSV file with the columns image,label (paths relative
-to the CSV's folder; optional column case = a name), or a folder DIR/imagesTr/<case>.nii.gz (or
-<case>_0000.nii.gz, .nii, .nrrd, .mha, or a DICOM folder <case>/) with DIR/labelsTr/<case>.nii.gz
-(and optionally DIR/imagesVal/ + DIR/labelsVal/), the layout `samed2 train` reads"""
+cases to evaluate: IMAGE LABELMAP (one case; IMAGE may be a DICOMweb series URL), a CSV file with the
+columns image,label (paths relative to the CSV's folder; optional column case = a name), or a folder
+DIR/imagesTr/<case>.nii.gz (or <case>_0000.nii.gz, .nii, .nrrd, .mha, or a DICOM folder <case>/) with
+DIR/labelsTr/<case>.nii.gz (and optionally DIR/imagesVal/ + DIR/labelsVal/), the layout `samed2 train` reads"""
 
 
 def register(sub) -> None:
@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--axis", default="auto", choices=["auto", "0", "1", "2"],
                    help="voxel axis to slice along; auto = the one closest to axial")
     add_model_options(p)
+    add_dicomweb_options(p)
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the results")
     p.set_defaults(func=run)
 
@@ -45,14 +46,23 @@ def _label_list(text: str) -> list:
 
 
 def run(args) -> int:
+    from samed2_tools.dicomweb import dicom_folder, is_url
+
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file: give a folder for the results")
+    if any(is_url(path) for path in args.data[1:]) or (is_url(args.data[0]) and len(args.data) != 2):
+        raise InputError("--data takes a DICOMweb series URL only as the IMAGE of --data IMAGE LABELMAP")
+    with dicom_folder(args.data[0], args.ca_bundle) as image:
+        return evaluate(args, [image, *args.data[1:]])
+
+
+def evaluate(args, data: list) -> int:
     from samed2 import __version__
     from samed2.device import pick_device, pick_precision
     from samed2.session import checked_strategy
     from samed2_tools.evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
 
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out} is a file: give a folder for the results")
-    cases = list_cases(args.data)
+    cases = list_cases(data)
     model, bank = model_and_bank(args)
     settings = EvalSettings(args.protocol, args.labels, None if args.axis == "auto" else int(args.axis),
                             None if args.preset == "auto" else args.preset, args.device,

@@ -13,6 +13,13 @@ def add_precision_option(parser) -> None:
                              "natively and a short measurement finds it faster, else fp32 (default)")
 
 
+def add_dicomweb_options(parser) -> None:
+    parser.add_argument("--ca-bundle", metavar="FILE.pem",
+                        help="CA certificates to verify a DICOMweb server's TLS certificate with (default: the "
+                             "system's); credentials come from $SAMED2_DICOMWEB_TOKEN, $SAMED2_DICOMWEB_USER and "
+                             "$SAMED2_DICOMWEB_PASSWORD or ~/.netrc, never from the command line")
+
+
 def add_model_options(parser) -> None:
     """--model/--config/--bank, --strategy, --preset, --device, --precision, --cache-dir."""
     parser.add_argument("--model", default="samed2",

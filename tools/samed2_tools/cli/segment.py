@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from samed2.errors import InputError
-from samed2_tools.cli.options import add_model_options, model_and_bank
+from samed2_tools.cli.options import add_dicomweb_options, add_model_options, model_and_bank
 
 log = logging.getLogger(__name__)
 SPACES = {"ras": "RAS", "lps": "LPS"}
@@ -15,7 +15,8 @@ SPACES = {"ras": "RAS", "lps": "LPS"}
 def register(sub) -> None:
     p = sub.add_parser("segment", help="segment one structure in a volume from points and/or boxes",
                        description="Prompt with points and boxes, propagate through the volume and write a label map.")
-    p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("image", help="NIfTI/NRRD/MHA file, DICOM folder or DICOMweb series URL "
+                                 "(http(s)://HOST/PREFIX/studies/STUDY_UID/series/SERIES_UID)")
     p.add_argument("--point", action="append", default=[], metavar="X,Y,Z[,+|-]",
                    help="a click; '+' (default) includes, '-' excludes; repeatable")
     p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1,Z",
@@ -29,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--stop-after-absent", type=int, default=3,
                    help="stop after this many slices without the object (0: never)")
     add_model_options(p)
+    add_dicomweb_options(p)
     p.add_argument("--out", required=True, help="label map to write (.nii.gz, .nrrd, .seg.nrrd)")
     p.add_argument("--overlay", help="PNG picture of the first prompted slice")
     p.set_defaults(func=run)
@@ -38,11 +40,13 @@ def run(args) -> int:
     from samed2.files import check_output_path
     from samed2.labelmap import LABELMAP_SUFFIXES
     from samed2.volume_files import load_volume
+    from samed2_tools.dicomweb import dicom_folder
 
     check_output_path(args.out, LABELMAP_SUFFIXES)
     if args.overlay:
         check_output_path(args.overlay, (".png",))
-    volume = load_volume(args.image)
+    with dicom_folder(args.image, args.ca_bundle) as image:
+        volume = load_volume(image)
     axis = _axis(args, volume)
     prompts = _prompts(args, volume, axis)
     model, bank = model_and_bank(args)

@@ -5,6 +5,8 @@ import secrets
 import sys
 from pathlib import Path
 
+from samed2_tools.cli.options import add_dicomweb_options
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -14,7 +16,8 @@ def register(sub) -> None:
                                    "clicks become prompts, the segment updates, propagate, undo and export into "
                                    "--out. Needs the web extra (trame-slicer); listens on 127.0.0.1 unless --host and "
                                    "--token are given.")
-    p.add_argument("image", help="volume file (.nii.gz, .nrrd, ...) or DICOM series folder")
+    p.add_argument("image", help="volume file (.nii.gz, .nrrd, ...), DICOM series folder or DICOMweb series URL "
+                                 "(then the page can also save the DICOM-SEG to that server)")
     p.add_argument("--model", help="weights name from the cache (default: samed2; see `samed2 weights list`)")
     p.add_argument("--out", default=".", help="folder the Export button writes into (default: current folder)")
     p.add_argument("--host", default=LOOPBACK, help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -23,6 +26,7 @@ def register(sub) -> None:
                                    "http://HOST:PORT/?secret=TOKEN)")
     p.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
     p.add_argument("--device", default="auto")
+    add_dicomweb_options(p)
     p.set_defaults(func=run)
 
 
@@ -43,7 +47,6 @@ def check_exposure(host: str, token) -> None:
 
 
 def run(args) -> int:
-    from samed2 import weights
     from samed2.errors import OutputError
 
     check_exposure(args.host, args.token)
@@ -52,13 +55,23 @@ def run(args) -> int:
         raise OutputError(f"--out {out} is not a folder")
     for chatty in ("trame_server", "trame_client", "wslink", "aiohttp"):  # they log each page token at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    from samed2_web.app import SAMed2WebApp
+    from samed2_tools.dicomweb import dicom_folder
 
-    app = SAMed2WebApp(args.image, out, weights.cache_dir(args.cache_dir), model=args.model, device=args.device)
+    with dicom_folder(args.image, args.ca_bundle) as image:
+        serve(args, image, out)
+    return 0
+
+
+def serve(args, image: Path, out: Path) -> None:
+    from samed2 import weights
+    from samed2_web.app import SAMed2WebApp
+    from samed2_web.pacs import Pacs
+
+    pacs = Pacs.of_series(args.image, args.ca_bundle)
+    app = SAMed2WebApp(image, out, weights.cache_dir(args.cache_dir), model=args.model, device=args.device, pacs=pacs)
     token = args.token or secrets.token_urlsafe()
     sys.argv = sys.argv[:1]  # trame reads its own options from the command line: ours are given below
     app.server.cli.set_defaults(authKey=token)  # the page must present it (wslink's session secret)
     app.server.controller.on_server_ready.add(
         lambda **_: print(f"Open in a browser: http://{args.host}:{app.server.port}/?secret={token}", flush=True))
     app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False)
-    return 0
