@@ -31,5 +31,5 @@ class Pacs:
         try:
             store(path, self.root, self.session)
         except DicomError as error:
-            raise DicomError(f"{error}. The DICOM-SEG is kept in {path}") from None
+            raise DicomError(f"{error} The DICOM-SEG is kept in {path}.") from None
         return f"{written} Stored it on {self.root}."
