@@ -72,3 +72,54 @@ class Orthanc:
             answer = requests.post(f"http://127.0.0.1:{self.port}/instances", data=Path(path).read_bytes(),
                                    auth=auth, timeout=30)
             answer.raise_for_status()
+
+
+class TlsProxy:
+    """HTTPS on a free 127.0.0.1 port, in a thread, passing GET requests on to a plain-HTTP server: the
+    TLS a site's reverse proxy puts in front of its PACS (Debian's Orthanc 1.10 drops TLS connections).
+    `certificate` is a PEM file with the key and a self-signed certificate for 127.0.0.1."""
+
+    def __init__(self, target: str, certificate: Path):
+        import ssl
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Forward(BaseHTTPRequestHandler):
+            def do_GET(self):
+                answer = requests.get(target + self.path, headers={"Accept": self.headers.get("Accept", "*/*")},
+                                      timeout=30)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("Content-Type", "application/octet-stream"))
+                self.send_header("Content-Length", str(len(answer.content)))  # requests took off any gzip
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """(key and certificate, certificate) PEM files for 127.0.0.1, made with openssl."""
+    key, certificate = folder / "key.pem", folder / "certificate.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(certificate), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    both = folder / "server.pem"
+    both.write_text(key.read_text() + certificate.read_text())
+    return both, certificate

@@ -16,7 +16,7 @@ import torch
 
 from conftest import require_module
 from dicomseg_checks import assert_dciodvfy_clean
-from orthanc_server import ORTHANC, Orthanc, free_port
+from orthanc_server import ORTHANC, Orthanc, TlsProxy, free_port, self_signed_certificate
 
 require_module("dicomweb_client", "DICOMweb (the dicom extra)")
 if not Path(ORTHANC).exists():
@@ -276,3 +276,16 @@ def test_dicomweb_a_failed_fetch_leaves_no_temporary_folder(orthanc, url, no_cre
 def test_dicomweb_ca_bundle_must_be_a_file(tmp_path):
     with pytest.raises(InputError, match="--ca-bundle .* is not a file"):
         dicomweb.open_session(tmp_path / "missing.pem")
+
+
+def test_dicomweb_tls_is_verified_and_a_site_ca_bundle_is_taken(orthanc, url, data_dir, no_credentials, tmp_path,
+                                                               capsys):
+    server_pem, certificate = self_signed_certificate(tmp_path)
+    with TlsProxy(f"http://127.0.0.1:{orthanc.port}", server_pem) as proxy:
+        https_url = url.replace(f"http://127.0.0.1:{orthanc.port}", f"https://127.0.0.1:{proxy.port}")
+        export = ["export-seg", "--labels", str(data_dir / "totalseg" / "example_seg_dicom.nii.gz"), "--only", "5",
+                  "--dicom", https_url, "--out", str(tmp_path / "seg.dcm")]
+        assert main(export) == 2
+        assert "could not be verified; give your site's CA certificates with --ca-bundle" in capsys.readouterr().err
+        assert main([*export, "--ca-bundle", str(certificate)]) == 0
+    assert (tmp_path / "seg.dcm").is_file()

@@ -80,7 +80,7 @@ class BearerAuth(requests.auth.AuthBase):
 
 def open_session(ca_bundle=None) -> requests.Session:
     """A session with the credentials of the environment (else requests reads netrc) and TLS verification
-    on, against `ca_bundle` (a PEM file) when given."""
+    on: against `ca_bundle` (a PEM file) when given, else the system's certificates or $REQUESTS_CA_BUNDLE."""
     session = requests.Session()
     if os.environ.get(TOKEN_ENV):
         session.auth = BearerAuth(os.environ[TOKEN_ENV])
@@ -89,8 +89,19 @@ def open_session(ca_bundle=None) -> requests.Session:
     if ca_bundle is not None:
         if not Path(ca_bundle).is_file():
             raise InputError(f"--ca-bundle {ca_bundle} is not a file (a PEM file of the site's CA certificates)")
-        session.verify = str(ca_bundle)
+        session.mount("https://", VerifyWith(str(ca_bundle)))
     return session
+
+
+class VerifyWith(requests.adapters.HTTPAdapter):
+    """HTTPS verified against one CA bundle: a session's `verify` loses to $REQUESTS_CA_BUNDLE, this does not."""
+
+    def __init__(self, ca_bundle: str):
+        super().__init__()
+        self.ca_bundle = ca_bundle
+
+    def send(self, request, **kwargs):
+        return super().send(request, **{**kwargs, "verify": self.ca_bundle})
 
 
 def _client(root: str, session: requests.Session):
@@ -109,6 +120,9 @@ def server_errors(root: str, what: str):
         if status in (401, 403):
             raise DicomError(f"{root} refused {what} ({status} {reason}): {CREDENTIALS_HELP}") from None
         raise DicomError(f"{root} answered {status} {reason} to {what}") from None
+    except requests.exceptions.InvalidJSONError:
+        raise DicomError(f"{root} answered {what} with something that is not DICOM JSON: is {root} the root of a "
+                         "DICOMweb service?") from None
     except requests.exceptions.SSLError:
         raise DicomError(f"{what}: the TLS certificate of {root} could not be verified; give your site's CA "
                          "certificates with --ca-bundle FILE.pem") from None
