@@ -295,10 +295,10 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         message = self.logic.export(volume, segmentation, EXPORT_FORMATS[exportFormat], path,
                                     self._parameterNode.dicomFolder, slicer.dicomDatabase)
         if toDatabase:
-            from DICOMLib import DICOMUtils
+            from SAMed2SlicerLib.export import import_into_dicom_database
 
-            DICOMUtils.importDicom(str(path.parent), slicer.dicomDatabase, copyFiles=True)
-            message += _(" Imported into the DICOM database.")
+            import_into_dicom_database(path, slicer.dicomDatabase)
+            message += _(" Imported into the DICOM database: the DICOM module sends it to a PACS (right-click, Send).")
         return message
 
 

@@ -1,6 +1,7 @@
 """Export from segmentation nodes on real MRML (slicer-core) with the shared DICOM series:
 DICOM-SEG that dciodvfy accepts and that reads back to the segments' voxels, Slicer's
 terminology codes in the SEG, the DICOM database glue, and NIfTI / NRRD / seg.nrrd files."""
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from SAMed2SlicerLib.export import (
     dicom_files_for_volume,
     export_dicom_seg,
     export_labelmap_file,
+    import_into_dicom_database,
     parse_terminology,
     staged_series,
 )
@@ -158,6 +160,45 @@ def test_mrml_dicom_seg_from_the_dicom_database_files(ct3_scene, ct3, tmp_path):
     volume.SetAttribute("DICOM.instanceUIDs", "1.2.3.4 " + " ".join(database.files))
     with pytest.raises(ValueError, match="1 of the 4 DICOM files"):
         dicom_files_for_volume(volume, database)
+
+
+class CopyingDatabase:
+    """Takes files in as DICOMUtils.importDicom(folder, database, copyFiles=True) does with
+    ctkDICOMDatabase (slicer-core has neither): copies them into its own folder, indexed by SOP
+    Instance UID; or fails, returning False, as importDicom does when the indexer raises."""
+
+    def __init__(self, storage, works=True):
+        storage.mkdir()
+        self.storage, self.works, self.files = storage, works, {}
+
+    def import_dicom(self, folder, database, copy_files):
+        assert database is self and copy_files
+        if self.works:
+            for path in Path(folder).iterdir():
+                copy = Path(shutil.copy(path, self.storage))
+                self.files[str(pydicom.dcmread(copy, stop_before_pixels=True).SOPInstanceUID)] = str(copy)
+        return self.works
+
+    def fileForInstance(self, uid):  # noqa: N802 (ctkDICOMDatabase's name)
+        return self.files.get(uid, "")
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_mrml_dicom_seg_into_the_dicom_database(ct3_scene, ct3, tmp_path, works):
+    volume, segmentation = ct3_scene
+    seg = tmp_path / "temporary" / "seg.dcm"
+    seg.parent.mkdir()
+    export_dicom_seg(segmentation, volume, ct3, seg)
+    uid = str(pydicom.dcmread(seg, stop_before_pixels=True).SOPInstanceUID)
+    database = CopyingDatabase(tmp_path / "database", works)
+    if works:
+        import_into_dicom_database(seg, database, database.import_dicom)
+        assert not seg.parent.exists(), "the temporary folder goes once the database holds its copy"
+        assert_dciodvfy_clean(Path(database.fileForInstance(uid)))
+    else:
+        with pytest.raises(RuntimeError, match=f"did not take the DICOM-SEG .* kept in {seg}"):
+            import_into_dicom_database(seg, database, database.import_dicom)
+        assert seg.is_file()
 
 
 @pytest.mark.parametrize("suffix", [".seg.nrrd", ".nii.gz", ".nrrd"])

@@ -140,3 +140,20 @@ def staged_series(files):
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def import_into_dicom_database(seg_path, database, import_dicom=None):
+    """Copy a DICOM-SEG, written alone in a temporary folder, into Slicer's DICOM database (whose DICOM
+    module can send it to a PACS), then remove that folder. RuntimeError, keeping the file, when the
+    database does not list it afterwards. `import_dicom(folder, database, copyFiles)`: Slicer's
+    DICOMUtils.importDicom (returns False when it fails)."""
+    import pydicom
+
+    if import_dicom is None:
+        from DICOMLib.DICOMUtils import importDicom as import_dicom
+    seg_path = Path(seg_path)
+    uid = str(pydicom.dcmread(seg_path, stop_before_pixels=True).SOPInstanceUID)
+    if database is None or not import_dicom(str(seg_path.parent), database, True) or not database.fileForInstance(uid):
+        raise RuntimeError(f"Slicer's DICOM database did not take the DICOM-SEG (open the DICOM module once, which "
+                           f"creates the database, and export again); the SEG is kept in {seg_path}")
+    shutil.rmtree(seg_path.parent)
