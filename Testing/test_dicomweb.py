@@ -307,3 +307,12 @@ def test_dicomweb_sends_the_bearer_token_even_beside_a_netrc_entry(no_credential
                                   dicomweb.open_session())
     (request,) = server.requests
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize("stow, message", [("http://127.0.0.1:9/dicom-web?token=abc", "no query or fragment"),
+                                           ("/srv/pacs", "is not a DICOMweb URL"), (None, "give --out FILE.dcm")])
+def test_dicomweb_stow_target_is_checked_before_any_work(data_dir, tmp_path, capsys, stow, message):
+    argv = ["export-seg", "--labels", str(data_dir / "totalseg" / "example_seg_dicom.nii.gz"),
+            "--dicom", str(tmp_path / "not-read")]
+    assert main(argv + (["--stow", stow] if stow else [])) == 2
+    assert message in capsys.readouterr().err

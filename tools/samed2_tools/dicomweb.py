@@ -49,15 +49,12 @@ class SeriesURL:
                              "http(s)://HOST/PREFIX/studies/STUDY_UID/series/SERIES_UID")
         return cls(**match.groupdict())
 
-    def __str__(self) -> str:
-        return f"{self.root}/studies/{self.study}/series/{self.series}"
-
 
 def service_root(text: str) -> str:
     """The DICOMweb service of a URL: the part before /studies, if any."""
     _refuse_credentials(text)
-    if not is_url(text):
-        raise InputError(f"{text} is not a DICOMweb URL: expected http(s)://HOST/PREFIX")
+    if not is_url(text) or re.search(r"[?#]", text):
+        raise InputError(f"{text} is not a DICOMweb URL: expected http(s)://HOST/PREFIX (no query or fragment)")
     return text.split("/studies/")[0].rstrip("/")
 
 
