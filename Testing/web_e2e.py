@@ -545,6 +545,7 @@ def test_dragging_a_prompt_moves_it_and_re_segments(page):
 
 
 def test_exports_hold_what_mrml_holds(page, out):
+    assert page.locator(".save-to-pacs").count() == 0, "Save to PACS is only for a series from a DICOMweb URL"
     start = time.perf_counter()
     click(page, ".save-dicom-seg")
     wait_text(page, ".status", r"Wrote DICOM-SEG with \d segment")
