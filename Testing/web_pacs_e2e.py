@@ -3,9 +3,12 @@ opens the series from its URL, a click on the liver segments it, "Save to PACS" 
 the server (read back with QIDO-RS and WADO-RS, checked with dciodvfy) and keeps it in --out; with the
 server stopped, the page says the store failed and where the SEG is kept. Run by test_web.py in the web
 app's environment, like web_e2e.py, whose page helpers it uses."""
+import json
+import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,9 +55,6 @@ def out(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(orthanc, out, tmp_path_factory):
-    import json
-    import os
-
     cache = tmp_path_factory.mktemp("weights")
     config = json.loads(Path(os.environ["SAMED2_WEB_MODEL_CONFIG"]).read_text())["model"]
     import_model(cache, "test-model", os.environ["SAMED2_WEB_MODEL"], config)
@@ -71,8 +71,6 @@ def server(orthanc, out, tmp_path_factory):
     found = re.search(r"Open in a browser: (\S+)", "".join(lines))
     assert found, "server did not start:\n" + "".join(lines[-40:])
     assert any("fetching" in line for line in lines), "the series came over DICOMweb, with a progress bar"
-    import threading
-
     threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True).start()
     yield found.group(1)
     process.terminate()
