@@ -4,19 +4,24 @@ import queue
 import threading
 from concurrent.futures import Future
 
-INTERACTIVE, BACKGROUND = 0, 1
+STOP, INTERACTIVE, BACKGROUND = -1, 0, 1
 
 
 class TorchWorker:
     def __init__(self, name: str = "samed2-torch"):
         self._jobs = queue.PriorityQueue()
         self._order = itertools.count()  # FIFO within a priority
+        self._lock = threading.Lock()  # no job is queued behind the stop marker
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, fn, *args, priority: int = INTERACTIVE) -> Future:
         future = Future()
-        self._jobs.put((priority, next(self._order), future, fn, args))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the session is closed")
+            self._jobs.put((priority, next(self._order), future, fn, args))
         return future
 
     def run(self, fn, *args):
@@ -30,13 +35,20 @@ class TorchWorker:
         self.submit(lambda: None, priority=BACKGROUND + 1).result()
 
     def close(self) -> None:
-        self._jobs.put((BACKGROUND + 2, next(self._order), None, None, None))
-        self._thread.join(timeout=30)
+        """Cancel every queued job and stop once the running one (if any) has finished: closing
+        waits for at most one step, never for queued background encodes."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._jobs.put((STOP, next(self._order), None, None, None))
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
 
     def _loop(self):
         while True:
             _, _, future, fn, args = self._jobs.get()
             if future is None:
+                self._cancel_queued()
                 return
             if not future.set_running_or_notify_cancel():
                 continue
@@ -44,3 +56,12 @@ class TorchWorker:
                 future.set_result(fn(*args))
             except BaseException as exc:  # handed to the waiting caller
                 future.set_exception(exc)
+
+    def _cancel_queued(self):
+        while True:
+            try:
+                _, _, future, _, _ = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if future is not None:
+                future.cancel()
