@@ -71,7 +71,7 @@ def test_process_exits_cleanly_after_closing_with_queued_encodes(lite_file):
     without an active exception" and an abort."""
     script = textwrap.dedent(EXIT_SCRIPT).format(module=str(REPO / "SAMed2Slicer"), weights=str(lite_file),
                                                  volume=str(DATA / "totalseg" / "example_ct_sm.nii.gz"))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert "terminate called" not in result.stderr
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("closed")

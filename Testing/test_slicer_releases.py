@@ -9,17 +9,17 @@ import types
 
 import pytest
 import slicer
-
 import slicer_releases
-from slicer_harness import slicer_app  # noqa: F401 (pytest fixture)
 from slicer_releases import RELEASES, QComboBox, SegmentEditorWidget
+
+from slicer_harness import slicer_app  # noqa: F401 (pytest fixture)
 
 CHOSEN = {"device": "cpu", "preset": "lung", "precision": "fp32", "exportFormat": "NIfTI file"}
 RELOADED = ("SAMed2Slicer", "SAMed2SlicerQt", "SAMed2SlicerQt.controller")
 
 
 @pytest.fixture(params=RELEASES)
-def release(request, monkeypatch, slicer_app):
+def release(request, monkeypatch, slicer_app):  # noqa: F811
     slicer_app.scene.Clear(0)
     slicer_releases.install(request.param, monkeypatch, slicer_app)
     for name in RELOADED:  # imported again under this release's qt and slicer modules
