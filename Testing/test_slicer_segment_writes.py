@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import slicer
 import vtk
+from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, model, segmenter, views, world_point  # noqa: F401
 
 from SAMed2SlicerLib import segments
 from SAMed2SlicerLib.segmenter import WRITE_INTERVAL_S
 from SAMed2SlicerLib.segments import EFFECT_NAME, Target, read_segment, write_slices
+
 from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (pytest fixtures)
-from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, model, segmenter, views, world_point  # noqa: F401
 
 SHAPE = (6, 40, 50)  # k, j, i
 
