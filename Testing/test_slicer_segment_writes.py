@@ -156,3 +156,24 @@ def test_mrml_propagation_writes_at_most_every_half_second(segmenter, ct, abdome
     assert len(writes) <= elapsed / WRITE_INTERVAL_S + 2 and (gaps >= WRITE_INTERVAL_S * 0.99).all()
     liver = read_segment(abdomen, "liver", ct)
     assert all(liver[k].any() for k in range(30 - progress.done, 30))
+
+
+def test_slicer_masked_writes_remember_what_they_wrote_and_undo_exactly(scene):
+    """A masked write returns the slice as it is now; undoing it restores the slice whatever the
+    editable area (Slicer's own undo restores the whole segmentation)."""
+    volume, segmentation = scene
+    fill(volume, segmentation, "body", left_half())
+    before = np.zeros(SHAPE[1:], bool)
+    before[:, 40:] = True  # outside the editable area
+    write_slices(Target(segmentation, "liver", volume, 2), {2: before})
+    editor = editor_for(segmentation)
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    editor.SetMaskSegmentID("body")
+    step = segments.EditStep("click")
+    held = step.write(Target(segmentation, "liver", volume, 2), {2: np.zeros(SHAPE[1:], bool)})
+    np.testing.assert_array_equal(held[2], before)  # nothing editable held voxels
+    held = step.write(Target(segmentation, "liver", volume, 2), {2: full_slice()})
+    np.testing.assert_array_equal(held[2], before | left_half()[2])
+    np.testing.assert_array_equal(read_segment(segmentation, "liver", volume)[2], held[2])
+    step.undo()
+    np.testing.assert_array_equal(read_segment(segmentation, "liver", volume)[2], before)

@@ -231,13 +231,13 @@ class Segmenter:
         return sorted(masks)
 
     def _write(self, step, target, masks) -> None:
-        """Write through the undo step, remembering what was written (and, for undo, what this
-        segmenter had written there before)."""
+        """Write through the undo step, remembering what was written (after the Segment Editor's
+        masking; and, for undo, what this segmenter had written there before)."""
         if not masks:
             return
-        step.write(target, masks)
+        held = step.write(target, masks)
         written = self._written.setdefault((target.segment_id, target.axis), {})
-        for index, mask in masks.items():
+        for index, mask in held.items():
             step.memo.setdefault((target.segment_id, target.axis, index), written.get(index))
             written[index] = np.packbits(np.asarray(mask, bool))
 

@@ -151,11 +151,12 @@ def _overwritten(target, editor) -> List[str]:
     return ids
 
 
-def write_slices(target, masks: Dict[int, np.ndarray]) -> None:
+def write_slices(target, masks: Dict[int, np.ndarray], masked: bool = True) -> Dict[int, np.ndarray]:
     """Set the segment on each slice `index` to `masks[index]`, within the editable area of the
-    Segment Editor the SAMed-2 effect is active in (if any); nothing else of the segment changes."""
+    Segment Editor the SAMed-2 effect is active in (if any, and `masked`: an undo restores exactly);
+    nothing else of the segment changes. Returns what each slice holds now."""
     if not masks:
-        return
+        return {}
     check_editable(target.segmentation)
     target.segment()
     low, high = min(masks), max(masks)
@@ -169,7 +170,7 @@ def write_slices(target, masks: Dict[int, np.ndarray]) -> None:
             raise ValueError(f"mask of shape {np.shape(mask)} does not fit slice {index} "
                              f"{new[selector].shape} along axis {target.axis}")
         new[selector] = np.asarray(mask, bool)
-    editor = active_editor(target.segmentation)
+    editor = active_editor(target.segmentation) if masked else None
     if editor is not None:
         new = np.where(_editable(target, editor, keep), new, old)
     keep_array[old & ~new] = CLEAR
@@ -182,6 +183,7 @@ def write_slices(target, masks: Dict[int, np.ndarray]) -> None:
             if needed and not logic.SetBinaryLabelmapToSegment(image, target.segmentation, target.segment_id, mode,
                                                                image.GetExtent(), False, overwritten):
                 raise RuntimeError(f"Slicer could not write segment '{target.segment_id}'")
+    return {index: new[slice_selector(new, target.axis, index - low)] for index in masks}
 
 
 # ---- undo --------------------------------------------------------------------------------
@@ -200,7 +202,7 @@ class SliceEdit:
 
     def restore(self) -> None:
         write_slices(self.target, {index: np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape)
-                                   for index, (bits, shape) in self.before.items()})
+                                   for index, (bits, shape) in self.before.items()}, masked=False)
 
 
 class EditStep:
@@ -215,13 +217,14 @@ class EditStep:
         self._edits: Dict[Target, SliceEdit] = {}
         self._before_write = before_write  # called once, before the step's first write
 
-    def write(self, target: Target, masks: Dict[int, np.ndarray]) -> None:
+    def write(self, target: Target, masks: Dict[int, np.ndarray]) -> Dict[int, np.ndarray]:
+        """write_slices through this step; returns what each slice holds now."""
         if self._before_write is not None and masks:
             before_write, self._before_write = self._before_write, None
             before_write()
         edit = self._edits.setdefault(target, SliceEdit(target))
         edit.remember(read_slices(target, [i for i in masks if i not in edit.before]))
-        write_slices(target, masks)
+        return write_slices(target, masks)
 
     def is_empty(self) -> bool:
         return not any(edit.before for edit in self._edits.values())
