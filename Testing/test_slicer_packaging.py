@@ -456,3 +456,11 @@ def test_slicer_screenshot_is_a_slicer_window():
     Slicer's own views), not a plot; wide enough to read."""
     with Image.open(REPO / "Resources" / "Screenshot01.png") as image:
         assert image.format == "PNG" and image.width >= 1200 and image.height >= 700
+
+
+def test_slicer_panel_and_effect_ui_files_share_no_widget_name():
+    """The module's panel embeds a Segment Editor holding the effect's options, and
+    slicer.util.childWidgetVariables keeps the last widget of a name it finds: a name used in both
+    files would give the panel the effect's widget (its status line was the effect's)."""
+    names = [set(ui_object_names(MODULE_DIR / "Resources" / "UI" / ui)) for _, ui in GUI_FILES_AND_PANELS]
+    assert names[0] & names[1] == set()
