@@ -26,10 +26,10 @@ from SAMed2SlicerLib import install, models
 from SAMed2SlicerLib.geometry import describe_volume
 from SAMed2SlicerLib.logic import SAMed2Logic
 from SAMed2SlicerLib.segmenter import PRESETS
+from SAMed2SlicerLib.segments import EFFECT_NAME
 from SAMed2SlicerQt.controller import Controller, show_error
 
 HOMEPAGE = "https://github.com/samed2slicer/SlicerSAMed2"
-EFFECT_NAME = "SAMed-2"
 EXPORT_FORMATS = {"DICOM-SEG file": "DICOM-SEG", "DICOM-SEG into the DICOM database": "DICOM-SEG",
                   "NIfTI file": "NIfTI", "Slicer segmentation file": "Slicer segmentation"}
 TO_DATABASE = "DICOM-SEG into the DICOM database"
