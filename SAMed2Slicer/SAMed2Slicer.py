@@ -209,7 +209,11 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneEndImport(self, caller, event):
         """A loaded scene restores the editor node's active effect: while the panel is hidden that
-        would turn clicks in every slice view into SAMed-2 prompts."""
+        would turn clicks in every slice view into SAMed-2 prompts. The editor applies it when the
+        scene's batch processing ends, after this event: look once the import is over."""
+        qt.QTimer.singleShot(0, self.deactivateEffectIfHidden)
+
+    def deactivateEffectIfHidden(self):
         if not self.parent.isEntered:
             self.ui.segmentEditorWidget.setActiveEffect(None)
 

@@ -130,6 +130,17 @@ def test_slicer_empty_path_fields_are_empty_and_bound_both_ways(panel, release):
     assert fields["dicomFolder"].currentPath == "/data/ct"
 
 
+def import_scene(editor):
+    """A scene import whose editor node says SAMed-2 is active: qMRMLSegmentEditorWidget skips
+    updates during batch processing and applies the node's active effect on EndBatchProcessEvent,
+    which vtkMRMLScene::EndState emits after EndImportEvent; then the event loop turns."""
+    slicer.mrmlScene.StartState(slicer.vtkMRMLScene.ImportState)
+    slicer.mrmlScene.EndState(slicer.vtkMRMLScene.ImportState)
+    editor.setActiveEffectByName("SAMed-2")
+    for callback in slicer_releases.QTimer.posted:
+        callback()
+
+
 def test_slicer_hidden_panel_never_switches_the_effect_on(panel, release):
     """A scene import restores the editor node's active effect, and its source volume change
     reaches the panel while another module is shown: neither may leave SAMed-2 observing the views."""
@@ -138,18 +149,14 @@ def test_slicer_hidden_panel_never_switches_the_effect_on(panel, release):
     editor = panel.ui.segmentEditorWidget
     panel.onSourceVolumeChanged(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"))
     assert not editor.observingViews and editor.activeEffectName == ""
-    slicer.mrmlScene.StartState(slicer.vtkMRMLScene.ImportState)
-    editor.setActiveEffectByName("SAMed-2")  # qMRMLSegmentEditorWidget::updateWidgetFromMRML
-    slicer.mrmlScene.EndState(slicer.vtkMRMLScene.ImportState)
+    import_scene(editor)
     assert not editor.observingViews, "the hidden panel's editor still intercepts clicks in the slice views"
 
 
 def test_slicer_shown_panel_keeps_the_effect_after_a_scene_import(panel, release):
     enter(panel)
     editor = panel.ui.segmentEditorWidget
-    slicer.mrmlScene.StartState(slicer.vtkMRMLScene.ImportState)
-    editor.setActiveEffectByName("SAMed-2")
-    slicer.mrmlScene.EndState(slicer.vtkMRMLScene.ImportState)
+    import_scene(editor)
     assert editor.observingViews and editor.activeEffectName == "SAMed-2"
 
 
