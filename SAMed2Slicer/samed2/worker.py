@@ -1,10 +1,13 @@
 """One thread that runs every torch call of a session: interactive work first, background work after."""
+import atexit
 import itertools
 import queue
 import threading
+import weakref
 from concurrent.futures import Future
 
 STOP, INTERACTIVE, BACKGROUND = -1, 0, 1
+_workers: "weakref.WeakSet[TorchWorker]" = weakref.WeakSet()
 
 
 class TorchWorker:
@@ -15,6 +18,7 @@ class TorchWorker:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+        _workers.add(self)
 
     def submit(self, fn, *args, priority: int = INTERACTIVE) -> Future:
         future = Future()
@@ -35,14 +39,18 @@ class TorchWorker:
         self.submit(lambda: None, priority=BACKGROUND + 1).result()
 
     def close(self) -> None:
-        """Cancel every queued job and stop once the running one (if any) has finished: closing
-        waits for at most one step, never for queued background encodes."""
+        """Cancel every queued job; the thread stops once the running one (if any) has finished.
+        Returns at once: a step can take seconds on a CPU, and closing runs on Slicer's main thread."""
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._jobs.put((STOP, next(self._order), None, None, None))
+
+    def join(self, timeout=None) -> bool:
+        """Wait until the thread has stopped (after close); whether it has."""
         if threading.current_thread() is not self._thread:
-            self._thread.join()
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _loop(self):
         while True:
@@ -65,3 +73,12 @@ class TorchWorker:
                 return
             if future is not None:
                 future.cancel()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At interpreter exit no torch call may still run on a worker (torch aborts the process:
+    "terminate called without an active exception"): stop every worker after its running step."""
+    for worker in list(_workers):
+        worker.close()
+        worker.join()
