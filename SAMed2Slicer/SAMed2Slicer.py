@@ -266,10 +266,11 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateWeightsStatus()
 
     def updateWeightsStatus(self):
-        self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model, self.logic.cache_dir)
+        if self._parameterNode is not None:  # None after a scene close until the module is entered again
+            self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model, self.logic.cache_dir)
 
     def onModelChanged(self, name):
-        if name:
+        if name and self._parameterNode is not None:
             self._parameterNode.model = name
             self.onParameterChanged()
             self.updateWeightsStatus()

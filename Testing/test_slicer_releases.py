@@ -118,6 +118,17 @@ def test_slicer_panel_follows_a_new_scene(panel, release):
     assert panel.logic.getParameterNode().device == "cpu" and panel.logic.settings["device"] == "cpu"
 
 
+def test_slicer_hidden_panel_survives_a_scene_close(panel):
+    """A download ending after a scene close, with another module shown, updates the panel."""
+    enter(panel)
+    leave(panel)
+    slicer.mrmlScene.Clear(0)
+    panel.updateWeightsStatus()
+    panel.onModelChanged("samed2")
+    enter(panel)
+    assert panel.logic.getParameterNode().model == "samed2"
+
+
 def test_slicer_empty_path_fields_are_empty_and_bound_both_ways(panel, release):
     """An unset Path() used to show as "." in the output file and DICOM folder fields."""
     enter(panel)
