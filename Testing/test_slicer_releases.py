@@ -18,14 +18,25 @@ CHOSEN = {"device": "cpu", "preset": "lung", "precision": "fp32", "exportFormat"
 RELOADED = ("SAMed2Slicer", "SAMed2SlicerQt", "SAMed2SlicerQt.controller")
 
 
+def forget_module_nodes(scene):
+    """Remove the module's singleton nodes with every observer on them: connections that the
+    imitated 5.6-5.10 wrapper never removes must not outlive the test that made them."""
+    for tag, kind in (("SAMed2Slicer", "vtkMRMLScriptedModuleNode"), ("SAMed2", "vtkMRMLSegmentEditorNode")):
+        node = scene.GetSingletonNode(tag, kind)
+        if node is not None:
+            node.RemoveAllObservers()
+            scene.RemoveNode(node)
+    scene.Clear(0)
+
+
 @pytest.fixture(params=RELEASES)
 def release(request, monkeypatch, slicer_app):  # noqa: F811
-    slicer_app.scene.Clear(0)
+    forget_module_nodes(slicer_app.scene)
     slicer_releases.install(request.param, monkeypatch, slicer_app)
     for name in RELOADED:  # imported again under this release's qt and slicer modules
         monkeypatch.delitem(sys.modules, name, raising=False)
     yield request.param
-    slicer_app.scene.Clear(0)
+    forget_module_nodes(slicer_app.scene)
 
 
 @pytest.fixture
