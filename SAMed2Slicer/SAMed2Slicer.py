@@ -3,6 +3,7 @@ Segment Editor effect in SegmentEditorSAMed2Lib, the controller shared by both i
 the engine in samed2; nothing here imports torch or installs anything at import time."""
 import os
 import tempfile
+import unittest
 from pathlib import Path
 from typing import Annotated
 
@@ -21,17 +22,18 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from samed2.precisions import PRECISIONS
-from SAMed2SlicerLib import models
+from SAMed2SlicerLib import install, models
 from SAMed2SlicerLib.geometry import describe_volume
 from SAMed2SlicerLib.logic import SAMed2Logic
 from SAMed2SlicerLib.segmenter import PRESETS
+from SAMed2SlicerLib.segments import EFFECT_NAME
 from SAMed2SlicerQt.controller import Controller, show_error
 
-HOMEPAGE = "https://github.com/samed2slicer/SAMed2Slicer"
-EFFECT_NAME = "SAMed-2"
+HOMEPAGE = "https://github.com/samed2slicer/SlicerSAMed2"
 EXPORT_FORMATS = {"DICOM-SEG file": "DICOM-SEG", "DICOM-SEG into the DICOM database": "DICOM-SEG",
                   "NIfTI file": "NIfTI", "Slicer segmentation file": "Slicer segmentation"}
 TO_DATABASE = "DICOM-SEG into the DICOM database"
+PATH_FIELDS = {"dicomFolder": "dicomFolderPathLineEdit", "exportPath": "exportPathLineEdit"}
 EFFECT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SegmentEditorSAMed2Lib",
                              "SegmentEditorEffect.py").replace("\\", "/")
 
@@ -59,11 +61,17 @@ class SAMed2Slicer(ScriptedLoadableModule):
             registerEffect()
         else:
             slicer.app.connect("startupCompleted()", registerEffect)
+            if slicer.app.commandOptions().noMainWindow:
+                # Without a main window Slicer emits startupCompleted() from a 0 ms timer once the
+                # modules are loaded: a module loaded after that (loadModule from a script) would
+                # wait for it forever. This timer fires after it in both cases (registering twice
+                # is harmless).
+                qt.QTimer.singleShot(0, registerEffect)
 
 
 def startupCompleted():
-    """Whether Slicer has started: it emits startupCompleted() when its main window is first shown
-    (qSlicerApplicationHelper), so a visible main window means the signal has gone already."""
+    """Whether Slicer has started: with a main window it emits startupCompleted() when the window
+    is first shown (qSlicerApplicationHelper), so a visible main window means the signal has gone."""
     window = slicer.util.mainWindow()
     return window is not None and window.isVisible()
 
@@ -95,8 +103,10 @@ class SAMed2SlicerParameterNode:
     preset: Annotated[str, Choice(list(PRESETS))] = "auto"
     precision: Annotated[str, Choice(list(PRECISIONS))] = "auto"
     exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = next(iter(EXPORT_FORMATS))
-    dicomFolder: Path = Path()
-    exportPath: Path = Path()
+    # Plain strings, bound to their path fields by the widget: the wrapper's Path connector shows
+    # an unset Path() as "."
+    dicomFolder: str = ""
+    exportPath: str = ""
 
 
 class SAMed2SlicerLogic(ScriptedLoadableModuleLogic, SAMed2Logic):
@@ -114,6 +124,14 @@ class SAMed2SlicerLogic(ScriptedLoadableModuleLogic, SAMed2Logic):
             node.SetSingletonTag("SAMed2")
             node = slicer.mrmlScene.AddNode(node)
         return node
+
+
+def connectGui(wrapper, gui):
+    """wrapper.connectGui(gui), returning the tag disconnectGui needs. Slicer 5.6 and 5.8 return
+    None (fixed in 5.10): their tag is the wrapper's next one, read just before connecting."""
+    tag = wrapper._nextParameterGUIsTag
+    returned = wrapper.connectGui(gui)
+    return tag if returned is None else returned
 
 
 class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -148,8 +166,12 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.importButton.connect("clicked()", self.onImport)
         self.ui.cancelDownloadButton.connect("clicked()", self.onCancelDownload)
         self.ui.exportButton.connect("clicked()", self.onExport)
+        for field, name in PATH_FIELDS.items():
+            getattr(self.ui, name).connect("currentPathChanged(QString)",
+                                           lambda path, field=field: self.onPathChanged(field, path))
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.initializeParameterNode()
         self.layout.addStretch(1)
 
@@ -164,7 +186,8 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self.ui.segmentEditorWidget.setupViewObservations()
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
-        self.refreshModels()
+        with self.controller.reporting(_("Listing the models")):
+            self.refreshModels()
         self.onSourceVolumeChanged(self.ui.segmentEditorWidget.sourceVolumeNode())
 
     def onEffectRegistered(self, name):
@@ -184,23 +207,45 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onSceneEndImport(self, caller, event):
+        """A loaded scene restores the editor node's active effect: while the panel is hidden that
+        would turn clicks in every slice view into SAMed-2 prompts. The editor applies it when the
+        scene's batch processing ends, after this event: look once the import is over."""
+        qt.QTimer.singleShot(0, self.deactivateEffectIfHidden)
+
+    def deactivateEffectIfHidden(self):
+        if not self.parent.isEntered:
+            self.ui.segmentEditorWidget.setActiveEffect(None)
+
     def initializeParameterNode(self):
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         self.setParameterNode(self.logic.getParameterNode())
 
     def setParameterNode(self, parameterNode):
+        """Bind the panel to `parameterNode` (a wrapper), once per MRML node: every connectGui
+        refills the combo boxes, and a connection left behind writes its first choice back."""
+        if (parameterNode is not None and self._parameterNode is not None
+                and parameterNode.parameterNode is self._parameterNode.parameterNode):
+            return
         if self._parameterNode is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
         self._parameterNode = parameterNode
         if parameterNode is not None:
-            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = connectGui(parameterNode, self.ui)
             self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
             self.onParameterChanged()
 
     def onParameterChanged(self, caller=None, event=None):
-        self.logic.configure(model=self._parameterNode.model, device=self._parameterNode.device,
-                             preset=self._parameterNode.preset, precision=self._parameterNode.precision)
+        node = self._parameterNode
+        for field, name in PATH_FIELDS.items():
+            if getattr(self.ui, name).currentPath != getattr(node, field):
+                getattr(self.ui, name).currentPath = getattr(node, field)
+        self.logic.configure(model=node.model, device=node.device, preset=node.preset, precision=node.precision)
+
+    def onPathChanged(self, field, path):
+        if self._parameterNode is not None:
+            setattr(self._parameterNode, field, path)
 
     # ---- model and weights -----------------------------------------------------------------
 
@@ -221,10 +266,11 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateWeightsStatus()
 
     def updateWeightsStatus(self):
-        self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model, self.logic.cache_dir)
+        if self._parameterNode is not None:  # None after a scene close until the module is entered again
+            self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model, self.logic.cache_dir)
 
     def onModelChanged(self, name):
-        if name:
+        if name and self._parameterNode is not None:
             self._parameterNode.model = name
             self.onParameterChanged()
             self.updateWeightsStatus()
@@ -272,28 +318,42 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSourceVolumeChanged(self, volumeNode):
         self.ui.volumeInfoLabel.text = describe_volume(volumeNode)
-        if volumeNode is not None and self.controller.packages_ready():
+        if volumeNode is not None and self.parent.isEntered and self.controller.packages_ready():
             self.ui.segmentEditorWidget.setActiveEffectByName(EFFECT_NAME)
 
     def showStatus(self, message, progress=None):
-        self.ui.statusLabel.text = message
+        self.ui.moduleStatusLabel.text = message
 
     # ---- export ----------------------------------------------------------------------------
 
     def onExport(self):
         editor = self.ui.segmentEditorWidget
-        if not self.controller.ensure_ready(dicom=EXPORT_FORMATS[self._parameterNode.exportFormat] == "DICOM-SEG"):
-            return
+        dicom = EXPORT_FORMATS[self._parameterNode.exportFormat] == "DICOM-SEG"
+        if dicom and not (self.controller.ensure_ready(dicom=True) and self.dicomPackagesLoaded()):
+            return  # NIfTI and NRRD need no extra packages
         with self.controller.reporting(_("Export")):
             self.ui.exportStatusLabel.text = self.export(editor.sourceVolumeNode(), editor.segmentationNode(),
                                                          self._parameterNode.exportFormat)
 
+    def dicomPackagesLoaded(self):
+        """False (and the offer of a restart) while this process still runs a DICOM package that
+        the installation replaced: Slicer 5.10 imported its own pydicom 2.4 at start-up."""
+        stale = install.stale_modules(install.DICOM_REQUIREMENTS)
+        if not stale:
+            return True
+        if slicer.util.confirmOkCancelDisplay(
+                _("The DICOM packages SAMed-2 needs were installed, but Slicer still runs {stale}: DICOM-SEG export "
+                  "works after a restart. Restart Slicer now? (Save your scene first.)").format(stale=", ".join(stale)),
+                windowTitle=_("SAMed-2 set-up")):
+            slicer.util.restart()
+        return False
+
     def export(self, volume, segmentation, exportFormat):
         """Write the export; returns the line shown under the button."""
         toDatabase = exportFormat == TO_DATABASE
-        path = self.logic.temporary_seg_path() if toDatabase else self._parameterNode.exportPath
+        path = self.logic.temporary_seg_path() if toDatabase else self._parameterNode.exportPath or None
         message = self.logic.export(volume, segmentation, EXPORT_FORMATS[exportFormat], path,
-                                    self._parameterNode.dicomFolder, slicer.dicomDatabase)
+                                    self._parameterNode.dicomFolder or None, slicer.dicomDatabase)
         if toDatabase:
             from SAMed2SlicerLib.export import import_into_dicom_database
 
@@ -309,10 +369,26 @@ class SAMed2SlicerTest(ScriptedLoadableModuleTest):
 
     def setUp(self):
         slicer.mrmlScene.Clear()
+        self._kept = None
+
+    def tearDown(self):
+        """Give the user's model and device back (the test configures random weights on the CPU)."""
+        if self._kept is not None:
+            node, settings = self._kept
+            for field, value in settings.items():
+                setattr(node, field, value)
+        slicer.mrmlScene.Clear()
 
     def runTest(self):
+        """Self Tests and Reload and Test call this outside a unittest runner, which would show a
+        skip as a failure."""
         self.setUp()
-        self.test_click_propagate_undo_export()
+        try:
+            self.test_click_propagate_undo_export()
+        except unittest.SkipTest as skipped:
+            self.delayDisplay(f"Skipped: {skipped}")
+        finally:
+            self.tearDown()
 
     def test_click_propagate_undo_export(self):
         import numpy as np
@@ -336,7 +412,7 @@ class SAMed2SlicerTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Export NIfTI")
         output = Path(tempfile.mkdtemp()) / "segments.nii.gz"
-        widget._parameterNode.exportPath = output
+        widget._parameterNode.exportPath = str(output)
         widget._parameterNode.exportFormat = "NIfTI file"
         widget.onExport()
         self.assertTrue(output.is_file())
@@ -353,6 +429,8 @@ class SAMed2SlicerTest(ScriptedLoadableModuleTest):
         plan = widget.logic.install_plan()
         if plan.needed:  # Slicer's pip_ensure installs nothing in --testing mode: install first
             self.skipTest("SAMed-2's packages are not installed: " + "; ".join(plan.missing()))
+        self._kept = (widget._parameterNode, {"model": widget._parameterNode.model,
+                                              "device": widget._parameterNode.device})
         widget.logic.use_model("test-model", _randomTinyModel())
         widget._parameterNode.model = "test-model"
         widget._parameterNode.device = "cpu"

@@ -126,4 +126,5 @@ def test_slicer_module_registers_the_effect_file_it_ships():
     for path in effect_sources():
         assert {path.parent.name, path.name} <= strings, f"SAMed2Slicer.py does not register {path.name}"
     assert "setPythonSource(EFFECT_SOURCE)" in source and 'connect("startupCompleted()", registerEffect)' in source
+    assert "qt.QTimer.singleShot(0, registerEffect)" in source  # headless late loading (test_slicer_releases.py)
     assert 'connect("effectRegistered(QString)", self.onEffectRegistered)' in source

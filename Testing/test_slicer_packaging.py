@@ -375,3 +375,92 @@ def test_slicer_qt_stays_in_the_gui_files():
     users = {p.relative_to(MODULE_DIR) for p in MODULE_DIR.rglob("*.py")
              if "__pycache__" not in p.parts and imported_top_names(p) & {"qt", "ctk"}}
     assert users <= gui, f"Qt imported outside the GUI files: {sorted(map(str, users - gui))}"
+
+
+# --- Extensions Index ------------------------------------------------------------------
+
+def git_files():
+    result = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [REPO / name for name in result.stdout.split("\0") if name]
+
+
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF"}
+
+
+def index_check_failures(entry_path):
+    """What Slicer/ExtensionsIndex scripts/check_description_files.py would reject in an entry
+    (<extension>.json) and the repository it points at (this checkout), for the checks that
+    need no network: file format, extension name, category, scm_url and repository name, the
+    top-level CMakeLists.txt (project name, icon and screenshot URLs read with the script's
+    patterns, each naming an image file of the repository), size and licence. Left to the
+    index's CI: the schema download (the local copy is checked above), the GitHub topic
+    `3d-slicer-extension`, and that the URLs serve images once pushed."""
+    failures = []
+    name = entry_path.stem
+    raw = entry_path.read_bytes()
+    entry = json.loads(raw)
+    if b"\r" in raw:
+        failures.append("the entry must use LF line endings only")
+    if name.lower().startswith("slicer"):
+        failures.append(f"extension name {name!r} must not start with 'Slicer'")
+    if entry.get("category") not in {"Segmentation"}:  # one of the index's accepted categories
+        failures.append(f"category {entry.get('category')!r}")
+    url = urlparse(entry["scm_url"].strip().strip("/"))
+    if url.scheme not in ("git", "https") or not url.netloc:
+        failures.append(f"scm_url {entry['scm_url']!r} is not git:// or https://host/path")
+    repository = Path(url.path).stem
+    if not re.match(r"Slicer([-_]|Extension[-_])?", repository):
+        failures.append(f"repository name {repository!r} must start with 'Slicer'")
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    project = re.findall(r"project\s*\(\s*([^\s)\n\r]+)", cmake, re.IGNORECASE)
+    if not project or project[0].strip("\"'") != name:
+        failures.append(f"CMakeLists.txt project({project[:1]}) does not match the entry's name {name!r}")
+    icon = re.findall(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)', cmake, re.IGNORECASE)
+    shots = re.findall(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', cmake, re.IGNORECASE)
+    if not icon or not shots:
+        failures.append("EXTENSION_ICONURL or EXTENSION_SCREENSHOTURLS is not found by the index's patterns")
+    raw_prefix = f"https://raw.githubusercontent.com{url.path.removesuffix('.git')}/{entry['scm_revision']}/"
+    for image_url in icon[:1] + (shots[0].split() if shots else []):
+        path = REPO / image_url.removeprefix(raw_prefix)
+        kind = IMAGE_SUFFIXES.get(Path(image_url).suffix.lower())
+        if not image_url.startswith(raw_prefix) or not path.is_file():
+            failures.append(f"{image_url} is not a file of the repository at {entry['scm_revision']}")
+        elif kind is None or Image.open(path).format != kind:
+            failures.append(f"{image_url} is not a PNG, JPEG or GIF image")
+    if sum(path.stat().st_size for path in git_files() if path.is_file()) > 100 * 2**20:
+        failures.append("the repository is over 100 MB")
+    if not any((REPO / licence).is_file() for licence in ("LICENSE", "LICENCE", "License.txt", "LICENSE.txt")):
+        failures.append("no licence file at the repository root")
+    return failures
+
+
+def test_slicer_extensions_index_checks_pass_offline():
+    assert index_check_failures(REPO / f"{extension_variables()['project']}.json") == []
+
+
+def test_slicer_extensions_index_checks_can_fail(tmp_path):
+    """The entry as it was: a repository named SAMed2Slicer, and an entry named SlicerSAMed2."""
+    entry = json.loads((REPO / "SAMed2.json").read_text())
+    entry["scm_url"] = "https://github.com/samed2slicer/SAMed2Slicer.git"
+    old = tmp_path / "SlicerSAMed2.json"
+    old.write_text(json.dumps(entry).replace("\n", "\r\n") + "\r\n")
+    failures = "\n".join(index_check_failures(old))
+    for expected in ("LF line endings", "must not start with 'Slicer'", "repository name 'SAMed2Slicer'",
+                     "does not match the entry's name", "is not a file of the repository"):
+        assert expected in failures
+
+
+def test_slicer_screenshot_is_a_slicer_window():
+    """The index shows it on the extension's page: Slicer's layout (the web app, which runs
+    Slicer's own views), not a plot; wide enough to read."""
+    with Image.open(REPO / "Resources" / "Screenshot01.png") as image:
+        assert image.format == "PNG" and image.width >= 1200 and image.height >= 700
+
+
+def test_slicer_panel_and_effect_ui_files_share_no_widget_name():
+    """The module's panel embeds a Segment Editor holding the effect's options, and
+    slicer.util.childWidgetVariables keeps the last widget of a name it finds: a name used in both
+    files would give the panel the effect's widget (its status line was the effect's)."""
+    names = [set(ui_object_names(MODULE_DIR / "Resources" / "UI" / ui)) for _, ui in GUI_FILES_AND_PANELS]
+    assert names[0] & names[1] == set()

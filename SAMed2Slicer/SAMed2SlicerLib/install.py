@@ -6,8 +6,8 @@ first-run install flow; the GUI asks once, then runs the plan).
 - numpy, SimpleITK, scipy and requests come with Slicer; the engine adds safetensors;
 - the DICOM packages are planned only when a DICOM-SEG is exported: pydicom 3 and highdicom
   need Python 3.10, so on Slicer 5.6 and 5.8 (Python 3.9) DICOM-SEG export is refused with what
-  to do instead. Slicer 5.10 ships pydicom 2.4: the plan says it replaces it and that Slicer
-  must restart;
+  to do instead. Slicer 5.10 ships pydicom 2.4 and has imported it: the plan says it replaces
+  it, and `stale_modules` keeps the export from running until Slicer has restarted;
 - packages go through `slicer.packaging.pip_ensure` where that module exists (`import slicer`
   does not import it), else `slicer.util.pip_install`.
 
@@ -59,6 +59,20 @@ def satisfied(requirement: str) -> bool:
 
 def unsatisfied(requirements) -> List[str]:
     return [r for r in requirements if not satisfied(r)]
+
+
+def stale_modules(requirements) -> List[str]:
+    """"pydicom 2.4.4" for each package this Python has already imported at a version its
+    requirement excludes. An installation replaced it on disk, but the process keeps the old
+    module until Slicer restarts (Slicer 5.10's DICOM plugins import its bundled pydicom 2.4.4 at
+    start-up), so nothing may use it before the restart. The packages checked (pydicom,
+    highdicom) import under their distribution's name."""
+    stale = []
+    for requirement in map(Requirement, requirements):
+        version = getattr(sys.modules.get(requirement.name), "__version__", None)
+        if version is not None and not requirement.specifier.contains(version, prereleases=True):
+            stale.append(f"{requirement.name} {version}")
+    return stale
 
 
 def pytorch_extension_installed() -> bool:

@@ -13,6 +13,7 @@ before the scene was saved) are never overwritten by propagation.
 The engine (and so torch) is imported when a Segmenter is made, never at module import.
 """
 import logging
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -26,6 +27,8 @@ from SAMed2SlicerLib.segments import EditStep, Target, UndoStack, check_editable
 
 log = logging.getLogger(__name__)
 CACHE_BYTES_PER_AXIS = 1024 ** 3
+WRITE_INTERVAL_S = 0.5
+"""Propagation writes its slices at most this often (each write rebuilds the segment's 3D surface)."""
 PRESETS = ("auto", "view", "soft_tissue", "lung", "bone", "brain", "liver", "mr")
 """Intensity presets offered: the engine's, plus "view" (the window/level Slicer displays)."""
 
@@ -228,13 +231,13 @@ class Segmenter:
         return sorted(masks)
 
     def _write(self, step, target, masks) -> None:
-        """Write through the undo step, remembering what was written (and, for undo, what this
-        segmenter had written there before)."""
+        """Write through the undo step, remembering what was written (after the Segment Editor's
+        masking; and, for undo, what this segmenter had written there before)."""
         if not masks:
             return
-        step.write(target, masks)
+        held = step.write(target, masks)
         written = self._written.setdefault((target.segment_id, target.axis), {})
-        for index, mask in masks.items():
+        for index, mask in held.items():
             step.memo.setdefault((target.segment_id, target.axis, index), written.get(index))
             written[index] = np.packbits(np.asarray(mask, bool))
 
@@ -263,13 +266,26 @@ class Segmenter:
                 job.emit(result)
                 job.advance(done, index=result.index)
 
-        def consume(results):
+        pending, last_write = [], [0.0]
+
+        def write_pending():
             for obj, target in targets.items():
-                self._write(step, target, {r.index: r.mask for r in results
+                self._write(step, target, {r.index: r.mask for r in pending
                                            if r.obj_id == obj and r.index not in protected[obj]})
+            pending.clear()
+            last_write[0] = time.monotonic()
+
+        def consume(results):
+            pending.extend(results)
+            if time.monotonic() - last_write[0] >= WRITE_INTERVAL_S:
+                write_pending()
 
         def finish():
-            self.undo_stack.push(step)
+            try:
+                if self._run.error is None:  # the last batch, also after a cancel: what was done is kept
+                    write_pending()
+            finally:
+                self.undo_stack.push(step)
 
         total = sum(self._expected_slices(s, axis, direction, start, stop) for s in segment_ids)
         self._run = BackgroundJob("propagation", work, consume, finish, total).start()

@@ -1,10 +1,18 @@
 """Slice-wise reads and writes of one segment's binary labelmap, and their undo.
 
-Writes touch only the given slices of the given segment: other slices keep their voxels and
-other segments are never modified. A write is two merges, as Slicer's Segment Editor effects
-do them: a minimum that clears the slices (Slicer limits it to the segment's own label, so
-segments sharing its labelmap layer keep their voxels), then a masked merge that sets the new
-voxels (Slicer moves the segment to its own layer where they would overlap another segment).
+Writes touch only the given slices of the given segment: other slices keep their voxels. A
+write is at most two merges, as Slicer's Segment Editor effects do them: a minimum that clears
+the voxels the new masks drop (Slicer limits it to the segment's own label, so segments sharing
+its labelmap layer keep their voxels), then a masked merge that sets the voxels they add; a
+merge with nothing to do is skipped (each merge re-converts the segment's other representations,
+such as the 3D surface).
+
+Where the SAMed-2 effect is active in a Segment Editor on the segmentation, writes follow that
+editor's masking as Slicer's own effects do (qSlicerSegmentEditorAbstractEffect::
+modifySegmentByLabelmap): voxels outside the editable area or intensity range keep what they
+held, and other segments are overwritten as its "Modify other segments" setting says (Slicer's
+default: all of them). Without such an editor (scripts, the web app) other segments are never
+modified: Slicer moves the segment to its own layer where they would overlap.
 
 Slices are taken along a voxel axis of the volume the segment is edited on, in the engine's
 layout (samed2.volume): axis 2 -> rows j, columns i; axis 1 -> rows k, columns i;
@@ -23,6 +31,7 @@ from SAMed2SlicerLib.geometry import volume_to_array, world_from_node
 
 UNDO_DEPTH = 20
 KEEP, CLEAR = 255, 0
+EFFECT_NAME = "SAMed-2"
 
 
 @dataclass(frozen=True)
@@ -104,28 +113,77 @@ def _has_voxels(image):
     return extent[0] <= extent[1] and extent[2] <= extent[3] and extent[4] <= extent[5]
 
 
-def write_slices(target, masks: Dict[int, np.ndarray]) -> None:
-    """Set the segment on each slice `index` to `masks[index]`; nothing else changes."""
+def active_editor(segmentation_node):
+    """The Segment Editor parameter node in which the SAMed-2 effect is active on this
+    segmentation (None when there is none)."""
+    scene = segmentation_node.GetScene()
+    editors = scene.GetNodesByClass("vtkMRMLSegmentEditorNode") if scene is not None else None
+    for index in range(editors.GetNumberOfItems() if editors is not None else 0):
+        editor = editors.GetItemAsObject(index)
+        if editor.GetSegmentationNode() is segmentation_node and editor.GetActiveEffectName() == EFFECT_NAME:
+            return editor
+    return None
+
+
+def _editable(target, editor, reference) -> np.ndarray:
+    """Where the editor lets a segment be modified on the reference slab: a bool [k, j, i] array."""
+    source = None
+    if editor.GetSourceVolumeIntensityMask():
+        source = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
+            target.volume, target.segmentation.GetParentTransformNode())
+    mask = slicer.vtkOrientedImageData()
+    if not target.segmentation.GenerateEditMask(
+            mask, editor.GetMaskMode(), reference, target.segment_id, editor.GetMaskSegmentID() or "", source,
+            editor.GetSourceVolumeIntensityMaskRange() if source is not None else None):
+        raise RuntimeError("Slicer could not compute the Segment Editor's editable area")
+    shape = tuple(reversed(mask.GetDimensions()))
+    return numpy_support.vtk_to_numpy(mask.GetPointData().GetScalars()).reshape(shape) == 0  # 0: editable
+
+
+def _overwritten(target, editor) -> List[str]:
+    """The other segments a write may take voxels from, by the editor's "Modify other segments"."""
+    if editor is None or editor.GetOverwriteMode() == editor.OverwriteNone:
+        return []
+    ids = [i for i in target.segmentation.GetSegmentation().GetSegmentIDs() if i != target.segment_id]
+    display = target.segmentation.GetDisplayNode()
+    if editor.GetOverwriteMode() == editor.OverwriteVisibleSegments and display is not None:
+        ids = [i for i in ids if display.GetSegmentVisibility(i)]
+    return ids
+
+
+def write_slices(target, masks: Dict[int, np.ndarray], masked: bool = True) -> Dict[int, np.ndarray]:
+    """Set the segment on each slice `index` to `masks[index]`, within the editable area of the
+    Segment Editor the SAMed-2 effect is active in (if any, and `masked`: an undo restores exactly);
+    nothing else of the segment changes. Returns what each slice holds now."""
     if not masks:
-        return
+        return {}
     check_editable(target.segmentation)
     target.segment()
     low, high = min(masks), max(masks)
     keep, keep_array = _slab(target, low, high, KEEP)
     add, add_array = _slab(target, low, high, CLEAR)
+    old = read_slab(target, low, high)
+    new = old.copy()
     for index, mask in masks.items():
-        selector = slice_selector(add_array, target.axis, index - low)
-        if np.shape(mask) != add_array[selector].shape:
+        selector = slice_selector(new, target.axis, index - low)
+        if np.shape(mask) != new[selector].shape:
             raise ValueError(f"mask of shape {np.shape(mask)} does not fit slice {index} "
-                             f"{add_array[selector].shape} along axis {target.axis}")
-        keep_array[selector] = CLEAR
-        add_array[selector] = np.asarray(mask, bool)
+                             f"{new[selector].shape} along axis {target.axis}")
+        new[selector] = np.asarray(mask, bool)
+    editor = active_editor(target.segmentation) if masked else None
+    if editor is not None:
+        new = np.where(_editable(target, editor, keep), new, old)
+    keep_array[old & ~new] = CLEAR
+    add_array[new & ~old] = 1
     logic = slicer.vtkSlicerSegmentationsModuleLogic
+    overwritten = _overwritten(target, editor)
     with slicer.util.NodeModify(target.segmentation):
-        for image, mode in ((keep, logic.MODE_MERGE_MIN), (add, logic.MODE_MERGE_MASK)):
-            if not logic.SetBinaryLabelmapToSegment(image, target.segmentation, target.segment_id, mode,
-                                                    image.GetExtent()):
+        for image, mode, needed in ((keep, logic.MODE_MERGE_MIN, (old & ~new).any()),
+                                    (add, logic.MODE_MERGE_MASK, (new & ~old).any())):
+            if needed and not logic.SetBinaryLabelmapToSegment(image, target.segmentation, target.segment_id, mode,
+                                                               image.GetExtent(), False, overwritten):
                 raise RuntimeError(f"Slicer could not write segment '{target.segment_id}'")
+    return {index: new[slice_selector(new, target.axis, index - low)] for index in masks}
 
 
 # ---- undo --------------------------------------------------------------------------------
@@ -144,7 +202,7 @@ class SliceEdit:
 
     def restore(self) -> None:
         write_slices(self.target, {index: np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape)
-                                   for index, (bits, shape) in self.before.items()})
+                                   for index, (bits, shape) in self.before.items()}, masked=False)
 
 
 class EditStep:
@@ -159,13 +217,14 @@ class EditStep:
         self._edits: Dict[Target, SliceEdit] = {}
         self._before_write = before_write  # called once, before the step's first write
 
-    def write(self, target: Target, masks: Dict[int, np.ndarray]) -> None:
+    def write(self, target: Target, masks: Dict[int, np.ndarray]) -> Dict[int, np.ndarray]:
+        """write_slices through this step; returns what each slice holds now."""
         if self._before_write is not None and masks:
             before_write, self._before_write = self._before_write, None
             before_write()
         edit = self._edits.setdefault(target, SliceEdit(target))
         edit.remember(read_slices(target, [i for i in masks if i not in edit.before]))
-        write_slices(target, masks)
+        return write_slices(target, masks)
 
     def is_empty(self) -> bool:
         return not any(edit.before for edit in self._edits.values())

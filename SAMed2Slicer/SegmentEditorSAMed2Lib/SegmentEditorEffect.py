@@ -88,7 +88,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return ("<html>Segment with SAMed-2 / SAM 2: click on the object (include point), click where the result "
                 "leaks (exclude point), or drag a box around it, in any slice view. The selected "
                 "segment's slice is updated at each prompt; prompts are markups you can drag (press on the point) or delete. Then "
-                "propagate through the volume, correct slices and propagate again.</html>")
+                "propagate through the volume, correct slices and propagate again. Results follow the Masking "
+                "settings below (editable area, intensity range, modify other segments), as Paint does.</html>")
 
     # ---- options panel -------------------------------------------------------------------
 
