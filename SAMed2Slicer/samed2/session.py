@@ -419,8 +419,7 @@ class Session:
             else:
                 scale = model_scale(self.slice_shape, self.image_size, self.letterbox)
                 mask = CLICK_CORRECTION.corrected(current, prompts.points, decode, scale, prompts.mask_box)
-            big = preprocess_slices([mask.astype(np.float32)], self.image_size, letterbox=self.letterbox)[:, :1] > 0.5
-            pred = self.model.mask_as_output(image, big.to(self.device))
+            pred = self._mask_as_output(image, mask)
         obj.logits[index] = pred.low_res_masks.float()
         obj.masks[index] = mask
         self._mark_prompted(obj, index, pred)
@@ -524,14 +523,18 @@ class Session:
 
     def _condition_on_mask(self, obj: TrackedObject, index: int, mask: np.ndarray) -> None:
         image = self._embedding(index)
-        big = preprocess_slices([mask.astype(np.float32)], self.image_size, letterbox=self.letterbox)[:, :1] > 0.5
         with torch.no_grad(), self._autocast():
-            pred = self.model.mask_as_output(image, big.to(self.device))
+            pred = self._mask_as_output(image, mask)
             memory = self.model.frame_memory(image, pred, from_points=False)
         obj.non_cond.pop(index, None)
         obj.pending.pop(index, None)
         obj.cond[index] = memory.stored()
         obj.logits[index] = pred.low_res_masks.float()
+
+    def _mask_as_output(self, image: ImageFeatures, mask: np.ndarray) -> Prediction:
+        """A slice-size mask as the model's output for the slice."""
+        big = preprocess_slices([mask.astype(np.float32)], self.image_size, letterbox=self.letterbox)[:, :1] > 0.5
+        return self.model.mask_as_output(image, big.to(self.device))
 
     def clear_slice(self, obj_id: int, index: int) -> None:
         """Forget the prompts, edits and result of one slice of an object."""
