@@ -4,6 +4,16 @@ click on a propagated slice refines that slice, the next propagation runs from i
 saved scene with such a click resumes."""
 import numpy as np
 import pytest
+from test_slicer_logic import (  # noqa: F401 (ct, ct_voxels, views: fixtures)
+    add_segmentation,
+    align_view,
+    changed_slices,
+    ct,
+    ct_voxels,
+    labelmaps,
+    views,
+    world_point,
+)
 
 from samed2.model_io import mask_box, model_scale
 from samed2.session import Session
@@ -12,7 +22,6 @@ from SAMed2SlicerLib.geometry import engine_volume
 from SAMed2SlicerLib.segmenter import Segmenter
 
 from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (fixtures)
-from test_slicer_logic import add_segmentation, align_view, changed_slices, ct, ct_voxels, labelmaps, views, world_point  # noqa: F401 (fixtures)
 
 LIVER = 5
 
