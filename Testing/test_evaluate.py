@@ -30,6 +30,7 @@ from samed2_tools.evaluate import (
     run_cvpr25,
     run_propagation,
     scores,
+    slice_click,
     surface_dice,
 )
 
@@ -142,6 +143,16 @@ def test_eval_no_click_when_the_prediction_is_perfect():
     assert corrective_click(truth.copy(), truth) is None
 
 
+def test_eval_slice_click_is_at_the_centre_of_the_slices_largest_error_region():
+    truth = np.zeros((20, 30), dtype=bool)
+    truth[2:12, 2:20] = True
+    pred = truth.copy()
+    pred[4:9, 3:8] = False  # missed: 5 x 5 pixels, centre (row 6, column 5)
+    pred[15:17, 10:12] = True  # over-segmented, smaller
+    assert slice_click(pred, truth) == (5.0, 6.0, True)
+    assert slice_click(truth, truth) is None
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_eval_click_lands_on_its_voxel_of_the_sessions_slice(axis):
     mask = np.zeros((7, 9, 11), dtype=bool)  # [k, j, i]
@@ -249,6 +260,17 @@ def test_eval_cli_cvpr25_writes_json_csv_and_plot(tmp_path, tiny_files, ct_case)
     assert [r["step"] for r in steps] == ["box", "click1", "click2"]
     assert [float(r["seconds"]) for r in steps] == pytest.approx([s["seconds"] for s in obj["steps"]])
     assert (out / "cvpr25.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_cli_cvpr25_runs_its_clicks_with_medsam_lite(tmp_path, lite_file, ct_case):
+    """A box-only model: every corrective click is taken (a local correction of its slice), none refused."""
+    out = tmp_path / "out"
+    assert main(["eval", "--data", str(CT), str(SEG), "--labels", "4", "--clicks", "2", "--model", str(lite_file),
+                 "--config", "medsam-lite", "--device", "cpu", "--out", str(out)]) == 0
+    [obj] = json.loads((out / "results.json").read_text())["objects"]
+    assert [s["prompt"] for s in obj["steps"]] == ["box", "click1", "click2"]
+    assert all(s["click"] is not None for s in obj["steps"][1:])
+    assert obj["dsc_final"] > 0.8
 
 
 def test_eval_cli_propagation_on_a_csv_with_cached_weights(tmp_path, tiny_model, ct_case):

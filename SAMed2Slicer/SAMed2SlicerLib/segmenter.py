@@ -109,6 +109,8 @@ class Segmenter:
             applied = self._applied.setdefault((segment_id, axis), {})
             for index, prompt in prompts.items():
                 if content[index].any():
+                    if prompt.box is None:  # clicks correct what the slice shows (a box-only model boxes it)
+                        session.set_mask(self.object_id(segment_id), index, content[index])
                     session.add_prompt(self.object_id(segment_id), index, prompt.points, prompt.box, replace=True)
                     applied[index] = prompt
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from samed2.bank import ConfidenceBank
 from samed2.chain import BoxChain
+from samed2.correction import LocalCorrection
 from samed2.device import autocast, is_out_of_memory, pick_device, pick_precision
 from samed2.embedding_cache import EmbeddingCache, as_stored
 from samed2.errors import InputError
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DIRECTIONS = ("up", "down", "both")
 DEFAULT_CACHE_BYTES = 1024 ** 3
+CLICK_CORRECTION = LocalCorrection()
 BANK_ATTENDED_SLICES = 16  # slices whose bank-attended features are kept (4 MB each at 1024 px)
 
 
@@ -41,6 +43,9 @@ BANK_ATTENDED_SLICES = 16  # slices whose bank-attended features are kept (4 MB 
 class SlicePrompts:
     points: List[Tuple[float, float, bool]] = field(default_factory=list)  # (x, y, positive)
     box: Optional[Tuple[float, float, float, float]] = None  # x0, y0, x1, y1
+    # box-only models (MedSAM-Lite), clicks without a box: the chain's box of the slice's mask (or of the
+    # object's nearest segmented slice), which the clicks correct (samed2.correction)
+    mask_box: Optional[Tuple[float, float, float, float]] = None
 
 
 @dataclass
@@ -343,9 +348,18 @@ class Session:
         if not merged.points and merged.box is None:
             raise InputError("a prompt needs at least one point or a box")
         if merged.box is None and getattr(self.model, "needs_box", False):
-            raise InputError("this model (MedSAM-Lite) was trained with box prompts only: draw a box on the slice "
-                             "first; clicks then refine it")
+            merged.mask_box = self._box_for_clicks(obj, index)
         return merged
+
+    def _box_for_clicks(self, obj: Optional[TrackedObject], index: int) -> Tuple[float, ...]:
+        """A box-only model's box for clicks on a slice without one: the chain's box of the slice's mask,
+        else of the object's nearest segmented slice."""
+        masks = {} if obj is None else {k: m for k, m in obj.masks.items() if m.any()}
+        if not masks:
+            raise InputError("this model (MedSAM-Lite) was trained with box prompts only: draw a box around the "
+                             "object first; clicks then correct the slices it segments")
+        nearest = min(masks, key=lambda k: (abs(k - index), k))
+        return self.chain.box(masks[nearest], model_scale(self.slice_shape, self.image_size, self.letterbox))
 
     def _check_point(self, x: float, y: float) -> None:
         rows, cols = self.slice_shape
@@ -369,18 +383,47 @@ class Session:
     def _predict_prompted(self, objs: Dict[int, TrackedObject], index: int, restart: bool) -> Dict[int, np.ndarray]:
         image = self._embedding(index)
         self._encode_pending([obj for obj in objs.values() if index in obj.non_cond])  # tracked: reads memory
-        steps = [self._prompted_step(obj, index, restart) for obj in objs.values()]
+        corrected = {obj_id: self._corrected_by_clicks(obj, index, image) for obj_id, obj in objs.items()
+                     if obj.prompts[index].mask_box is not None}
+        decoded = {obj_id: obj for obj_id, obj in objs.items() if obj_id not in corrected}
+        steps = [self._prompted_step(obj, index, restart) for obj in decoded.values()]
         with torch.no_grad(), self._autocast():
             outputs = self._track(index, image, steps, encode_memory=False)
         masks = {}
-        for (obj_id, obj), (pred, _) in zip(objs.items(), outputs):
-            obj.non_cond.pop(index, None)
-            obj.cond.pop(index, None)
-            obj.locked.discard(index)
-            obj.pending[index] = pred
-            obj.dirty.add(index)
+        for (obj_id, obj), (pred, _) in zip(decoded.items(), outputs):
             masks[obj_id] = self._store(obj, index, pred)
-        return masks
+            self._mark_prompted(obj, index, pred)
+        return {obj_id: corrected[obj_id] if obj_id in corrected else masks[obj_id] for obj_id in objs}
+
+    @staticmethod
+    def _mark_prompted(obj: TrackedObject, index: int, pred: Prediction) -> None:
+        obj.non_cond.pop(index, None)
+        obj.cond.pop(index, None)
+        obj.locked.discard(index)
+        obj.pending[index] = pred
+        obj.dirty.add(index)
+
+    def _corrected_by_clicks(self, obj: TrackedObject, index: int, image: ImageFeatures) -> np.ndarray:
+        """A box-only model's clicks on a slice without a box: local corrections of the slice's mask
+        (samed2.correction); on a slice without a mask, the clicks decoded with the nearest slice's box."""
+        prompts, current = obj.prompts[index], obj.masks.get(index)
+
+        def decode(box, points) -> np.ndarray:
+            step = StepInput({}, {}, first=True, prompt=self._prompt_tensors(SlicePrompts(list(points), box)))
+            pred, _ = self._track_batch(index, image, [step], encode_memory=False)[0]
+            return (logits_to_slice(pred.low_res_masks.float().cpu(), self.slice_shape, self.letterbox)[0, 0] > 0).numpy()
+
+        with torch.no_grad(), self._autocast():
+            if current is None or not current.any():
+                mask = decode(prompts.mask_box, prompts.points)
+            else:
+                scale = model_scale(self.slice_shape, self.image_size, self.letterbox)
+                mask = CLICK_CORRECTION.corrected(current, prompts.points, decode, scale, prompts.mask_box)
+            pred = self._mask_as_output(image, mask)
+        obj.logits[index] = pred.low_res_masks.float()
+        obj.masks[index] = mask
+        self._mark_prompted(obj, index, pred)
+        return mask
 
     def _prompted_step(self, obj: TrackedObject, index: int, restart: bool) -> StepInput:
         def others(frames):
@@ -480,14 +523,18 @@ class Session:
 
     def _condition_on_mask(self, obj: TrackedObject, index: int, mask: np.ndarray) -> None:
         image = self._embedding(index)
-        big = preprocess_slices([mask.astype(np.float32)], self.image_size, letterbox=self.letterbox)[:, :1] > 0.5
         with torch.no_grad(), self._autocast():
-            pred = self.model.mask_as_output(image, big.to(self.device))
+            pred = self._mask_as_output(image, mask)
             memory = self.model.frame_memory(image, pred, from_points=False)
         obj.non_cond.pop(index, None)
         obj.pending.pop(index, None)
         obj.cond[index] = memory.stored()
         obj.logits[index] = pred.low_res_masks.float()
+
+    def _mask_as_output(self, image: ImageFeatures, mask: np.ndarray) -> Prediction:
+        """A slice-size mask as the model's output for the slice."""
+        big = preprocess_slices([mask.astype(np.float32)], self.image_size, letterbox=self.letterbox)[:, :1] > 0.5
+        return self.model.mask_as_output(image, big.to(self.device))
 
     def clear_slice(self, obj_id: int, index: int) -> None:
         """Forget the prompts, edits and result of one slice of an object."""

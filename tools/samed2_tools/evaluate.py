@@ -118,24 +118,26 @@ class Click:
 
 
 def largest_error_component(pred: np.ndarray, truth: np.ndarray) -> Optional[np.ndarray]:
-    """The largest 26-connected component of the voxels where `pred` and `truth` differ (None if none)."""
+    """The largest fully connected (26 in 3D, 8 in 2D) component of the voxels where `pred` and `truth`
+    differ (None if none)."""
     from scipy import ndimage
 
     errors = pred != truth
     if not errors.any():
         return None
-    labels, _ = ndimage.label(errors, structure=np.ones((3, 3, 3), dtype=bool))
+    labels, _ = ndimage.label(errors, structure=np.ones((3,) * errors.ndim, dtype=bool))
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
 
 
-def deepest_voxel(component: np.ndarray) -> tuple[tuple[int, int, int], float]:
-    """([k, j, i] of the voxel farthest from the component's edge (the volume's border counts as edge), depth)."""
+def deepest_voxel(component: np.ndarray) -> tuple[tuple[int, ...], float]:
+    """(index ([k, j, i], or [row, column] in 2D) of the voxel farthest from the component's edge (the
+    array's border counts as edge), depth)."""
     from scipy import ndimage
 
     box = ndimage.find_objects(component.astype(np.uint8))[0]
-    depth = ndimage.distance_transform_edt(np.pad(component[box], 1))[1:-1, 1:-1, 1:-1]
+    depth = ndimage.distance_transform_edt(np.pad(component[box], 1))[(slice(1, -1),) * component.ndim]
     local = np.unravel_index(int(np.argmax(depth)), depth.shape)
     voxel = tuple(int(s.start + v) for s, v in zip(box, local))
     return voxel, float(depth[local])
@@ -148,6 +150,16 @@ def corrective_click(pred: np.ndarray, truth: np.ndarray) -> Optional[Click]:
         return None
     voxel, depth = deepest_voxel(component)
     return Click(voxel, bool(truth[voxel]), depth)
+
+
+def slice_click(pred: np.ndarray, truth: np.ndarray) -> Optional[tuple[float, float, bool]]:
+    """The same rule on one slice: (x, y, positive) at the pixel deepest inside the largest 8-connected
+    error region of the slice (None when the slice is right)."""
+    component = largest_error_component(pred, truth)
+    if component is None:
+        return None
+    (row, column), _ = deepest_voxel(component)
+    return float(column), float(row), bool(truth[row, column])
 
 
 def click_on_slice(click: Click, axis: int) -> tuple[int, tuple[float, float, bool]]:
@@ -277,6 +289,21 @@ def run_propagation(session, obj_id: int, truth: np.ndarray, spacing_kji, case: 
     step, pred = _box_step(session, obj_id, truth, spacing_kji, (None, None))
     return PropagationResult(case, obj_id, name, session.axis, step.slice, step.box, step.dsc, step.nsd,
                              step.seconds, slice_dice(pred, truth, session.axis))
+
+
+def click_each_slice(session, obj_id: int, truth: np.ndarray, slices) -> list[tuple[int, float, float]]:
+    """After a propagation: one corrective click (`slice_click`) on each of `slices` whose mask has an
+    error, one slice after the other, without propagating again; (slice, Dice before, Dice after) of
+    each slice clicked."""
+    changes = []
+    for index in slices:
+        right = get_slice(truth, session.axis, index)
+        mask = session.objects[obj_id].masks.get(index, np.zeros_like(right))
+        click = slice_click(mask, right)
+        if click is not None:
+            after = session.add_prompt(obj_id, index, points=[click])
+            changes.append((index, dice(mask, right), dice(after, right)))
+    return changes
 
 
 # ---------------------------------------------------------------- cases
