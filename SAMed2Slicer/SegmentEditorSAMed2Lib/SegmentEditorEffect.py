@@ -73,7 +73,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.ui = None
         self._drag = None
         self._prompt_view = None  # slice node of the last prompt: propagation follows its slices
-        self._save_undo = scriptedEffect.saveStateForUndo  # this editor's undo history
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -147,13 +146,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         """Messages come here, and prompts moved meanwhile save their undo state in this editor."""
         interaction = Controller.get().interaction
         interaction.listeners.append(self._show)
-        interaction.editor_activated(self._save_undo)
+        interaction.editor_activated(self._save_state_for_undo)
 
     def deactivate(self):
         interaction = Controller.get().interaction
         if self._show in interaction.listeners:
             interaction.listeners.remove(self._show)
-        interaction.editor_deactivated(self._save_undo)
+        interaction.editor_deactivated(self._save_state_for_undo)
         self._end_drag()
 
     def cleanup(self):
@@ -163,6 +162,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self.ui is not None:
             self.ui.cancelButton.disconnect("clicked()", self.onCancel)
             self.ui = None
+
+    def _save_state_for_undo(self):
+        """This editor's undo history (bound methods of one effect compare equal)."""
+        self.scriptedEffect.saveStateForUndo()
 
     def onCancel(self):
         Controller.get().cancel()
@@ -217,7 +220,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return True
         positive = tool == "include"
         Controller.get().click(volume, segmentation, segment_id, self._prompt_view, point, positive,
-                               self._save_undo)
+                               self._save_state_for_undo)
         return True
 
     def _release(self, xy):
@@ -225,7 +228,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._end_drag()
         volume, segmentation, segment_id = self._nodes()
         Controller.get().box(volume, segmentation, segment_id, drag.view.mrmlSliceNode(), drag.start_ras,
-                             self.xyToRas(xy, drag.view), self._save_undo)
+                             self.xyToRas(xy, drag.view), self._save_state_for_undo)
 
     def _end_drag(self):
         if self._drag is not None:
@@ -273,4 +276,4 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         segment_ids = None if self.ui.allSegmentsCheckBox.checked else [segment_id]
         view = self._propagation_view()
         if view is not None:
-            Controller.get().propagate(volume, segmentation, segment_ids, view, options, self._save_undo)
+            Controller.get().propagate(volume, segmentation, segment_ids, view, options, self._save_state_for_undo)
