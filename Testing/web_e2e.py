@@ -135,7 +135,8 @@ def page(browser, server):
     page = browser.new_context(viewport=VIEWPORT).new_page()
     start = time.perf_counter()
     page.goto(server[0])
-    wait_text(page, ".status", r"Loaded .*Click on an object")
+    # the model loads in the background once the page is there (the interaction layer's status line)
+    wait_text(page, ".status", r"Model test-model loaded: click on an object")
     page.wait_for_selector("img.image-display-area")
     eventually(lambda: shows_volume(page, 0), "the axial view does not show the volume")
     timings["page ready"] = time.perf_counter() - start
@@ -542,6 +543,30 @@ def test_dragging_a_prompt_moves_it_and_re_segments(page):
     assert re.search(r"Segment 6: \d+ voxels, 1 prompt\b", text(page, ".segments")), "the drag added a prompt"
     print(f"\ndragged prompt: {placed} -> {moved} voxels")
     assert moved != placed, "the segment did not follow the dragged point"
+    session["dragged_to"] = end
+
+
+def drag_on_page(page, start, end):
+    page.mouse.move(*(start + 3))
+    page.mouse.move(*start)  # hovering the point: the Markups displayable manager takes the press
+    time.sleep(0.3)
+    page.mouse.down()
+    for step in np.linspace(0, 1, 6)[1:]:
+        page.mouse.move(*(start + step * (end - start)))
+        time.sleep(0.05)
+    page.mouse.up()
+
+
+def test_a_prompt_dragged_during_a_propagation_is_applied_when_the_run_ends(page):
+    """The interaction layer defers a move made during a run: the run ends, then the moved
+    prompt's slice is segmented again (one status line after the other)."""
+    start = session["dragged_to"]
+    click(page, ".propagate")
+    wait_text(page, ".status", r"Propagating: slice \d+ \(\d+ done\)")
+    drag_on_page(page, start, start - (30, 0))
+    wait_text(page, ".status", rf"Prompt moved\. Segmented slice k = {session['clicked_slice']}\b", timeout_s=300)
+    assert re.search(r"Segment 6: \d+ voxels, 1 prompt\b", text(page, ".segments")), "the drag added a prompt"
+    assert not page.locator(".propagate").is_disabled(), "the run has ended"
 
 
 def test_exports_hold_what_mrml_holds(page, out):

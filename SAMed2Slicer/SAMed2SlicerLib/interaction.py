@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 INSTALLING = "The Python packages SAMed-2 needs are being installed: wait for the installation to end."
 NOT_INSTALLED = "Nothing was installed: SAMed-2 cannot segment without these packages."
-LOADING = "Loading model {model} (the first prompt waits for it)..."
+LOADING = "Loading model {model} (prompts made meanwhile run when it is ready)..."
 LOADED = "Model {model} loaded: click on an object to segment it."
 PROPAGATING = "Propagating..."
 CANCELLING = "Cancelling after the current slice..."
@@ -83,7 +83,7 @@ class Interaction(VTKObservationMixin):
         self.run: Optional[BackgroundJob] = None  # the propagation going on
         self.loading: Optional[BackgroundJob] = None  # the model load going on
         self.save_undo: Optional[Callable] = None  # the active editor's saveStateForUndo
-        self._waiting = None  # the prompt made while the model loads: run when it is ready
+        self._waiting = []  # (then, failed) of the actions made while the model loads
         self._moved_during_run = False
         self._dragged = set()  # IDs of prompt nodes a drag is moving
         self._moved_prompts = set()  # (volume, segmentation) of prompts changed since the last apply
@@ -156,7 +156,8 @@ class Interaction(VTKObservationMixin):
 
     def load_model(self, then=None, failed=None) -> Optional[BackgroundJob]:
         """Load the chosen model and probe its precision in the background ("Loading model ..."),
-        then call `then()`; on failure `failed()` after the report. Nothing when it is loaded."""
+        then call `then()`; on failure `failed()` after the report. Actions asked for meanwhile
+        wait in order for the one load. At once when the model is loaded."""
         if self.logic.model_ready():
             if then is not None:
                 then()
@@ -166,23 +167,25 @@ class Interaction(VTKObservationMixin):
             self.notify(LOADING.format(model=model))
             self.loading = self.logic.jobs.add(BackgroundJob(LOAD_JOB, lambda job: self.logic.load_engine()).start(),
                                                on_end=lambda job: self._loaded(job, model))
-        self._waiting = (then, failed)
+        self._waiting.append((then, failed))
         return self.loading
 
     def _loaded(self, job, model):
         self.loading = None
-        then, failed = self._waiting or (None, None)
-        self._waiting = None
+        waiting, self._waiting = self._waiting, []
         if job.error is not None:
             self.report(f"Loading model {model}", job.error)
-            if failed is not None:
-                failed()
+            for _, failed in waiting:
+                if failed is not None:
+                    failed()
         elif not self.logic.model_ready():  # the settings changed meanwhile: load the new choice
-            self.load_model(then, failed)
+            for then, failed in waiting:
+                self.load_model(then, failed)
         else:
             self.notify(LOADED.format(model=model))
-            if then is not None:
-                then()
+            for then, _ in waiting:
+                if then is not None:
+                    then()
 
     # ---- background jobs -------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ def _timer(interval_ms, callback, single_shot):
 
 def show_error(action, error):
     """One dialog for a failed action, with the traceback in its details and in the log."""
+    logging.error("%s failed", action, exc_info=error)
     _error_dialog(f"{action} failed:\n\n{gui_text(str(error))}", error)
 
 
@@ -41,7 +42,6 @@ def _error_dialog(text, error=None):
         slicer.util.warningDisplay(text, windowTitle="SAMed-2")
         return
     details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    logging.error("%s\n%s", text, details)
     slicer.util.errorDisplay(text, detailedText=details)
 
 

@@ -87,8 +87,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def helpText(self):
         return ("<html>Segment with SAMed-2 / SAM 2: click on the object (include point), click where the result "
                 "leaks (exclude point), or drag a box around it, in any slice view. The selected "
-                "segment's slice is updated at each prompt; prompts are markups you can drag (press on the point) or delete. Then "
-                "propagate through the volume, correct slices and propagate again.</html>")
+                "segment's slice is updated at each prompt; prompts are markups you can drag (press on a point, or on a "
+                "box's outline or handles: a click at a box's centre adds a point) or delete. Then propagate through "
+                "the volume, correct slices and propagate again.</html>")
 
     # ---- options panel -------------------------------------------------------------------
 
@@ -202,7 +203,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def _press(self, interactor, xy, view_widget):
         """A left press makes a prompt, except with a modifier key (left to the view, as
-        Slicer's Draw effect does) or over a prompt's point or handle (Markups drags it)."""
+        Slicer's Draw effect does) or over a prompt's point, box outline or handle (Markups
+        drags it)."""
         self._end_drag()  # a release outside the view never came
         volume, segmentation, segment_id = self._nodes()
         if interactor.GetShiftKey() or interactor.GetControlKey() or interactor.GetAltKey():
