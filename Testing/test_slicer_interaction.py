@@ -179,16 +179,20 @@ def cached_logic(mrml_scene, model, tmp_path):
 
 
 def test_mrml_first_click_loads_the_model_in_the_background_then_segments(cached_logic, front, ct, abdomen, views):
-    layer = Interaction(cached_logic, show_error=front.error)
+    polled = []  # the front end's timer is started for each job the layer starts
+    layer = Interaction(cached_logic, show_error=front.error, poll=lambda: polled.append(
+        [job.name for job in cached_logic.jobs.jobs]))
     layer.listeners.append(front.show)
     before = labelmaps(abdomen, ct)["liver"]
     layer.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
     assert front.status == [messages.LOADING.format(model="tiny-cached")]
     assert [job.name for job in cached_logic.jobs.jobs] == [LOAD_JOB], "the click returned before loading"
+    assert polled == [[LOAD_JOB]]
     np.testing.assert_array_equal(labelmaps(abdomen, ct)["liver"], before)
     layer.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))  # a second click while it loads
     assert len(cached_logic.jobs.jobs) == 1, "one load"
     tick_until_idle(layer)
+    assert polled[1:] == [["warm-up"]], "the clicked slices were encoded in the background"
     assert cached_logic.model_ready() and not front.errors
     assert front.status[-1].startswith(f"Segmented slice k = {CLICK[2]}")
     assert labelmaps(abdomen, ct)["liver"][CLICK[2]].any()

@@ -24,6 +24,7 @@ from SAMed2SlicerLib.segments import Target, read_slices
 log = logging.getLogger(__name__)
 
 INSTALLING = "The Python packages SAMed-2 needs are being installed: wait for the installation to end."
+INSTALL_FIRST = "SAMed-2 needs a few Python packages first: prompt again once they are installed."
 NOT_INSTALLED = "Nothing was installed: SAMed-2 cannot segment without these packages."
 LOADING = "Loading model {model} (prompts made meanwhile run when it is ready)..."
 LOADED = "Model {model} loaded: click on an object to segment it."
@@ -67,17 +68,20 @@ class Interaction(VTKObservationMixin):
     `show_error(text, error)` presents a failure (a dialog, the page's error line); without it a
     failure becomes a status message. `settle(callback)` calls back once programmatic prompt
     moves have settled (a single-shot timer restarted on each call); without it, moves wait for
-    `apply_moved_prompts()`. `gui` maps command-line commands in messages to the module's buttons.
-    Status messages go to every callable in `listeners` as `(message, progress or None)`.
+    `apply_moved_prompts()`. `poll()` starts the front end's polling (its timer calls `tick()`
+    until it returns False) when a background job starts. `gui` maps command-line commands in
+    messages to the module's buttons. Status messages go to every callable in `listeners` as
+    `(message, progress or None)`.
     """
 
     def __init__(self, logic, show_error: Optional[Callable] = None, settle: Optional[Callable] = None,
-                 gui: bool = True):
+                 poll: Optional[Callable] = None, gui: bool = True):
         VTKObservationMixin.__init__(self)
         self.logic = logic
         self.listeners: List[Callable] = []
         self.show_error = show_error
         self.settle = settle
+        self.poll = poll
         self.gui = gui
         self.installing = False
         self.run: Optional[BackgroundJob] = None  # the propagation going on
@@ -164,9 +168,10 @@ class Interaction(VTKObservationMixin):
             return None
         if self.loading is None:
             model = self.logic.settings["model"]
-            self.notify(LOADING.format(model=model))
             self.loading = self.logic.jobs.add(BackgroundJob(LOAD_JOB, lambda job: self.logic.load_engine()).start(),
                                                on_end=lambda job: self._loaded(job, model))
+            self._polling()
+            self.notify(LOADING.format(model=model))
         self._waiting.append((then, failed))
         return self.loading
 
@@ -192,6 +197,10 @@ class Interaction(VTKObservationMixin):
     def tick(self) -> bool:
         """Poll the jobs once (what the front end's timer runs); whether to keep polling."""
         return self.logic.jobs.tick()
+
+    def _polling(self):
+        if self.poll is not None and self.logic.jobs.jobs:
+            self.poll()
 
     @property
     def running(self) -> bool:
@@ -237,6 +246,8 @@ class Interaction(VTKObservationMixin):
             log.debug("no encoding ahead of the first prompt: %s", error)
         if warm_up is None:
             prompt()
+        else:
+            self._polling()
 
     def _say_written(self, written, segmentation, volume, segment_id, prefix=""):
         empty = [f"{'ijk'[axis]} = {index}" for axis, indices in written.items()
@@ -378,6 +389,7 @@ class Interaction(VTKObservationMixin):
             self.run = self.logic.propagate(volume, segmentation, slice_node, segment_ids,
                                             before_write=save_undo or self.save_undo, on_progress=self._on_progress,
                                             on_end=self._on_propagated, **options)
+            self._polling()
             self.notify(PROPAGATING, self.run.progress())
             return self.run
         return None

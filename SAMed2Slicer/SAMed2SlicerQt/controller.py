@@ -14,7 +14,7 @@ import qt
 import slicer
 
 from SAMed2SlicerLib.install import TORCH_VERSION, install_function
-from SAMed2SlicerLib.interaction import Interaction, gui_text
+from SAMed2SlicerLib.interaction import INSTALL_FIRST, INSTALLING, Interaction, gui_text
 from SAMed2SlicerLib.jobs import TICK_INTERVAL_MS
 
 MARKUP_SETTLE_MS = 300
@@ -68,12 +68,11 @@ class Controller:
 
     def __init__(self, logic):
         self.logic = logic
+        self.interaction = Interaction(logic, show_error=_error_dialog, settle=self._settle, poll=self.watch_jobs)
         self._job_timer = _timer(TICK_INTERVAL_MS, self._tick, single_shot=False)
-        self._markup_timer = _timer(MARKUP_SETTLE_MS, self._apply_moved_prompts, single_shot=True)
+        self._markup_timer = _timer(MARKUP_SETTLE_MS, self.interaction.apply_moved_prompts, single_shot=True)
         self._warm_up_timer = _timer(WARM_UP_SETTLE_MS, self._warm_up, single_shot=True)
         self._warm_up_view = None
-        self.interaction = Interaction(logic, show_error=_error_dialog, settle=self._settle)
-        self.interaction.listeners.append(self._poll_while_busy)
 
     @property
     def listeners(self):
@@ -104,10 +103,12 @@ class Controller:
 
     def _post_install(self):
         """Called from a mouse handler: the installation (minutes, with the event loop pumped by
-        pip's output) starts after the handler has returned."""
-        if not self.interaction.installing:
-            qt.QTimer.singleShot(0, self.ensure_ready)
-        self.notify("SAMed-2 needs a few Python packages first: prompt again once they are installed.")
+        pip's output) starts after the handler has returned, once."""
+        if self.interaction.installing:
+            self.notify(INSTALLING)
+            return
+        qt.QTimer.singleShot(0, self.ensure_ready)
+        self.notify(INSTALL_FIRST)
 
     def _install(self, plan):
         if plan.blocker():
@@ -141,10 +142,6 @@ class Controller:
         if not self.interaction.tick():
             self._job_timer.stop()
 
-    def _poll_while_busy(self, message, progress=None):
-        if self.logic.jobs.jobs:
-            self.watch_jobs()
-
     # ---- prompts ---------------------------------------------------------------------------
 
     def click(self, volume, segmentation, segment_id, slice_node, point_ras, positive, save_undo):
@@ -152,21 +149,15 @@ class Controller:
             return self._post_install()
         with slicer.util.WaitCursor():
             self.interaction.click(volume, segmentation, segment_id, slice_node, point_ras, positive, save_undo)
-        self._poll_while_busy("")
 
     def box(self, volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, save_undo):
         if self.interaction.needs_install():
             return self._post_install()
         with slicer.util.WaitCursor():
             self.interaction.box(volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, save_undo)
-        self._poll_while_busy("")
 
     def _settle(self, apply_moved_prompts):
         self._markup_timer.start()  # restarted by each change; its timeout applies them once settled
-
-    def _apply_moved_prompts(self):
-        self.interaction.apply_moved_prompts()
-        self._poll_while_busy("")
 
     def view_changed(self, volume, segmentation, slice_node):
         """A slice view moved: encode the slices around it soon (only once a segmenter exists)."""
@@ -190,7 +181,6 @@ class Controller:
         if not self.ensure_ready():
             return
         self.interaction.propagate(volume, segmentation, segment_ids, slice_node, options, save_undo)
-        self._poll_while_busy("")
 
     def cancel(self):
         self.interaction.cancel()

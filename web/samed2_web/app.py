@@ -125,7 +125,8 @@ class SAMed2WebApp(TrameApp):
         self._jobs_task = None
         self._settling = None  # the pending apply of prompts a script changed
         # The page's user runs the server from the command line: its commands stay in messages.
-        self.interaction = Interaction(self.logic, show_error=self._show_error, settle=self._settle, gui=False)
+        self.interaction = Interaction(self.logic, show_error=self._show_error, settle=self._settle,
+                                       poll=self._poll_jobs, gui=False)
         self.interaction.listeners.append(self._show_status)
         self._init_state()
         self._build_ui()
@@ -230,8 +231,6 @@ class SAMed2WebApp(TrameApp):
                 self.state.progress = round(100 * (progress.fraction or 0))
             else:
                 self.state.segments = self._segment_rows()
-        if self.logic.jobs.jobs:
-            self._poll_jobs()
 
     def _show_error(self, text, error=None):
         with self.state:
