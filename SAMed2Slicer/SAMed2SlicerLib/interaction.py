@@ -15,6 +15,7 @@ import slicer
 import vtk
 from slicer.util import VTKObservationMixin
 
+from SAMed2SlicerLib import models
 from SAMed2SlicerLib.jobs import BackgroundJob
 from SAMed2SlicerLib.logic import LOAD_JOB
 from SAMed2SlicerLib.prompts import ROLE, ROLES, SEGMENTATION_REFERENCE, VOLUME_REFERENCE
@@ -174,6 +175,14 @@ class Interaction(VTKObservationMixin):
             self.notify(LOADING.format(model=model))
         self._waiting.append((then, failed))
         return self.loading
+
+    def preload(self) -> None:
+        """Start loading the model when the editor is opened, if it can load (packages installed,
+        weights in the cache): the first prompt then waits less. Else nothing, silently."""
+        if self.installing or self.logic.model_ready() or self.logic.install_plan().needed:
+            return
+        if models.is_cached(self.logic.settings["model"], self.logic.cache_dir):
+            self.load_model()
 
     def _loaded(self, job, model):
         self.loading = None

@@ -144,10 +144,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         parameter.setParameter("AllSegments", int(self.ui.allSegmentsCheckBox.checked))
 
     def activate(self):
-        """Messages come here, and prompts moved meanwhile save their undo state in this editor."""
+        """Messages come here, prompts moved meanwhile save their undo state in this editor, and
+        the model starts loading in the background."""
         interaction = Controller.get().interaction
         interaction.listeners.append(self._show)
         interaction.editor_activated(self._save_state_for_undo)
+        interaction.preload()
 
     def deactivate(self):
         interaction = Controller.get().interaction
