@@ -222,14 +222,14 @@ class SAMed2WebApp(TrameApp):
             self.state.segments = self._segment_rows()
 
     def _show_status(self, message, progress=None):
-        """The interaction layer's status line; the segment list is read again when no run is
-        reporting progress."""
+        """The interaction layer's status line; the segment list is read again unless a run is
+        going on (its slices are counted when it ends)."""
         with self.state:
             self.state.status = message
             self.state.busy = self.interaction.running
             if progress is not None:
                 self.state.progress = round(100 * (progress.fraction or 0))
-            else:
+            if not self.state.busy:
                 self.state.segments = self._segment_rows()
 
     def _show_error(self, text, error=None):
