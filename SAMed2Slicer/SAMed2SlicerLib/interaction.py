@@ -258,7 +258,7 @@ class Interaction(VTKObservationMixin):
         else:
             self._polling()
 
-    def _say_written(self, written, segmentation, volume, segment_id, prefix=""):
+    def _say_written(self, written, segmentation, volume, segment_id):
         empty = [f"{'ijk'[axis]} = {index}" for axis, indices in written.items()
                  for index, mask in read_slices(Target(segmentation, segment_id, volume, axis), indices).items()
                  if not mask.any()]
@@ -266,10 +266,10 @@ class Interaction(VTKObservationMixin):
             self.report_problem(f"The model found nothing there (slice {', '.join(empty)}): click inside the object, "
                                 "or put a box around it.")
         else:
-            self.notify(prefix + self.logic.prompt_message(written))
+            self.notify(self.logic.prompt_message(written))
 
     def report_problem(self, text) -> None:
-        """Something the user should change, not a failure of the program (no details)."""
+        """Something the user should change, not a failure of the program: `show_error(text, None)`."""
         if self.show_error is None:
             self.notify(text)
         else:

@@ -35,12 +35,8 @@ def show_error(action, error):
     _error_dialog(f"{action} failed:\n\n{gui_text(str(error))}", error)
 
 
-def _error_dialog(text, error=None):
-    """A failure's dialog (traceback in the details); a problem the user can fix (no `error`)
-    is a plain warning."""
-    if error is None:
-        slicer.util.warningDisplay(text, windowTitle="SAMed-2")
-        return
+def _error_dialog(text, error):
+    """A failure's dialog, with the traceback in its details."""
     details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     slicer.util.errorDisplay(text, detailedText=details)
 
@@ -68,11 +64,18 @@ class Controller:
 
     def __init__(self, logic):
         self.logic = logic
-        self.interaction = Interaction(logic, show_error=_error_dialog, settle=self._settle, poll=self.watch_jobs)
+        self.interaction = Interaction(logic, show_error=self._show_error, settle=self._settle, poll=self.watch_jobs)
         self._job_timer = _timer(TICK_INTERVAL_MS, self._tick, single_shot=False)
         self._markup_timer = _timer(MARKUP_SETTLE_MS, self.interaction.apply_moved_prompts, single_shot=True)
         self._warm_up_timer = _timer(WARM_UP_SETTLE_MS, self._warm_up, single_shot=True)
         self._warm_up_view = None
+
+    def _show_error(self, text, error=None):
+        """A failure in a dialog; something the user can change (no `error`) in the status line."""
+        if error is None:
+            self.notify(text)
+        else:
+            _error_dialog(text, error)
 
     @property
     def listeners(self):

@@ -86,10 +86,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def helpText(self):
         return ("<html>Segment with SAMed-2 / SAM 2: click on the object (include point), click where the result "
-                "leaks (exclude point), or drag a box around it, in any slice view. The selected "
-                "segment's slice is updated at each prompt; prompts are markups you can drag (press on a point, or on a "
-                "box's outline or handles: a click at a box's centre adds a point) or delete. Then propagate through "
-                "the volume, correct slices and propagate again.</html>")
+                "leaks (exclude point), or drag a box around it, in any slice view. The selected segment's slice is "
+                "updated at each prompt; prompts are markups you can drag (press on a point, or on a box's outline or "
+                "handles: a click at a box's centre adds a point) or delete. Then propagate through the volume, "
+                "correct slices and propagate again.</html>")
 
     # ---- options panel -------------------------------------------------------------------
 
