@@ -420,6 +420,16 @@ def test_segment_list_add_select_rename_colour(page):
     assert voxels(page) == session["propagated"], "the box went to Segment 2 only"
     click(page, ".include-mode")
 
+    # an include click at the box's centre, where the ROI keeps its one control point, adds a point
+    # (a press on that point would otherwise go to Markups and drag the box)
+    centre = (page_point(page, corner) + page_point(page, opposite)) / 2
+    page.mouse.move(*(centre + 3))
+    page.mouse.move(*centre)  # hovering it: the Markups displayable manager marks the point active
+    time.sleep(0.3)
+    page.mouse.click(*centre)
+    wait_text(page, ".segments", r"Segment 2: \d+ voxels, 2 prompt\(s\)")
+    wait_text(page, ".status", r"Segmented slice k = \d+")
+
     page.locator(".segment-name input").fill("Liver box")
     wait_text(page, ".segments", r"Liver box: \d+ voxels")
     page.locator("input.segment-color").fill(BLUE)
@@ -563,6 +573,7 @@ def test_a_prompt_dragged_during_a_propagation_is_applied_when_the_run_ends(page
     start = session["dragged_to"]
     click(page, ".propagate")
     wait_text(page, ".status", r"Propagating: slice \d+ \(\d+ done\)")
+    expect(page.locator(".undo")).to_be_disabled()  # undo waits for the run
     drag_on_page(page, start, start - (30, 0))
     wait_text(page, ".status", rf"Prompt moved\. Segmented slice k = {session['clicked_slice']}\b", timeout_s=300)
     assert re.search(r"Segment 6: \d+ voxels, 1 prompt\b", text(page, ".segments")), "the drag added a prompt"
