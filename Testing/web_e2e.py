@@ -6,9 +6,11 @@ playwright) for the whole module: the tests below run in file order, as one user
 one scene. They check the segment in MRML (the page's segment list counts the MRML labelmap's
 voxels, the exports write what MRML holds), in the page's pixels (screenshots), and the page's
 messages: a click on the liver, propagation with limits, undo, the segment list (add, select,
-rename, colour), the model, device and preset choice (a model that finds nothing, a model whose
-file is damaged), dragging a point, the three-view layout with a click and a cancelled propagation in the coronal
-view, exports (DICOM-SEG through dciodvfy), a refused token, and the server's stop.
+rename, colour; a click at a box's centre adds a point), the model, device and preset choice (a model
+that finds nothing, a model whose file is damaged), dragging a point (also during a propagation: applied
+when it ends, Undo disabled meanwhile), the three-view layout with a click and a cancelled propagation in
+the coronal view, exports (DICOM-SEG through dciodvfy), a refused token, and the server's stop. The
+model loads in the background once the page is open (SAMed2SlicerLib.interaction, as in Slicer).
 
 The model is the test-trained SAMed-2 (SAMED2_WEB_MODEL / SAMED2_WEB_MODEL_CONFIG, given by
 test_web.py), imported into a temporary weights cache as a user would with `samed2 weights import`,
