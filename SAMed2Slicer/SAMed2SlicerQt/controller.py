@@ -119,11 +119,11 @@ class Controller:
             return False
         if not slicer.util.confirmOkCancelDisplay(plan.message(), windowTitle="SAMed-2 set-up"):
             return False
-        dialog = slicer.util.createProgressDialog(
+        dialog = slicer.util.createProgressDialog(  # modal: no clicks into the views while pip pumps events
             labelText="Installing the Python packages SAMed-2 needs: this takes a few minutes",
-            maximum=0, windowTitle="SAMed-2 set-up")
-        dialog.windowModality = qt.Qt.ApplicationModal  # no clicks into the views meanwhile
+            maximum=0, windowTitle="SAMed-2 set-up", windowModality=qt.Qt.ApplicationModal)
         dialog.setCancelButton(None)  # pip cannot be stopped half-way
+        dialog.show()
         slicer.app.processEvents()
         try:
             if plan.torch:
