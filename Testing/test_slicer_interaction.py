@@ -327,10 +327,19 @@ def test_mrml_a_press_on_a_box_centre_is_a_point_and_on_its_outline_a_drag(logic
     logic.box(ct, abdomen, "liver", views["Red"], world_point((40, 30, k)), world_point((90, 80, k)))
     box = markups.prompt_nodes(abdomen, "liver", markups.BOX)[0]
     display = box.GetDisplayNode()
-    display.SetActiveComponent(slicer.vtkMRMLMarkupsDisplayNode.ComponentControlPoint, 0)
-    assert markups.hovered_prompt(abdomen) is None, "the centre point: the press makes a point prompt"
-    display.SetActiveComponent(slicer.vtkMRMLMarkupsROIDisplayNode.ComponentROI, 0)
-    assert markups.hovered_prompt(abdomen) is box, "the outline: Markups drags the box"
+    components = slicer.vtkMRMLMarkupsDisplayNode
+    for component, index in ((components.ComponentControlPoint, 0), (components.ComponentTranslationHandle, 3)):
+        display.SetActiveComponent(component, index)
+        assert markups.hovered_prompt(abdomen) is None, "at the centre the press makes a point prompt"
+    for component, index in ((slicer.vtkMRMLMarkupsROIDisplayNode.ComponentROI, 0),
+                             (components.ComponentScaleHandle, 2), (components.ComponentTranslationHandle, 0)):
+        display.SetActiveComponent(component, index)
+        assert markups.hovered_prompt(abdomen) is box, "the outline and handles: Markups drags or resizes the box"
+    display.SetActiveComponent(components.ComponentNone, -1)
+    logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+    points = markups.prompt_nodes(abdomen, "liver", markups.INCLUDE)[0]
+    points.GetDisplayNode().SetActiveComponent(components.ComponentControlPoint, 0)
+    assert markups.hovered_prompt(abdomen) is points, "a point prompt is dragged by its point"
 
 
 def test_mrml_prompts_leave_the_markups_toolbars_list_alone(logic, ct, abdomen, views):

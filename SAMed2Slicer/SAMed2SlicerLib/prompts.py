@@ -64,21 +64,30 @@ def prompt_nodes(segmentation_node, segment_id=None, role=None, axis=None):
 def hovered_prompt(segmentation_node):
     """The prompt markup the mouse is over (its display node has an active component for the
     mouse, which the Markups displayable manager sets on hover), else None: a press there is for
-    Markups, to drag the point or the box outline or handle. A box's one control point is its
-    centre, where a point prompt is often clicked: that press makes a point, not a drag."""
+    Markups, to drag the point or the box outline or handle. A box's centre, where a point prompt
+    is often clicked, holds its one control point and its in-plane move handle: a press there
+    makes a point, not a drag (the box still moves by its outline and resizes by its handles)."""
     for node in prompt_nodes(segmentation_node):
         display = node.GetDisplayNode()
-        if display is not None and grabs_press(node, display.GetActiveComponentType()):
+        if display is not None and grabs_press(node, display.GetActiveComponentType(),
+                                               display.GetActiveComponentIndex()):
             return node
     return None
 
 
-def grabs_press(node, component) -> bool:
+BOX_CENTRE_MOVE_HANDLE = 3  # translation handle components: x, y, z, then the view plane (the centre)
+
+
+def grabs_press(node, component, index) -> bool:
     """Whether Markups should take a press on this component of a prompt node."""
     display = slicer.vtkMRMLMarkupsDisplayNode
     if component == display.ComponentNone:
         return False
-    return not (node.GetAttribute(ROLE) == BOX and component == display.ComponentControlPoint)
+    if node.GetAttribute(ROLE) != BOX:
+        return True
+    at_centre = component == display.ComponentControlPoint or (
+        component == display.ComponentTranslationHandle and index == BOX_CENTRE_MOVE_HANDLE)
+    return not at_centre
 
 
 def prompted_axes(segmentation_node, segment_id):
