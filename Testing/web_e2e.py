@@ -572,7 +572,7 @@ def drag_on_page(page, start, end):
 def test_a_prompt_dragged_during_a_propagation_is_applied_when_the_run_ends(page):
     """The interaction layer defers a move made during a run: the run ends, then the moved
     prompt's slice is segmented again (one status line after the other)."""
-    start = session["dragged_to"]
+    start, before = session["dragged_to"], voxels(page, "Segment 6")
     click(page, ".propagate")
     wait_text(page, ".status", r"Propagating: slice \d+ \(\d+ done\)")
     expect(page.locator(".undo")).to_be_disabled()  # undo waits for the run
@@ -580,6 +580,12 @@ def test_a_prompt_dragged_during_a_propagation_is_applied_when_the_run_ends(page
     wait_text(page, ".status", rf"Prompt moved\. Segmented slice k = {session['clicked_slice']}\b", timeout_s=300)
     assert re.search(r"Segment 6: \d+ voxels, 1 prompt\b", text(page, ".segments")), "the drag added a prompt"
     assert not page.locator(".propagate").is_disabled(), "the run has ended"
+
+    # two steps, undone one after the other: the move, then the run (the later tests see Segment 6 as before)
+    click(page, ".undo")
+    wait_text(page, ".status", r"^Undone\.")
+    click(page, ".undo")
+    eventually(lambda: voxels(page, "Segment 6") == before, "two undos did not restore Segment 6", timeout_s=60)
 
 
 def test_exports_hold_what_mrml_holds(page, out):

@@ -269,8 +269,13 @@ class SAMed2WebApp(TrameApp):
             self.interaction.load_model()
 
         self.logic.configure(**chosen)
-        self.interaction.load_model(then=lambda: self._report(
-            f"Segmenting with {model} on {device}, preset {preset}: the next prompt uses them."), failed=keep_previous)
+        self.interaction.load_model(then=self._report_settings, failed=keep_previous)
+
+    def _report_settings(self):
+        """The settings in use (the latest choice: changes made while a model loads queue up)."""
+        settings = self.logic.settings
+        self._report(f"Segmenting with {settings['model']} on {settings['device']}, preset {settings['preset']}: "
+                     "the next prompt uses them.")
 
     def _list_models(self, *_):
         """The cached models, read again whenever the model menu opens."""
