@@ -431,6 +431,9 @@ def test_segment_list_add_select_rename_colour(page):
     page.mouse.click(*centre)
     wait_text(page, ".segments", r"Segment 2: \d+ voxels, 2 prompt\(s\)")
     wait_text(page, ".status", r"Segmented slice k = \d+")
+    click(page, ".undo")  # the box's result back, for the tests that follow
+    wait_text(page, ".status", r"^Undone\.")
+    assert voxels(page, "Segment 2") == boxed
 
     page.locator(".segment-name input").fill("Liver box")
     wait_text(page, ".segments", r"Liver box: \d+ voxels")
