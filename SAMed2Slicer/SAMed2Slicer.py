@@ -113,6 +113,8 @@ class SAMed2SlicerLogic(ScriptedLoadableModuleLogic, SAMed2Logic):
     """The module's logic (SAMed2SlicerLib.logic.SAMed2Logic: scripts drive the module through
     it), with the module's parameter node and segment editor node."""
 
+    instance = None  # moduleLogic()
+
     def getParameterNode(self):
         return SAMed2SlicerParameterNode(super().getParameterNode())
 
@@ -134,6 +136,13 @@ def connectGui(wrapper, gui):
     return tag if returned is None else returned
 
 
+def moduleLogic():
+    """The module's one Logic, shared by the panel, the Segment Editor effect and scripts."""
+    if SAMed2SlicerLogic.instance is None:
+        SAMed2SlicerLogic.instance = SAMed2SlicerLogic()
+    return SAMed2SlicerLogic.instance
+
+
 class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel, built from Resources/UI/SAMed2Slicer.ui."""
 
@@ -151,8 +160,8 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(panel)
         self.ui = slicer.util.childWidgetVariables(panel)
         panel.setMRMLScene(slicer.mrmlScene)
-        self.logic = SAMed2SlicerLogic()  # slicer.util.getModuleLogic("SAMed2Slicer") returns it
-        self.controller = Controller.get()
+        self.logic = moduleLogic()  # slicer.util.getModuleLogic("SAMed2Slicer") returns it
+        self.controller = Controller.get(self.logic)
         self.controller.listeners.append(self.showStatus)
         editor = self.ui.segmentEditorWidget
         editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())

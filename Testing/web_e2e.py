@@ -6,9 +6,11 @@ playwright) for the whole module: the tests below run in file order, as one user
 one scene. They check the segment in MRML (the page's segment list counts the MRML labelmap's
 voxels, the exports write what MRML holds), in the page's pixels (screenshots), and the page's
 messages: a click on the liver, propagation with limits, undo, the segment list (add, select,
-rename, colour), the model, device and preset choice (a model that finds nothing, a model whose
-file is damaged), dragging a point, the three-view layout with a click and a cancelled propagation in the coronal
-view, exports (DICOM-SEG through dciodvfy), a refused token, and the server's stop.
+rename, colour; a click at a box's centre adds a point), the model, device and preset choice (a model
+that finds nothing, a model whose file is damaged), dragging a point (also during a propagation: applied
+when it ends, Undo disabled meanwhile), the three-view layout with a click and a cancelled propagation in
+the coronal view, exports (DICOM-SEG through dciodvfy), a refused token, and the server's stop. The
+model loads in the background once the page is open (SAMed2SlicerLib.interaction, as in Slicer).
 
 The model is the test-trained SAMed-2 (SAMED2_WEB_MODEL / SAMED2_WEB_MODEL_CONFIG, given by
 test_web.py), imported into a temporary weights cache as a user would with `samed2 weights import`,
@@ -135,7 +137,8 @@ def page(browser, server):
     page = browser.new_context(viewport=VIEWPORT).new_page()
     start = time.perf_counter()
     page.goto(server[0])
-    wait_text(page, ".status", r"Loaded .*Click on an object")
+    # the model loads in the background once the page is there (the interaction layer's status line)
+    wait_text(page, ".status", r"Model test-model loaded: click on an object")
     page.wait_for_selector("img.image-display-area")
     eventually(lambda: shows_volume(page, 0), "the axial view does not show the volume")
     timings["page ready"] = time.perf_counter() - start
@@ -419,6 +422,19 @@ def test_segment_list_add_select_rename_colour(page):
     assert voxels(page) == session["propagated"], "the box went to Segment 2 only"
     click(page, ".include-mode")
 
+    # an include click at the box's centre, where the ROI keeps its one control point, adds a point
+    # (a press on that point would otherwise go to Markups and drag the box)
+    centre = (page_point(page, corner) + page_point(page, opposite)) / 2
+    page.mouse.move(*(centre + 3))
+    page.mouse.move(*centre)  # hovering it: the Markups displayable manager marks the point active
+    time.sleep(0.3)
+    page.mouse.click(*centre)
+    wait_text(page, ".segments", r"Segment 2: \d+ voxels, 2 prompt\(s\)")
+    wait_text(page, ".status", r"Segmented slice k = \d+")
+    click(page, ".undo")  # the box's result back, for the tests that follow
+    wait_text(page, ".status", r"^Undone\.")
+    assert voxels(page, "Segment 2") == boxed
+
     page.locator(".segment-name input").fill("Liver box")
     wait_text(page, ".segments", r"Liver box: \d+ voxels")
     page.locator("input.segment-color").fill(BLUE)
@@ -542,6 +558,37 @@ def test_dragging_a_prompt_moves_it_and_re_segments(page):
     assert re.search(r"Segment 6: \d+ voxels, 1 prompt\b", text(page, ".segments")), "the drag added a prompt"
     print(f"\ndragged prompt: {placed} -> {moved} voxels")
     assert moved != placed, "the segment did not follow the dragged point"
+    session["dragged_to"] = end
+
+
+def drag_on_page(page, start, end):
+    page.mouse.move(*(start + 3))
+    page.mouse.move(*start)  # hovering the point: the Markups displayable manager takes the press
+    time.sleep(0.3)
+    page.mouse.down()
+    for step in np.linspace(0, 1, 6)[1:]:
+        page.mouse.move(*(start + step * (end - start)))
+        time.sleep(0.05)
+    page.mouse.up()
+
+
+def test_a_prompt_dragged_during_a_propagation_is_applied_when_the_run_ends(page):
+    """The interaction layer defers a move made during a run: the run ends, then the moved
+    prompt's slice is segmented again (one status line after the other)."""
+    start, before = session["dragged_to"], voxels(page, "Segment 6")
+    click(page, ".propagate")
+    wait_text(page, ".status", r"Propagating: slice \d+ \(\d+ done\)")
+    expect(page.locator(".undo")).to_be_disabled()  # undo waits for the run
+    drag_on_page(page, start, start - (30, 0))
+    wait_text(page, ".status", rf"Prompt moved\. Segmented slice k = {session['clicked_slice']}\b", timeout_s=300)
+    assert re.search(r"Segment 6: \d+ voxels, 1 prompt\b", text(page, ".segments")), "the drag added a prompt"
+    assert not page.locator(".propagate").is_disabled(), "the run has ended"
+
+    # two steps, undone one after the other: the move, then the run (the later tests see Segment 6 as before)
+    click(page, ".undo")
+    wait_text(page, ".status", r"^Undone\.")
+    click(page, ".undo")
+    eventually(lambda: voxels(page, "Segment 6") == before, "two undos did not restore Segment 6", timeout_s=60)
 
 
 def test_exports_hold_what_mrml_holds(page, out):

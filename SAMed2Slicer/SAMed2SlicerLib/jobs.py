@@ -14,12 +14,14 @@ same for scripts and tests.
 
 Nothing here knows Qt; a web front end polls the same way.
 """
+import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
+log = logging.getLogger(__name__)
 _END = object()
 WAIT_POLL_S = 0.05
 TICK_INTERVAL_MS = 10
@@ -166,10 +168,15 @@ class BackgroundJob:
 class JobPoller:
     """The running jobs of one front end, and what its timer calls: `tick()` polls each job
     (one TICK_WAIT_S shared among them), reports progress with `on_progress(job, progress)` and
-    the end once with `on_end(job)` (check `job.error` there), then forgets the job."""
+    the end once with `on_end(job)` (check `job.error` there), then forgets the job.
+
+    A handler that raises is reported to `on_error(job, error)` (else logged), once: the job's
+    progress is not reported again, its end still is, and the other jobs are still polled. So a
+    broken handler never stops the polling of the rest."""
 
     def __init__(self, wait_s: float = TICK_WAIT_S):
         self.wait_s = wait_s
+        self.on_error: Optional[Callable[[BackgroundJob, BaseException], None]] = None
         self._jobs: list = []
 
     def add(self, job: BackgroundJob, on_progress=None, on_end=None) -> BackgroundJob:
@@ -180,16 +187,35 @@ class JobPoller:
     def jobs(self) -> List[BackgroundJob]:
         return [job for job, _, _ in self._jobs]
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
+        """Poll every job once; whether jobs remain (the front end keeps polling while they do)."""
         for entry in list(self._jobs):
-            job, on_progress, on_end = entry
-            progress = job.poll(self.wait_s / len(self._jobs))
-            if progress.finished:
-                self._jobs.remove(entry)
-                if on_end is not None:
-                    on_end(job)
-            elif on_progress is not None:
-                on_progress(job, progress)
+            try:
+                self._poll(entry)
+            except Exception as error:  # reported once; the job is still polled, its end still reported
+                self._report(entry[0], error)
+                if entry in self._jobs:
+                    self._jobs[self._jobs.index(entry)] = (entry[0], None, entry[2])
+        return bool(self._jobs)
+
+    def _poll(self, entry) -> None:
+        job, on_progress, on_end = entry
+        progress = job.poll(self.wait_s / len(self._jobs))
+        if progress.finished:
+            self._jobs.remove(entry)
+            if on_end is not None:
+                on_end(job)
+        elif on_progress is not None:
+            on_progress(job, progress)
+
+    def _report(self, job, error) -> None:
+        if self.on_error is None:
+            log.error("%s: a handler failed", job.name, exc_info=error)
+            return
+        try:
+            self.on_error(job, error)
+        except Exception:  # the reporter itself failed (its window is gone): the log has it
+            log.exception("%s: reporting a handler's failure failed", job.name)
 
     def cancel(self, where=lambda job: True, timeout_s: float = 60.0) -> None:
         """Cancel the jobs `where(job)` says and poll until they have ended (their on_end runs)."""

@@ -11,16 +11,19 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import slicer
 from slicer.util import VTKObservationMixin
 
 from SAMed2SlicerLib import models
+from SAMed2SlicerLib.geometry import engine_volume, view_axis
 from SAMed2SlicerLib.install import InstallPlan
 from SAMed2SlicerLib.jobs import BackgroundJob, JobPoller
 from SAMed2SlicerLib.prompts import prompt_nodes
 from SAMed2SlicerLib.segmenter import Segmenter
 
 DEFAULT_SETTINGS = {"model": models.DEFAULT_MODEL, "device": "auto", "preset": "auto", "precision": "auto"}
+LOAD_JOB = "model load"
 EXPORT_SUFFIXES = {"DICOM-SEG": ".dcm", "NIfTI": ".nii.gz", "Slicer segmentation": ".seg.nrrd"}
 
 
@@ -68,6 +71,27 @@ class SAMed2Logic(VTKObservationMixin):
             self._model = (name, models.load(name, self.cache_dir))
         return self._model[1]
 
+    def model_ready(self) -> bool:
+        """Whether the chosen model is loaded (a prompt then needs no load first)."""
+        return self._model[0] == self.settings["model"]
+
+    def load_engine(self) -> None:
+        """The slow first steps, on any thread: import torch, load the chosen model, and measure
+        which precision "auto" runs in on the chosen device (kept for the sessions)."""
+        from samed2.device import pick_device, pick_precision
+
+        self.engine_model()
+        pick_precision(self.settings["precision"], pick_device(self.settings["device"]))
+
+    def view_slice_index(self, volume_node, slice_node) -> int:
+        """The volume slice a slice view shows (through the view's centre), from the geometry
+        alone: no model, no packages beyond numpy."""
+        volume = engine_volume(volume_node)
+        axis = view_axis(volume, slice_node)
+        origin = slice_node.GetSliceToRAS().MultiplyPoint((0, 0, 0, 1))[:3]
+        index = int(np.floor(volume.to_slice_coords(np.asarray(origin), axis)[0] + 0.5))
+        return min(max(index, 0), volume.num_slices(axis) - 1)
+
     def segmenter_for(self, volume, segmentation) -> Segmenter:
         """The Segmenter for this volume and segmentation with the current settings."""
         if volume is None or segmentation is None:
@@ -89,7 +113,7 @@ class SAMed2Logic(VTKObservationMixin):
         """Stop the jobs that use the segmenter and free it (its engine sessions and threads)."""
         if self.segmenter is None:
             return
-        self.jobs.cancel(lambda job: job.name != models.DOWNLOAD_JOB)  # the others use the segmenter
+        self.jobs.cancel(lambda job: job.name not in (models.DOWNLOAD_JOB, LOAD_JOB))  # the others use it
         self.removeObserver(self.segmenter.volume_node, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
                             self._on_volume_changed)
         self.segmenter.close()
@@ -151,16 +175,16 @@ class SAMed2Logic(VTKObservationMixin):
         job = segmenter.propagate(segmenter.axis_of_view(slice_node), segment_ids, **options)
         return self.jobs.add(job, on_progress, on_end)
 
-    def warm_up(self, volume, segmentation, slice_node) -> Optional[BackgroundJob]:
+    def warm_up(self, volume, segmentation, slice_node, on_end=None) -> Optional[BackgroundJob]:
         """Encode the slices around a view's slice in the background, if a segmenter for this
-        volume and segmentation exists and is idle."""
+        volume and segmentation exists and is idle; `on_end(job)` when done."""
         segmenter = self.segmenter
         if segmenter is None or segmenter.running is not None or \
                 self._segmenter_key[:2] != (volume.GetID(), segmentation.GetID()):
             return None
         if any(job.name == "warm-up" for job in self.jobs.jobs):
             return None
-        return self.jobs.add(segmenter.warm_up(slice_node))
+        return self.jobs.add(segmenter.warm_up(slice_node), on_end=on_end)
 
     def download(self, name=None, on_progress=None, on_end=None) -> BackgroundJob:
         """Download a registry model's weights (default: the chosen model) into the cache."""

@@ -9,6 +9,7 @@ A point is on the slice nearest to it along its node's axis; a box is on the sli
 its centre and covers the in-plane extent of its eight corners, so ROIs of any orientation,
 and volumes rotated or flipped in any way, give the right voxels.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -63,13 +64,30 @@ def prompt_nodes(segmentation_node, segment_id=None, role=None, axis=None):
 def hovered_prompt(segmentation_node):
     """The prompt markup the mouse is over (its display node has an active component for the
     mouse, which the Markups displayable manager sets on hover), else None: a press there is for
-    Markups, to drag the point or the box handle."""
-    none = slicer.vtkMRMLMarkupsDisplayNode.ComponentNone
+    Markups, to drag the point or the box outline or handle. A box's centre, where a point prompt
+    is often clicked, holds its one control point and its in-plane move handle: a press there
+    makes a point, not a drag (the box still moves by its outline and resizes by its handles)."""
     for node in prompt_nodes(segmentation_node):
         display = node.GetDisplayNode()
-        if display is not None and display.GetActiveComponentType() != none:
+        if display is not None and grabs_press(node, display.GetActiveComponentType(),
+                                               display.GetActiveComponentIndex()):
             return node
     return None
+
+
+BOX_CENTRE_MOVE_HANDLE = 3  # translation handle components: x, y, z, then the view plane (the centre)
+
+
+def grabs_press(node, component, index) -> bool:
+    """Whether Markups should take a press on this component of a prompt node."""
+    display = slicer.vtkMRMLMarkupsDisplayNode
+    if component == display.ComponentNone:
+        return False
+    if node.GetAttribute(ROLE) != BOX:
+        return True
+    at_centre = component == display.ComponentControlPoint or (
+        component == display.ComponentTranslationHandle and index == BOX_CENTRE_MOVE_HANDLE)
+    return not at_centre
 
 
 def prompted_axes(segmentation_node, segment_id):
@@ -83,7 +101,8 @@ def create_prompt_node(target, role):
     if segment is None:
         raise ValueError(f"segment '{target.segment_id}' is not in '{target.segmentation.GetName()}'")
     name = f"SAMed-2 {role} {segment.GetName()} ({AXIS_NAMES[target.axis]} slices)"
-    node = slicer.mrmlScene.AddNewNodeByClass(NODE_CLASSES[role], slicer.mrmlScene.GenerateUniqueName(name))
+    with active_place_node_kept():  # Markups makes every added list the one "Place" adds to
+        node = slicer.mrmlScene.AddNewNodeByClass(NODE_CLASSES[role], slicer.mrmlScene.GenerateUniqueName(name))
     node.SetAttribute(ROLE, role)
     node.SetAttribute(SEGMENT, target.segment_id)
     node.SetAttribute(AXIS, str(target.axis))
@@ -94,6 +113,24 @@ def create_prompt_node(target, role):
     node.GetDisplayNode().SetSelectedColor(*COLORS[role])
     node.GetDisplayNode().SetColor(*COLORS[role])
     return node
+
+
+@contextmanager
+def active_place_node_kept():
+    """Keep the selection node's active place list and class (what the Markups toolbar places
+    into) as they were before the block."""
+    selection = slicer.mrmlScene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    if selection is None:
+        yield
+        return
+    node_id, class_name = selection.GetActivePlaceNodeID(), selection.GetActivePlaceNodeClassName()
+    try:
+        yield
+    finally:
+        if selection.GetActivePlaceNodeClassName() != class_name:
+            selection.SetReferenceActivePlaceNodeClassName(class_name)
+        if selection.GetActivePlaceNodeID() != node_id:
+            selection.SetReferenceActivePlaceNodeID(node_id)
 
 
 def point_node(target, positive):

@@ -86,10 +86,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def helpText(self):
         return ("<html>Segment with SAMed-2 / SAM 2: click on the object (include point), click where the result "
-                "leaks (exclude point), or drag a box around it, in any slice view. The selected "
-                "segment's slice is updated at each prompt; prompts are markups you can drag (press on the point) or delete. Then "
-                "propagate through the volume, correct slices and propagate again. Results follow the Masking "
-                "settings below (editable area, intensity range, modify other segments), as Paint does.</html>")
+                "leaks (exclude point), or drag a box around it, in any slice view. The selected segment's slice is "
+                "updated at each prompt; prompts are markups you can drag (press on a point, or on a box's outline or "
+                "handles: a click at a box's centre adds a point) or delete. Then propagate through the volume, "
+                "correct slices and propagate again. Results follow the Masking settings below (editable area, "
+                "intensity range, modify other segments), as Paint does.</html>")
 
     # ---- options panel -------------------------------------------------------------------
 
@@ -106,7 +107,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.ui.firstSliceFromViewButton.connect("clicked()", lambda: self._slice_from_view(self.ui.firstSliceSpinBox))
         self.ui.lastSliceFromViewButton.connect("clicked()", lambda: self._slice_from_view(self.ui.lastSliceSpinBox))
         self.ui.propagateButton.connect("clicked()", self.onPropagate)
-        self.ui.cancelButton.connect("clicked()", Controller.get().cancel)
+        self.ui.cancelButton.connect("clicked()", self.onCancel)
 
     def _tool_buttons(self):
         return {"include": self.ui.includeButton, "exclude": self.ui.excludeButton, "box": self.ui.boxButton}
@@ -144,18 +145,40 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         parameter.setParameter("AllSegments", int(self.ui.allSegmentsCheckBox.checked))
 
     def activate(self):
-        Controller.get().listeners.append(self._show)
+        """Messages come here, prompts moved meanwhile save their undo state in this editor, and
+        the model starts loading in the background."""
+        interaction = Controller.get().interaction
+        interaction.listeners.append(self._show)
+        interaction.editor_activated(self._save_state_for_undo)
+        interaction.preload()
 
     def deactivate(self):
-        if self._show in Controller.get().listeners:
-            Controller.get().listeners.remove(self._show)
+        interaction = Controller.get().interaction
+        if self._show in interaction.listeners:
+            interaction.listeners.remove(self._show)
+        interaction.editor_deactivated(self._save_state_for_undo)
         self._end_drag()
+
+    def cleanup(self):
+        """The editor is being deleted (Slicer 5.10 and later call this; earlier ones never do)."""
+        if Controller.existing() is not None:
+            self.deactivate()
+        if self.ui is not None:
+            self.ui.cancelButton.disconnect("clicked()", self.onCancel)
+            self.ui = None
+
+    def _save_state_for_undo(self):
+        """This editor's undo history (bound methods of one effect compare equal)."""
+        self.scriptedEffect.saveStateForUndo()
+
+    def onCancel(self):
+        Controller.get().cancel()
 
     def _show(self, message, progress=None):
         if self.ui is None:
             return
         self.ui.statusLabel.text = message
-        running = Controller.get().run is not None and not Controller.get().run.finished
+        running = Controller.get().interaction.running
         self.ui.propagateButton.enabled = not running
         self.ui.cancelButton.enabled = running
         if progress is not None:
@@ -183,7 +206,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def _press(self, interactor, xy, view_widget):
         """A left press makes a prompt, except with a modifier key (left to the view, as
-        Slicer's Draw effect does) or over a prompt's point or handle (Markups drags it)."""
+        Slicer's Draw effect does) or over a prompt's point, box outline or handle (Markups
+        drags it)."""
         self._end_drag()  # a release outside the view never came
         volume, segmentation, segment_id = self._nodes()
         if interactor.GetShiftKey() or interactor.GetControlKey() or interactor.GetAltKey():
@@ -201,7 +225,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return True
         positive = tool == "include"
         Controller.get().click(volume, segmentation, segment_id, self._prompt_view, point, positive,
-                               self.scriptedEffect.saveStateForUndo)
+                               self._save_state_for_undo)
         return True
 
     def _release(self, xy):
@@ -209,7 +233,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._end_drag()
         volume, segmentation, segment_id = self._nodes()
         Controller.get().box(volume, segmentation, segment_id, drag.view.mrmlSliceNode(), drag.start_ras,
-                             self.xyToRas(xy, drag.view), self.scriptedEffect.saveStateForUndo)
+                             self.xyToRas(xy, drag.view), self._save_state_for_undo)
 
     def _end_drag(self):
         if self._drag is not None:
@@ -224,17 +248,27 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # ---- propagation -----------------------------------------------------------------------
 
     def _propagation_view(self):
+        """The slice view of the last prompt, else the Red view; None (said) when the layout has none."""
         if self._prompt_view is not None:
             return self._prompt_view
-        return slicer.app.layoutManager().sliceWidget(DEFAULT_VIEW).mrmlSliceNode()
+        widget = slicer.app.layoutManager().sliceWidget(DEFAULT_VIEW)
+        if widget is None:
+            self._show(f"No {DEFAULT_VIEW} slice view in this layout: prompt in a slice view first, propagation "
+                       "then follows that view's slices.")
+            return None
+        return widget.mrmlSliceNode()
 
     def _slice_from_view(self, spin_box):
-        volume, segmentation, _ = self._nodes()
-        controller = Controller.get()
-        if not controller.ensure_ready():
+        """The slice the propagation view shows, from the geometry (no model needed)."""
+        volume, _, _ = self._nodes()
+        view = self._propagation_view()
+        if view is None:
             return
-        with controller.reporting("Reading the view's slice"):
-            spin_box.value = controller.logic.segmenter_for(volume, segmentation).view_slice_index(self._propagation_view())
+        if volume is None:
+            self._show("Select the source volume first.")
+            return
+        with Controller.get().reporting("Reading the view's slice"):
+            spin_box.value = Controller.get().logic.view_slice_index(volume, view)
 
     def onPropagate(self):
         volume, segmentation, segment_id = self._nodes()
@@ -245,5 +279,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         options = dict(direction=self.ui.directionComboBox.currentText, start=None if first < 0 else first,
                        stop=None if last < 0 else last, stop_after_absent=self.ui.stopAfterAbsentSpinBox.value)
         segment_ids = None if self.ui.allSegmentsCheckBox.checked else [segment_id]
-        Controller.get().propagate(volume, segmentation, segment_ids, self._propagation_view(), options,
-                                   self.scriptedEffect.saveStateForUndo)
+        view = self._propagation_view()
+        if view is not None:
+            Controller.get().propagate(volume, segmentation, segment_ids, view, options, self._save_state_for_undo)

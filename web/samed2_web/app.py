@@ -1,7 +1,8 @@
 """The browser front end: trame-slicer's remote slice views over one MRML scene, driven by the
-Slicer module's Logic (SAMed2SlicerLib.logic.SAMed2Logic). This file only turns page events into
-Logic calls and Logic results into page state; prompts, segmenting, propagation, undo and export
-are the Logic's.
+Slicer module's Logic (SAMed2SlicerLib.logic.SAMed2Logic) through the interaction layer the Slicer
+module uses too (SAMed2SlicerLib.interaction: model loading, the propagation run and job polling,
+prompt watching, undo, the messages). This file only turns page events into its calls and its
+messages into page state.
 
 One server process serves one user session (one scene, one volume, one segmentation).
 """
@@ -25,11 +26,12 @@ from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 from samed2.device import DEVICE_NAMES
 from samed2.errors import InputError, Samed2Error
-from samed2.weights import list_weights
-from SAMed2SlicerLib.logic import SAMed2Logic, written_message
+from samed2.weights import cached_checkpoint, list_weights
+from SAMed2SlicerLib.interaction import Interaction
+from SAMed2SlicerLib.logic import SAMed2Logic
 from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes
 from SAMed2SlicerLib.segmenter import PRESETS
-from SAMed2SlicerLib.segments import Target, read_segment, read_slices
+from SAMed2SlicerLib.segments import read_segment
 
 PROMPT_MODES = ("include", "exclude", "box")  # a box is two clicks: opposite corners
 # Export kind (the Logic's), button label, button class (what tests find it by)
@@ -43,6 +45,7 @@ VIEW_LAYOUTS = {"Axial": Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.
 DIRECTIONS = ("both", "up", "down")  # up: towards higher slice numbers (as in the Slicer module)
 STOP_AFTER_ABSENT = 3  # the Slicer module's default; 0 = never
 JOB_TICK_S = 0.01  # pause between job polls; each poll itself waits up to the Logic's TICK_WAIT_S
+MARKUP_SETTLE_S = 0.3  # a prompt changed by a script is applied once its changes have settled
 
 
 def image_files(image: Path) -> list:
@@ -105,7 +108,7 @@ class SAMed2WebApp(TrameApp):
         expose_scene(self.slicer_app)
         self.logic = SAMed2Logic(cache_dir=cache_dir)
         self.logic.configure(device=device, **({"model": model} if model else {}))
-        self.logic.engine_model()  # a missing or broken checkpoint stops the start, with its WeightsError
+        cached_checkpoint(self.logic.settings["model"], cache_dir)  # a missing model stops the start (WeightsError)
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(VIEW_LAYOUTS)
@@ -118,12 +121,14 @@ class SAMed2WebApp(TrameApp):
         self.slicer_app.display_manager.show_volume(self.volume, do_reset_views=True)
         self.segmentation = self._new_segmentation()
         self._observed = []
-        self._watched_prompts = set()  # IDs of the prompt markups whose drags are observed
         self._prompted_view = None
         self._box_corner = None  # (slice node, RAS) of a box's first click
-        self._run = None  # the propagation job going on
-        self._moved_while_running = False
         self._jobs_task = None
+        self._settling = None  # the pending apply of prompts a script changed
+        # The page's user runs the server from the command line: its commands stay in messages.
+        self.interaction = Interaction(self.logic, show_error=self._show_error, settle=self._settle,
+                                       poll=self._poll_jobs, gui=False)
+        self.interaction.listeners.append(self._show_status)
         self._init_state()
         self._build_ui()
         self.server.controller.on_server_ready.add(self._on_server_ready)
@@ -217,6 +222,23 @@ class SAMed2WebApp(TrameApp):
             self.state.error = error
             self.state.segments = self._segment_rows()
 
+    def _show_status(self, message, progress=None):
+        """The interaction layer's status line; the segment list is read again unless a run is
+        going on (its slices are counted when it ends)."""
+        with self.state:
+            self.state.status = message
+            self.state.busy = self.interaction.running
+            if progress is not None:
+                self.state.progress = round(100 * (progress.fraction or 0))
+            if not self.state.busy:
+                self.state.segments = self._segment_rows()
+
+    def _show_error(self, text, error=None):
+        with self.state:
+            self.state.error = text
+            self.state.busy = self.interaction.running
+            self.state.segments = self._segment_rows()
+
     def _guarded(self, action, *args, **kwargs):
         """Run a Logic call; its error becomes the page's message, the scene stays as it was."""
         try:
@@ -238,27 +260,38 @@ class SAMed2WebApp(TrameApp):
         previous = {name: self.logic.settings[name] for name in chosen}
         if chosen == previous:
             return
-        if self._guarded(self._configure, chosen) is None:  # the message says why; the previous settings stay
-            self._configure(previous)
+        self._clear_error()
+
+        def keep_previous():  # the message said why; the previous settings stay
+            self.logic.configure(**previous)
             with self.state:
                 self.state.update(previous)
             self._list_models()
-            return
-        self._report(f"Segmenting with {model} on {device}, preset {preset}: the next prompt uses them.")
+            self.interaction.load_model()
+
+        self.logic.configure(**chosen)
+        self.interaction.load_model(then=self._report_settings, failed=keep_previous)
+
+    def _report_settings(self):
+        """The settings in use (the latest choice: changes made while a model loads queue up)."""
+        settings = self.logic.settings
+        self._report(f"Segmenting with {settings['model']} on {settings['device']}, preset {settings['preset']}: "
+                     "the next prompt uses them.")
 
     def _list_models(self, *_):
         """The cached models, read again whenever the model menu opens."""
         with self.state:
             self.state.models = cached_models(self.logic.cache_dir)
 
-    def _configure(self, settings):
-        self.logic.configure(**settings)
-        return self.logic.engine_model()  # loads the weights now, so a missing file is reported at once
+    def _clear_error(self):
+        with self.state:
+            self.state.error = ""
 
     # ---- clicks in the slice views -----------------------------------------------------------
 
     def _on_server_ready(self, **_):
         self._observe_views()
+        self.interaction.load_model()  # in the background: the page shows "Loading model ..." meanwhile
 
     def _observe_views(self):
         for view in self.slicer_app.view_manager.get_slice_views():
@@ -285,20 +318,11 @@ class SAMed2WebApp(TrameApp):
         hovered = hovered_prompt(self.segmentation)
         return hovered is not None and hovered.GetAttribute(SEGMENT) == self.state.segment_id
 
-    def _watch_prompts(self):
-        """Re-segment when a drag of a prompt (point or box handle) ends."""
-        for node in self.logic.prompt_nodes():
-            if node.GetID() not in self._watched_prompts:
-                node.AddObserver(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self._on_prompt_moved)
-                self._watched_prompts.add(node.GetID())
-
-    def _on_prompt_moved(self, *_):
-        if self._run is not None and not self._run.finished:
-            self._moved_while_running = True  # applied when the run ends
-            return
-        written = self._guarded(self.logic.apply_moved_prompts)
-        if written is not None:
-            self._report(f"Prompt moved. {written_message(written)}")
+    def _settle(self, apply_moved_prompts):
+        """Apply prompts a script changed once MARKUP_SETTLE_S passed without another change."""
+        if self._settling is not None:
+            self._settling.cancel()
+        self._settling = asyncio.get_event_loop().call_later(MARKUP_SETTLE_S, apply_moved_prompts)
 
     @staticmethod
     def _event_ras(view):
@@ -321,29 +345,16 @@ class SAMed2WebApp(TrameApp):
     def _on_click(self, view):
         slice_node, point = view.get_view_node(), self._event_ras(view)
         self._prompted_view = slice_node  # propagation runs across this view's slices
+        self._clear_error()
+        target = (self.volume, self.segmentation, self.state.segment_id, slice_node)
         if self.state.mode != "box":
-            self._prompt(self.logic.click, slice_node, point, self.state.mode == "include")
+            self.interaction.click(*target, point, self.state.mode == "include")
         elif self._box_corner is None or self._box_corner[0] is not slice_node:
             self._box_corner = (slice_node, point)
             self._report("Box: now click the opposite corner.")
         else:
             corner, self._box_corner = self._box_corner[1], None
-            self._prompt(self.logic.box, slice_node, corner, point)
-
-    def _prompt(self, add, slice_node, *where):
-        segment_id = self.state.segment_id
-        written = self._guarded(add, self.volume, self.segmentation, segment_id, slice_node, *where)
-        if written is None:
-            return
-        self._watch_prompts()
-        empty = [f"{'ijk'[axis]} = {index}" for axis, indices in written.items()
-                 for index, mask in read_slices(Target(self.segmentation, segment_id, self.volume, axis),
-                                                indices).items() if not mask.any()]
-        if empty:
-            self._report(error=f"The model found nothing there (slice {', '.join(empty)}): click inside the "
-                               "object, or put a box around it.")
-        else:
-            self._report(written_message(written))
+            self.interaction.box(*target, corner, point)
 
     @change("mode")
     def _on_mode(self, **_):
@@ -352,21 +363,13 @@ class SAMed2WebApp(TrameApp):
     # ---- buttons ---------------------------------------------------------------------------
 
     def propagate(self):
-        if self._prompted_view is None:
-            self._report(error="Click on the object first: propagation starts from the prompted slices.")
-            return
+        self._clear_error()
         options = self._guarded(self._propagation_options)
-        if options is None:
-            return
-        self._run = self._guarded(self.logic.propagate, self.volume, self.segmentation, self._prompted_view,
-                                  [self.state.segment_id], self._on_progress, self._on_propagated, **options)
-        if self._run is None:
-            return
-        self._report("Propagating...")
-        with self.state:
-            self.state.busy = True
-            self.state.progress = 0
-        self._poll_jobs()
+        if options is not None:
+            with self.state:
+                self.state.progress = 0
+            self.interaction.propagate(self.volume, self.segmentation, [self.state.segment_id], self._prompted_view,
+                                       options)
 
     def _propagation_options(self) -> dict:
         """The page's direction and limits, as Segmenter.propagate takes them."""
@@ -376,47 +379,20 @@ class SAMed2WebApp(TrameApp):
                 "stop_after_absent": STOP_AFTER_ABSENT if stop_after is None else stop_after}
 
     def cancel(self):
-        if self._run is not None and not self._run.finished:
-            self._run.cancel()
-            with self.state:
-                self.state.status = "Cancelling after the current slice..."
-
-    def _on_progress(self, job, progress):
-        with self.state:
-            self.state.progress = round(100 * (progress.fraction or 0))
-            if not job.cancelled:
-                self.state.status = f"Propagating: slice {progress.index} ({progress.done} done)"
-
-    def _on_propagated(self, job):
-        with self.state:
-            self.state.busy = False
-            self.state.progress = 100
-        done = job.progress().done
-        if job.error is not None and not job.cancelled:
-            self._report(error=f"Propagation stopped after {done} slice(s): {job.error}")
-        elif job.cancelled:
-            self._report(f"Propagation cancelled after {done} slice(s); the slices done are kept (Undo takes "
-                         "them back).")
-        else:
-            self._report(f"Propagation done: {done} slice(s).")
-        if self._moved_while_running:
-            self._moved_while_running = False
-            self._on_prompt_moved()
+        self.interaction.cancel()
 
     def _poll_jobs(self):
         if self._jobs_task is None or self._jobs_task.done():
             self._jobs_task = asyncio.get_event_loop().create_task(self._tick_jobs())
 
     async def _tick_jobs(self):
-        while self.logic.jobs.jobs:
-            self.logic.jobs.tick()
+        while self.interaction.tick():
             await asyncio.sleep(JOB_TICK_S)
 
     def undo(self):
-        segmenter = self.logic.segmenter
-        undone = self._guarded(segmenter.undo) if segmenter is not None else False
-        if undone is not None:
-            self._report("Undone." if undone else "Nothing to undo.")
+        self._clear_error()
+        with self.interaction.reporting("Undo"):
+            self.interaction.undo()
 
     def export(self, kind):
         dicom_folder = self.image if self.image.is_dir() else None
