@@ -2,6 +2,7 @@
 Segment Editor effect in SegmentEditorSAMed2Lib, the controller shared by both in SAMed2SlicerQt,
 the engine in samed2; nothing here imports torch or installs anything at import time."""
 import os
+import shutil
 import tempfile
 import unittest
 from pathlib import Path
@@ -24,7 +25,7 @@ from slicer.util import VTKObservationMixin
 from samed2.precisions import PRECISIONS
 from SAMed2SlicerLib import install, models
 from SAMed2SlicerLib.geometry import describe_volume
-from SAMed2SlicerLib.logic import SAMed2Logic
+from SAMed2SlicerLib.logic import EXPORT_SUFFIXES, SAMed2Logic, with_suffix
 from SAMed2SlicerLib.segmenter import PRESETS
 from SAMed2SlicerLib.segments import EFFECT_NAME
 from SAMed2SlicerQt.controller import Controller, show_error
@@ -358,17 +359,25 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     def export(self, volume, segmentation, exportFormat):
-        """Write the export; returns the line shown under the button."""
+        """Write the export; returns the line shown under the button. A DICOM-SEG written to a file
+        can also go into the DICOM database, which sends it on to a PACS."""
+        kind = EXPORT_FORMATS[exportFormat]
         toDatabase = exportFormat == TO_DATABASE
         path = self.logic.temporary_seg_path() if toDatabase else self._parameterNode.exportPath or None
-        message = self.logic.export(volume, segmentation, EXPORT_FORMATS[exportFormat], path,
-                                    self._parameterNode.dicomFolder or None, slicer.dicomDatabase)
-        if toDatabase:
-            from SAMed2SlicerLib.export import import_into_dicom_database
+        message = self.logic.export(volume, segmentation, kind, path, self._parameterNode.dicomFolder or None,
+                                    slicer.dicomDatabase)
+        if kind != "DICOM-SEG" or not (toDatabase or slicer.util.confirmYesNoDisplay(
+                _("Also put the DICOM-SEG into Slicer's DICOM database? From there the DICOM module sends it to a "
+                  "PACS."), windowTitle=_("SAMed-2 export"))):
+            return message
+        from SAMed2SlicerLib.export import import_into_dicom_database
 
-            import_into_dicom_database(path, slicer.dicomDatabase)
-            message += _(" Imported into the DICOM database: the DICOM module sends it to a PACS (right-click, Send).")
-        return message
+        written = with_suffix(path, EXPORT_SUFFIXES[kind])
+        import_into_dicom_database(written, slicer.dicomDatabase)
+        if toDatabase:
+            shutil.rmtree(written.parent)  # the temporary export; kept (and named) when the import failed
+        return message + _(" Imported into the DICOM database: the DICOM module sends it to a PACS (right-click, "
+                           "Send).")
 
 
 class SAMed2SlicerTest(ScriptedLoadableModuleTest):

@@ -2,6 +2,7 @@
 DICOM-SEG that dciodvfy accepts and that reads back to the segments' voxels, Slicer's
 terminology codes in the SEG, the DICOM database glue, and NIfTI / NRRD / seg.nrrd files."""
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -186,19 +187,20 @@ class CopyingDatabase:
 @pytest.mark.parametrize("works", [True, False])
 def test_mrml_dicom_seg_into_the_dicom_database(ct3_scene, ct3, tmp_path, works):
     volume, segmentation = ct3_scene
-    seg = tmp_path / "temporary" / "seg.dcm"
+    seg = tmp_path / "exported" / "seg.dcm"
     seg.parent.mkdir()
     export_dicom_seg(segmentation, volume, ct3, seg)
     uid = str(pydicom.dcmread(seg, stop_before_pixels=True).SOPInstanceUID)
     database = CopyingDatabase(tmp_path / "database", works)
+    staging = set(Path(tempfile.gettempdir()).glob("samed2-seg-*"))
     if works:
         import_into_dicom_database(seg, database, database.import_dicom)
-        assert not seg.parent.exists(), "the temporary folder goes once the database holds its copy"
         assert_dciodvfy_clean(Path(database.fileForInstance(uid)))
     else:
-        with pytest.raises(RuntimeError, match=f"did not take the DICOM-SEG .* kept in {seg}"):
+        with pytest.raises(RuntimeError, match=f"did not take the DICOM-SEG .* the SEG is in {seg}"):
             import_into_dicom_database(seg, database, database.import_dicom)
-        assert seg.is_file()
+    assert seg.is_file(), "the user's file stays where it was written"
+    assert set(Path(tempfile.gettempdir()).glob("samed2-seg-*")) == staging, "the staging folder is removed"
 
 
 @pytest.mark.parametrize("suffix", [".seg.nrrd", ".nii.gz", ".nrrd"])

@@ -4,8 +4,10 @@ entering, leaving and re-entering the module, the parameter node's binding to th
 import while the panel is hidden, late headless loading, the installer each release offers, and
 the pydicom each release bundles."""
 import importlib
+import shutil
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import slicer
@@ -239,3 +241,34 @@ def test_slicer_dicom_seg_export_waits_for_a_restart_after_pydicom_was_replaced(
     panel.onExport()
     assert not exported and restarted
     assert "pydicom 2.4.4" in asked[0] and "Restart" in asked[0]
+
+
+@pytest.mark.parametrize("exportFormat, answer, imported", [
+    ("DICOM-SEG file", True, True), ("DICOM-SEG file", False, False), ("DICOM-SEG into the DICOM database", None, True),
+])
+def test_slicer_dicom_seg_export_offers_the_dicom_database(panel, release, monkeypatch, data_dir, tmp_path,
+                                                           exportFormat, answer, imported):
+    """After a DICOM-SEG export to a file the panel offers to put a copy into the DICOM database (the
+    file stays); the database choice puts it there without asking and removes its temporary file."""
+    if release != "5.12":
+        pytest.skip("DICOM-SEG export runs without a restart from 5.12 (see the pydicom test above)")
+    from SAMed2SlicerLib import export
+
+    asked, taken = [], []
+    monkeypatch.setattr(panel.controller, "ensure_ready", lambda dicom=False: True)
+    monkeypatch.setattr(slicer.util, "confirmYesNoDisplay", lambda text, **kw: asked.append(text) or answer,
+                        raising=False)
+    monkeypatch.setattr(panel.logic, "export", lambda volume, segmentation, kind, path, *rest:
+                        shutil.copy(data_dir / "dcmqi" / "liver.dcm", path) and f"Wrote {path}.")
+    monkeypatch.setattr(export, "import_into_dicom_database", lambda path, database: taken.append(Path(path)))
+    monkeypatch.setattr(slicer, "dicomDatabase", None, raising=False)  # Slicer's, made by the DICOM module
+    enter(panel)
+    node = panel.logic.getParameterNode()
+    node.exportFormat, node.exportPath = exportFormat, str(tmp_path / "liver_seg.dcm")
+    panel.onExport()
+    assert bool(taken) == imported and len(asked) == (answer is not None)
+    if exportFormat == "DICOM-SEG file":
+        assert (tmp_path / "liver_seg.dcm").is_file()
+        assert ("DICOM database" in panel.ui.exportStatusLabel.text) == imported
+    else:
+        assert not taken[0].exists(), "the temporary export goes once the database holds its copy"

@@ -143,17 +143,22 @@ def staged_series(files):
 
 
 def import_into_dicom_database(seg_path, database, import_dicom=None):
-    """Copy a DICOM-SEG, written alone in a temporary folder, into Slicer's DICOM database (whose DICOM
-    module can send it to a PACS), then remove that folder. RuntimeError, keeping the file, when the
-    database does not list it afterwards. `import_dicom(folder, database, copyFiles)`: Slicer's
-    DICOMUtils.importDicom (returns False when it fails)."""
+    """Put a copy of a DICOM-SEG into Slicer's DICOM database (whose DICOM module can send it to a
+    PACS); the file itself stays where it is. RuntimeError when the database does not list it
+    afterwards. `import_dicom(folder, database, copyFiles)`: Slicer's DICOMUtils.importDicom
+    (returns False when it fails), which takes a folder: the copy is staged alone in one."""
     import pydicom
 
     if import_dicom is None:
         from DICOMLib.DICOMUtils import importDicom as import_dicom
     seg_path = Path(seg_path)
     uid = str(pydicom.dcmread(seg_path, stop_before_pixels=True).SOPInstanceUID)
-    if database is None or not import_dicom(str(seg_path.parent), database, True) or not database.fileForInstance(uid):
+    staged = Path(tempfile.mkdtemp(prefix="samed2-seg-"))
+    try:
+        shutil.copy(seg_path, staged)
+        taken = database is not None and import_dicom(str(staged), database, True) and database.fileForInstance(uid)
+    finally:
+        shutil.rmtree(staged)
+    if not taken:
         raise RuntimeError(f"Slicer's DICOM database did not take the DICOM-SEG (open the DICOM module once, which "
-                           f"creates the database, and export again); the SEG is kept in {seg_path}")
-    shutil.rmtree(seg_path.parent)
+                           f"creates the database, and try again); the SEG is in {seg_path}")
