@@ -46,6 +46,7 @@ def _label_list(text: str) -> list:
 
 def run(args) -> int:
     from samed2 import __version__
+    from samed2.backends import converted_cache
     from samed2.device import pick_device, pick_precision
     from samed2.session import checked_strategy
     from samed2_tools.evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
@@ -56,7 +57,8 @@ def run(args) -> int:
     model, bank = model_and_bank(args)
     settings = EvalSettings(args.protocol, args.labels, None if args.axis == "auto" else int(args.axis),
                             None if args.preset == "auto" else args.preset, args.device,
-                            checked_strategy(args.strategy, model, bank), args.clicks, args.precision)
+                            checked_strategy(args.strategy, model, bank), args.clicks, args.precision, args.backend,
+                            str(converted_cache(args.cache_dir)))
     results = []
     for number, (name, image, label) in enumerate(cases, start=1):
         log.info("case %d/%d: %s", number, len(cases), name)
