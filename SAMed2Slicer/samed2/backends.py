@@ -75,6 +75,7 @@ class ChosenEncoder:
     def __init__(self, module: nn.Module, precision: str, cache: Path, measure: bool):
         self.module, self.precision, self.cache, self.measure = module, precision, cache, measure
         self.chosen = {}  # input shape -> the module or a ConvertedEncoder
+        self.timings = {}  # input shape -> what "auto" chose by (see compare)
 
     def __call__(self, images: torch.Tensor):
         shape = tuple(images.shape)
@@ -104,7 +105,7 @@ class ChosenEncoder:
         if converted.timing is None:
             log.info("timing the image encoder in torch and OpenVINO (first use)")
             converted.record_timing(compare(self.module, converted, images))
-        timing = converted.timing
+        timing = self.timings[tuple(images.shape)] = converted.timing
         faster = timing["torch_s"] >= MIN_SPEEDUP * timing["openvino_s"]
         agrees = timing["relative_error"] <= TOLERANCE[self.precision]
         log.info("image encoder for %s: %s (torch %.3f s, OpenVINO %.3f s, relative error %.1e)", list(images.shape),

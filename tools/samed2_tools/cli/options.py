@@ -17,7 +17,7 @@ def add_backend_option(parser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="what runs the image encoder on the CPU: torch, or OpenVINO (pip install 'samed2[cpu]'); "
                              "auto = OpenVINO where it is installed and measures faster at first use, else torch "
-                             "(default). Converted encoders are cached beside the weights (--cache-dir)")
+                             "(default). Converted encoders are cached beside the weights")
 
 
 def add_model_options(parser) -> None:
