@@ -115,6 +115,20 @@ def test_backend_cache_is_keyed_by_weights_input_and_precision_and_reused(openvi
     assert not list(tmp_path.glob(".*")), "no partial conversions left"
 
 
+def test_backend_converts_in_full_precision_under_the_sessions_autocast(openvino, tmp_path):
+    """A bf16 session encodes under autocast: the conversion traces the fp32 graph, OpenVINO computes in bf16."""
+    from samed2.device import autocast
+
+    module, images = small_encoder(), torch.rand(1, 3, 16, 16)
+    with torch.no_grad(), autocast(CPU, "bf16"):
+        got = image_encoder(module, "openvino", CPU, "bf16", tmp_path)(images)
+    with torch.no_grad():
+        expected = module(images)
+    (folder,) = entries(tmp_path)
+    assert 'element_type="bf16"' not in (folder / "encoder.xml").read_text()
+    assert all(relative_error(a, b) < 5e-2 for a, b in zip(backends.flat(got), backends.flat(expected)))
+
+
 @pytest.mark.parametrize("damage", ["truncated weights", "broken graph", "no entry"])
 def test_backend_damaged_cache_entry_is_rebuilt(openvino, tmp_path, caplog, damage):
     module, images = small_encoder(), torch.rand(1, 3, 16, 16)

@@ -184,7 +184,8 @@ def convert(module: nn.Module, images: torch.Tensor, key: dict, folder: Path) ->
     import openvino as ov
 
     log.info("converting the image encoder to OpenVINO for input %s (first use: up to a minute)", key["input"])
-    with torch.no_grad(), warnings.catch_warnings():  # no_grad: kept position embeddings trace as constants
+    # no_grad: kept position embeddings trace as constants; no autocast: OpenVINO sets the precision itself
+    with torch.no_grad(), torch.autocast(images.device.type, enabled=False), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: the shape is fixed
         structure_of = structure(module(images))
         model = ov.convert_model(module, example_input=images.float(), input=[tuple(images.shape)])
