@@ -176,9 +176,10 @@ def test_mrml_unknown_precision_is_refused_with_the_choices(logic, ct, abdomen, 
 def test_mrml_backend_setting_reaches_the_sessions_with_the_cache_beside_the_weights(logic, ct, abdomen):
     """The Logic's backend setting ("auto" by default) goes to the engine sessions; converted encoders
     are kept in the Logic's weights cache (nothing is converted before the first encoding)."""
-    from conftest import require_module
     from samed2.backends import ChosenEncoder
     from SAMed2SlicerLib.logic import DEFAULT_SETTINGS
+
+    from conftest import require_module
 
     require_module("openvino", "the OpenVINO backend, samed2[cpu]")
     assert DEFAULT_SETTINGS["backend"] == "auto"

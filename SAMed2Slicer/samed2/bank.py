@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from scipy.linalg import hadamard
 from safetensors.torch import load_file, save_file
+from scipy.linalg import hadamard
 
 from samed2.device import synchronize
 from samed2.errors import WeightsError

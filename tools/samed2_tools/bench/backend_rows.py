@@ -3,7 +3,6 @@
 SAMed-2's Hiera, with the decoder's masks from both compared. The choice is made from scratch (an empty
 converted-model cache), so a row also reports the first use's cost (conversion and timing)."""
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, List
 
