@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from samed2.precisions import PRECISIONS
+from samed2.precisions import BACKENDS, PRECISIONS
 from SAMed2SlicerLib import install, models
 from SAMed2SlicerLib.geometry import describe_volume
 from SAMed2SlicerLib.logic import EXPORT_SUFFIXES, SAMed2Logic, with_suffix
@@ -103,6 +103,7 @@ class SAMed2SlicerParameterNode:
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
     preset: Annotated[str, Choice(list(PRESETS))] = "auto"
     precision: Annotated[str, Choice(list(PRECISIONS))] = "auto"
+    backend: Annotated[str, Choice(list(BACKENDS))] = "auto"
     exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = next(iter(EXPORT_FORMATS))
     # Plain strings, bound to their path fields by the widget: the wrapper's Path connector shows
     # an unset Path() as "."
@@ -251,7 +252,8 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for field, name in PATH_FIELDS.items():
             if getattr(self.ui, name).currentPath != getattr(node, field):
                 getattr(self.ui, name).currentPath = getattr(node, field)
-        self.logic.configure(model=node.model, device=node.device, preset=node.preset, precision=node.precision)
+        self.logic.configure(model=node.model, device=node.device, preset=node.preset, precision=node.precision,
+                             backend=node.backend)
 
     def onPathChanged(self, field, path):
         if self._parameterNode is not None:

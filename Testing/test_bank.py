@@ -237,3 +237,66 @@ def test_bank_keys_convert_in_place(dtype):
     converted = bank_module.converted_in_place(keys, dtype)
     assert converted.dtype == dtype and torch.equal(converted, expected)
     assert converted.data_ptr() == keys.data_ptr(), "no second copy of the keys"
+
+
+# ---- the compact index ----------------------------------------------------------------------
+
+def correlated_features(n: int, channels: int, side: int, seed: int) -> torch.Tensor:
+    """Smooth feature maps whose channels share a few patterns, all alike (as a CT's slices are)."""
+    gen = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(8, channels, generator=gen)
+    fields = F.interpolate(torch.randn(n, 8, side // 4, side // 4, generator=gen), size=(side, side), mode="bilinear")
+    common = F.interpolate(torch.randn(1, channels, 4, 4, generator=gen), size=(side, side), mode="bilinear")
+    return torch.einsum("bkhw,kc->bchw", fields, patterns) + 3 * common
+
+
+@pytest.mark.parametrize("kind", ["random", "correlated"])
+def test_bank_index_estimates_cosines_within_its_margin(kind):
+    channels, side = 256, 16
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(48, channels, side, side, generator=gen) if kind == "random" else \
+        correlated_features(48, channels, side, 0)
+    keys = image_key(features)
+    index = bank_module.KeyIndex.for_keys(keys.shape[1], side * side)
+    assert index.width == keys.shape[1] // bank_module.INDEX_REDUCTION
+    rows = index.rows(keys, torch.float32)
+    error = rows @ rows.t() - keys @ keys.t()
+    assert error.abs().max() <= index.margin, "within the margin"
+    assert abs(float(error.mean())) < 0.1 * index.margin, "without bias"
+
+
+def test_bank_index_is_made_only_for_keys_it_can_index():
+    assert bank_module.KeyIndex.for_keys(256 * 64, 64) is not None
+    assert bank_module.KeyIndex.for_keys(8 * 64, 64) is None, "8 channels: fewer than the reduction"
+    assert bank_module.KeyIndex.for_keys(96 * 64, 64) is None, "96 channels: no Hadamard matrix"
+
+
+def test_bank_index_choice_is_the_float32_choice_reading_few_keys(monkeypatch):
+    """Entries from unlike to near copies of the queries: the choice is float32's and only the keys
+    the index cannot rule out are read."""
+    channels, side, entries = 256, 32, 120
+    gen = torch.Generator().manual_seed(3)
+    features = correlated_features(entries, channels, side, 1)
+    queries = features[:4] + 0.3 * torch.randn(4, channels, side, side, generator=gen)
+    stored = features * torch.linspace(0.2, 1.0, entries).reshape(-1, 1, 1, 1) + \
+        torch.randn(entries, channels, side, side, generator=gen) * torch.linspace(3, 0.5, entries).reshape(-1, 1, 1, 1)
+    memory = torch.zeros(entries, 2, side, side, dtype=torch.bfloat16)
+    bank = ConfidenceBank(image_key(stored), memory, memory.clone(), torch.rand(entries, generator=gen))
+    assert bank.index is not None and bank.index_rows.shape == (entries, bank.index.width)
+    read = []
+    exact_similarity = bank.exact_similarity
+    monkeypatch.setattr(bank, "exact_similarity", lambda keys, chosen: read.append(len(chosen)) or
+                        exact_similarity(keys, chosen))
+    for q in range(4):
+        query = queries[q: q + 1]
+        assert bank.select(query, k=1)[0].tolist() == float32_choice(bank, query, 1)[0].tolist()
+        assert bank.select(query, k=3)[0].tolist() == float32_choice(bank, query, 3)[0].tolist()
+    assert max(read) < entries / 4, f"keys read per selection: {read} of {entries}"
+
+
+def test_bank_index_follows_updates():
+    bank = ConfidenceBank.empty(key_dim=16 * 64, mem_shape=(4, 8, 8), capacity=3)
+    for i in range(5):
+        bank.update(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.tensor([float(i)]), torch.randn(1, 16, 8, 8))
+        assert torch.equal(bank.index_rows, bank.index.rows(bank.keys, bank.kernel.dtype))
+    assert len(bank) == 3

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from samed2 import backends
+from samed2.backends import openvino_version
 from samed2.bank import KERNELS
 from samed2.device import native_bf16
 from samed2.errors import BenchError
@@ -23,7 +25,7 @@ CPU = torch.device("cpu")
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
 ROW_IDS = ["click", "click_bank", "encode_pair", "bank_retrieval", "fast_mode", "precision", "lite_click",
-           "lite_slice", "encode_meta",
+           "lite_slice", "lite_encoder", "samed2_encoder", "encode_meta",
            "propagation", "peak_rss", "scroll_click"]
 META_ROWS = {"encode_meta", "propagation"}
 INFO_ROWS = {"click_bank", "fast_mode", "precision", "lite_click", "lite_slice"}
@@ -35,7 +37,9 @@ def verdict(row: dict) -> bool:
     return {
         "click": lambda: ours <= 0.050,
         "encode_pair": lambda: ratio >= 1.4,
-        "bank_retrieval": lambda: ours <= 0.050 and not details["restacked_per_call"],
+        "bank_retrieval": lambda: ours <= 0.020 and not details["restacked_per_call"],
+        "lite_encoder": lambda: ratio >= 2.0 and details["mask_iou"] >= bench.MIN_IOU,
+        "samed2_encoder": lambda: ratio >= (1.0 if native_bf16(CPU) else 1.3) and details["mask_iou"] >= bench.MIN_IOU,
         "encode_meta": lambda: ratio >= 1.0,
         "propagation": lambda: ratio >= 1.5 and details["min_iou"] >= bench.MIN_IOU,
         "peak_rss": lambda: max(ours, row["reference"]["value"]) < 6.0 and details["cache_within_budget"],
@@ -102,6 +106,7 @@ def test_bench_facts_that_are_not_timings(quick_run):
     _, report = quick_run
     rows = rows_by_id(report)
     assert rows["bank_retrieval"]["details"]["restacked_per_call"] is False
+    assert rows["bank_retrieval"]["details"]["identical_to_float32"] == 1.0, "the index keeps float32's choices"
     assert rows["peak_rss"]["details"]["cache_within_budget"] is True
     assert rows["peak_rss"]["passed"] is True, "measured and projected peak RSS under 6 GB"
     assert "projected" in rows["peak_rss"]["title"] and "not measured" in rows["peak_rss"]["reference"]["what"]
@@ -113,6 +118,18 @@ def test_bench_facts_that_are_not_timings(quick_run):
     chose_bf16 = precision["details"]["native_bf16"] and precision["ratio"] >= 1.2  # the run's own probe
     assert machine["precision"] == ("bf16" if chose_bf16 else "fp32")
     assert precision["details"]["native_bf16"] == native_bf16(CPU)
+    for row_id in ("lite_encoder", "samed2_encoder"):  # the backend chosen by the run's own measurement
+        details = rows[row_id]["details"]
+        assert details["backend_asked"] == "auto" and details["mask_pixels"] > 0, row_id
+        if machine["precision"] == "fp32":  # in bf16, two implementations round differently: the row reports it
+            assert details["mask_iou"] >= bench.MIN_IOU, f"{row_id}: the chosen backend's masks must agree with torch's"
+        if openvino_version() is not None:
+            timing = details["auto_timing"]
+            faster = timing["torch_s"] >= backends.MIN_SPEEDUP * timing["openvino_s"] and \
+                timing["relative_error"] <= backends.TOLERANCE[machine["precision"]]
+            assert details["backend"] == ("openvino" if faster else "torch"), row_id
+        else:
+            assert details["backend"] == "torch"
     propagation = rows["propagation"]
     if not propagation["skipped"]:
         details = propagation["details"]

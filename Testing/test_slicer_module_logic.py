@@ -18,7 +18,7 @@ from SAMed2SlicerLib.logic import SAMed2Logic, with_suffix
 def logic(mrml_scene, golden_dir, tmp_path):
     with_logic = SAMed2Logic(cache_dir=tmp_path / "weights")
     with_logic.use_model("tiny-test", tiny_model(golden_dir))
-    with_logic.configure(device="cpu")
+    with_logic.configure(device="cpu", backend="torch")  # OpenVINO's first-use conversion: test_backend's
     yield with_logic
     with_logic.close()
 
@@ -171,3 +171,22 @@ def test_mrml_unknown_precision_is_refused_with_the_choices(logic, ct, abdomen, 
         logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
     assert logic.prompt_nodes() == []
     np.testing.assert_array_equal(segment_voxels(abdomen, "liver", ct), before)
+
+
+def test_mrml_backend_setting_reaches_the_sessions_with_the_cache_beside_the_weights(logic, ct, abdomen):
+    """The Logic's backend setting ("auto" by default) goes to the engine sessions; converted encoders
+    are kept in the Logic's weights cache (nothing is converted before the first encoding)."""
+    from samed2.backends import ChosenEncoder
+    from SAMed2SlicerLib.logic import DEFAULT_SETTINGS
+
+    from conftest import require_module
+
+    require_module("openvino", "the OpenVINO backend, samed2[cpu]")
+    assert DEFAULT_SETTINGS["backend"] == "auto"
+    logic.configure(backend="openvino")
+    encoder = logic.segmenter_for(ct, abdomen).session(2).image_encoder
+    assert isinstance(encoder, ChosenEncoder) and not encoder.measure
+    assert encoder.cache == logic.cache_dir / "openvino" and not encoder.chosen
+    logic.configure(backend="torch")
+    assert logic.segmenter is None, "a changed backend closes the segmenter"
+    assert logic.segmenter_for(ct, abdomen).session(2).image_encoder is logic.engine_model().image_encoder

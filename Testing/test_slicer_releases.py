@@ -16,7 +16,7 @@ from slicer_releases import RELEASES, QComboBox, SegmentEditorWidget
 
 from slicer_harness import slicer_app  # noqa: F401 (pytest fixture)
 
-CHOSEN = {"device": "cpu", "preset": "lung", "precision": "fp32", "exportFormat": "NIfTI file"}
+CHOSEN = {"device": "cpu", "preset": "lung", "precision": "fp32", "backend": "torch", "exportFormat": "NIfTI file"}
 RELOADED = ("SAMed2Slicer", "SAMed2SlicerQt", "SAMed2SlicerQt.controller")
 
 
@@ -115,7 +115,7 @@ def test_slicer_panel_connections_do_not_pile_up(panel, release):
         enter(panel)
         leave(panel)
     combos = {name: w for name, w in bound_widgets(panel).items() if isinstance(w, QComboBox)}
-    assert set(combos) == {"device", "preset", "precision", "exportFormat"}
+    assert set(combos) == {"device", "preset", "precision", "backend", "exportFormat"}
     for name, widget in combos.items():
         assert len(widget.currentIndexChanged.slots) == 1, f"Slicer {release}: {name} has stacked connections"
 

@@ -22,7 +22,8 @@ from SAMed2SlicerLib.jobs import BackgroundJob, JobPoller
 from SAMed2SlicerLib.prompts import prompt_nodes
 from SAMed2SlicerLib.segmenter import Segmenter
 
-DEFAULT_SETTINGS = {"model": models.DEFAULT_MODEL, "device": "auto", "preset": "auto", "precision": "auto"}
+DEFAULT_SETTINGS = {"model": models.DEFAULT_MODEL, "device": "auto", "preset": "auto", "precision": "auto",
+                    "backend": "auto"}
 LOAD_JOB = "model load"
 EXPORT_SUFFIXES = {"DICOM-SEG": ".dcm", "NIfTI": ".nii.gz", "Slicer segmentation": ".seg.nrrd"}
 
@@ -54,7 +55,7 @@ class SAMed2Logic(VTKObservationMixin):
         return InstallPlan.for_this_python(dicom=dicom)
 
     def configure(self, **settings) -> None:
-        """Change model, device, preset or precision; the next action makes a new segmenter."""
+        """Change model, device, preset, precision or backend; the next action makes a new segmenter."""
         if any(self.settings.get(k) != v for k, v in settings.items()):
             self.settings.update(settings)
             self.close_segmenter()
@@ -103,8 +104,11 @@ class SAMed2Logic(VTKObservationMixin):
             raise RuntimeError("the Python packages SAMed-2 needs are not installed: accept their installation "
                                "when asked (or install them with the PyTorch Utils module and pip)")
         self.close_segmenter()
+        from samed2.backends import converted_cache
+
         self.segmenter = Segmenter(volume, segmentation, self.engine_model(), device=self.settings["device"],
-                                   preset=self.settings["preset"], precision=self.settings["precision"])
+                                   preset=self.settings["preset"], precision=self.settings["precision"],
+                                   backend=self.settings["backend"], converted_cache=converted_cache(self.cache_dir))
         self._segmenter_key = key
         self.addObserver(volume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._on_volume_changed)
         return self.segmenter

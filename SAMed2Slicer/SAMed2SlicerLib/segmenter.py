@@ -51,19 +51,22 @@ class Segmenter:
     """Prompts -> engine -> segments, for one volume and one segmentation.
 
     `model` is an engine model (samed2.model / samed2.weights.load_model); `device`, `preset`,
-    `precision`, `strategy` and `bank` go to each engine Session (precision "fp32" unless asked, as
-    the Session's; the module's Logic asks for its setting, "auto" by default).
+    `precision`, `backend`, `converted_cache`, `strategy` and `bank` go to each engine Session (precision
+    "fp32" and backend "torch" unless asked, as the Session's; the module's Logic asks for its settings,
+    "auto" by default).
     """
 
     def __init__(self, volume_node, segmentation_node, model, device="auto", preset="auto",
-                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy=None, bank=None, precision="fp32"):
+                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy=None, bank=None, precision="fp32", backend="torch",
+                 converted_cache=None):
         check_editable(segmentation_node)
         self.volume_node = volume_node
         self.segmentation_node = segmentation_node
         self.volume = engine_volume(volume_node)
         self.model = model
         self._options = dict(device=device, preset=intensity_preset(preset, volume_node),
-                             cache_bytes=cache_bytes, strategy=strategy, bank=bank, precision=precision)
+                             cache_bytes=cache_bytes, strategy=strategy, bank=bank, precision=precision,
+                             backend=backend, converted_cache=converted_cache)
         self._sessions = {}
         self._object_ids: Dict[str, int] = {}
         self._applied: Dict[tuple, dict] = {}  # (segment id, axis) -> {index: SlicePrompt}

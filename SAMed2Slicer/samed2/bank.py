@@ -9,10 +9,15 @@ Layout (also the safetensors file layout):
   ious      (N,) predicted IoU of each entry (float32)
 Keys are the flattened stride-16 image features in token order (h*w, C), the order the reference
 uses for its query, so retrieval for a batch is one matmul and nothing is re-stacked per call.
+
+Retrieval reads few bytes: a compact index of the keys (KeyIndex, 1/16 of their size, built when the
+bank is made) finds the entries that can be among the best; only those keys are read, and re-scored in
+float32, so the choice is the float32 choice whenever the index errs by less than its margin.
 """
 import contextlib
 import functools
 import io
+import math
 import pickle
 import time
 import zipfile
@@ -23,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from scipy.linalg import hadamard
 
 from samed2.device import synchronize
 from samed2.errors import WeightsError
@@ -95,6 +101,44 @@ def _timed(kernel: KeyKernel, query, keys):
     return time.perf_counter() - start, out
 
 
+INDEX_REDUCTION = 16  # the index holds 1/16 of the keys' numbers
+INDEX_SIGMAS = 4.0  # the index's margin, in standard deviations of its error on unit keys
+INDEX_ROWS = 16  # keys turned into index rows at a time (bounds the float32 copy)
+
+
+class KeyIndex:
+    """A compact index of unit keys (a subsampled randomized Hadamard transform, per token): each token's
+    C channels, with fixed random signs, are mapped by C/16 of the columns of a C x C Hadamard matrix. The
+    dot product of two index rows estimates the cosine of their keys without bias, with a standard
+    deviation of at most about sqrt(2 / m) for an index of width m, whatever the keys hold."""
+
+    def __init__(self, tokens: int, channels: int):
+        gen = torch.Generator().manual_seed(0)
+        width = channels // INDEX_REDUCTION
+        columns = torch.randperm(channels, generator=gen)[:width]
+        self.mix = torch.from_numpy(hadamard(channels)).float()[:, columns] / math.sqrt(width)
+        self.signs = torch.randint(0, 2, (tokens, channels), generator=gen).float() * 2 - 1
+        self.width = tokens * width
+        self.margin = INDEX_SIGMAS * math.sqrt(2 / self.width)
+
+    @classmethod
+    def for_keys(cls, key_dim: int, tokens: int):
+        """The index for keys of `tokens` tokens, or None where their channels are too few or not a power of 2."""
+        channels = key_dim // max(tokens, 1)
+        if channels * tokens != key_dim or channels < INDEX_REDUCTION or channels & (channels - 1):
+            return None
+        return cls(tokens, channels)
+
+    def rows(self, keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Index rows (N, m) in `dtype` of unit keys (N, D), a few keys at a time."""
+        out = torch.empty(len(keys), self.width, dtype=dtype, device=keys.device)
+        signs, mix = self.signs.to(keys.device), self.mix.to(keys.device)
+        for start in range(0, len(keys), INDEX_ROWS):
+            chunk = keys[start: start + INDEX_ROWS].float().reshape(-1, *signs.shape)
+            out[start: start + INDEX_ROWS] = ((chunk * signs) @ mix).reshape(len(chunk), -1)
+        return out
+
+
 def image_key(features: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) stride-16 features -> (B, h*w*C) unit vectors in the reference's token order."""
     return F.normalize(features.flatten(2).transpose(1, 2).reshape(features.shape[0], -1).float(), dim=1)
@@ -111,6 +155,8 @@ class ConfidenceBank:
         self.capacity = capacity
         if not (len(self.keys) == len(self.features) == len(self.pos) == len(self.ious)):
             raise WeightsError("memory bank tensors disagree in their number of entries")
+        self.index = KeyIndex.for_keys(self.keys.shape[1], features.shape[-2] * features.shape[-1])
+        self.index_rows = None if self.index is None else self.index.rows(self.keys, kernel.dtype)
 
     @classmethod
     def empty(cls, key_dim: int, mem_shape, capacity: int = DEFAULT_CAPACITY) -> "ConfidenceBank":
@@ -141,10 +187,17 @@ class ConfidenceBank:
         return self._top(image_key(features), k, lambda cos, entries: cos.clamp(min=0) + confidence[entries])
 
     def _top(self, query: torch.Tensor, k: int, score) -> torch.Tensor:
-        """Indices (B, k) of the best score(cos, entries). Scores come from the fast reduced-precision
-        similarity; entries within its error of the k-th best are re-scored in float32, so the
-        choice is the float32 one on the stored keys."""
+        """Indices (B, k) of the best score(cos, entries): the float32 choice on the stored keys. With an
+        index, the entries whose index score is within twice its margin of the k-th best are re-scored
+        in float32 (only their keys are read); without one, all entries are scored by the fast
+        reduced-precision similarity and those within its error of the k-th best are re-scored."""
         everything = torch.arange(len(self), device=self.keys.device)
+        if self.index is not None:
+            rough = score(self.kernel(self.index.rows(query, torch.float32), self.index_rows), everything)
+            kth = rough.topk(k, dim=1).values[:, -1:]
+            candidates = torch.nonzero((rough >= kth - 2 * self.index.margin).any(dim=0))[:, 0]
+            exact = score(self.exact_similarity(query, candidates), candidates)
+            return candidates[exact.topk(k, dim=1).indices].cpu()
         rough = score(self.similarity(query), everything)
         kth = rough.topk(k, dim=1).values[:, -1:]
         close = torch.nonzero((rough >= kth - 2 * self.kernel.error).any(dim=0))[:, 0]
@@ -185,6 +238,8 @@ class ConfidenceBank:
 
     def _append(self, key, features, pos, iou):
         self.keys = torch.cat([self.keys, key[None].to(self.keys)])
+        if self.index is not None:
+            self.index_rows = torch.cat([self.index_rows, self.index.rows(self.keys[-1:], self.index_rows.dtype)])
         self.features = torch.cat([self.features, features[None].to(self.features)])
         self.pos = torch.cat([self.pos, pos[None].to(self.pos)])
         self.ious = torch.cat([self.ious, torch.tensor([iou])])
@@ -193,6 +248,8 @@ class ConfidenceBank:
         keep = torch.arange(len(self)) != index
         self.keys, self.features, self.pos, self.ious = (
             self.keys[keep.to(self.keys.device)], self.features[keep], self.pos[keep], self.ious[keep])
+        if self.index is not None:
+            self.index_rows = self.index_rows[keep.to(self.keys.device)]
 
     # ---- files ----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from samed2.backends import image_encoder
 from samed2.bank import ConfidenceBank
 from samed2.chain import BoxChain
 from samed2.correction import LocalCorrection
@@ -143,13 +144,16 @@ def checked_strategy(strategy: Optional[str], model, bank: Optional[ConfidenceBa
 class Session:
     def __init__(self, volume: Volume, model: SAM2Model, axis: int = 2, preset=None, device: str = "auto",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, bank: Optional[ConfidenceBank] = None,
-                 strategy: Optional[str] = None, encode_batch: Optional[int] = None, precision: str = "fp32"):
+                 strategy: Optional[str] = None, encode_batch: Optional[int] = None, precision: str = "fp32",
+                 backend: str = "torch", converted_cache=None):
         strategy = checked_strategy(strategy, model, bank)
         self.volume, self.axis, self.strategy, self.bank = volume, checked_axis(axis), strategy, bank
         self.device = pick_device(device)
         self._precision_asked = precision
         self.precision = pick_precision(precision, self.device)  # "fp32" or "bf16" (autocast)
         self.model = model.to(self.device).eval()
+        # torch, or OpenVINO on the CPU ("auto": where it measures faster); converted_cache: see samed2.backends
+        self.image_encoder = image_encoder(model.image_encoder, backend, self.device, self.precision, converted_cache)
         self.image_size = model.image_size
         self.letterbox = model.preprocess == "letterbox"  # MedSAM-Lite keeps the slice's aspect ratio
         self.chain = getattr(model, "box_chain", BoxChain())
@@ -216,7 +220,7 @@ class Session:
         images = preprocess_slices([self._slice_image(i) for i in indices], self.image_size, normalize,
                                        letterbox=self.letterbox)
         with torch.no_grad(), self._autocast():
-            features = self.model.encode_images(images.to(self.device))
+            features = self.model.encode_images(images.to(self.device), self.image_encoder)
         return [features.select(slice(n, n + 1)) for n in range(len(indices))]
 
     def _autocast(self):

@@ -319,6 +319,8 @@ class EvalSettings:
     strategy: Optional[str] = None  # None: the default for the bank given (samed2.strategy)
     clicks: int = CLICKS
     precision: str = "fp32"  # samed2.precisions.PRECISIONS
+    backend: str = "torch"  # samed2.precisions.BACKENDS
+    converted_cache: Optional[str] = None  # OpenVINO's converted encoders (samed2.backends)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -387,7 +389,8 @@ def evaluate_case(case: LoadedCase, model, settings: EvalSettings, bank=None) ->
     spacing_kji = case.volume.spacing[::-1]
     results = []
     with Session(case.volume, model, axis=slicing_axis(case.volume, settings.axis), preset=settings.preset,
-                 device=settings.device, bank=bank, strategy=settings.strategy, precision=settings.precision) as session:
+                 device=settings.device, bank=bank, strategy=settings.strategy, precision=settings.precision,
+                 backend=settings.backend, converted_cache=settings.converted_cache) as session:
         for value in chosen_labels(case, settings.labels):
             truth = case.labels == value
             name = case.names.get(value, f"label {value}")

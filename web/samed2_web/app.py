@@ -26,6 +26,7 @@ from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 from samed2.device import DEVICE_NAMES
 from samed2.errors import InputError, Samed2Error
+from samed2.precisions import BACKENDS
 from samed2.weights import cached_checkpoint, list_weights
 from SAMed2SlicerLib.interaction import Interaction
 from SAMed2SlicerLib.logic import SAMed2Logic
@@ -213,6 +214,7 @@ class SAMed2WebApp(TrameApp):
             "model": settings["model"],
             "device": settings["device"],
             "preset": settings["preset"],
+            "backend": settings["backend"],
             "view_layout": "Axial",
         })
 
@@ -254,9 +256,9 @@ class SAMed2WebApp(TrameApp):
 
     # ---- model, device, preset -------------------------------------------------------------
 
-    @change("model", "device", "preset")
-    def _on_settings(self, model, device, preset, **_):
-        chosen = {"model": model, "device": device, "preset": preset}
+    @change("model", "device", "preset", "backend")
+    def _on_settings(self, model, device, preset, backend, **_):
+        chosen = {"model": model, "device": device, "preset": preset, "backend": backend}
         previous = {name: self.logic.settings[name] for name in chosen}
         if chosen == previous:
             return
@@ -478,6 +480,7 @@ class SAMed2WebApp(TrameApp):
         with html.Div(classes="px-2"):
             v3.VSelect(v_model=("model",), items=("models",), label="Model", density="compact", hide_details=True,
                        disabled=("busy",), update_menu=self._list_models, classes="model mb-2")
-            for name, items in (("device", ("devices", available_devices())), ("preset", ("presets", list(PRESETS)))):
+            for name, items in (("device", ("devices", available_devices())), ("preset", ("presets", list(PRESETS))),
+                                ("backend", ("backends", list(BACKENDS)))):
                 v3.VSelect(v_model=(name,), items=items, label=name.capitalize(), density="compact",
                            hide_details=True, disabled=("busy",), classes=f"{name} mb-2")

@@ -37,9 +37,10 @@ class LiteMedSAM(nn.Module):
 
     # ---- the model itself (what parity compares with the reference) ----------------------
 
-    def encode_images(self, images: torch.Tensor) -> ImageFeatures:
-        """(B, 3, S, S) letterboxed images in [0, 1] -> (B, 256, S/4, S/4) embeddings."""
-        features = self.image_encoder(images)
+    def encode_images(self, images: torch.Tensor, image_encoder=None) -> ImageFeatures:
+        """(B, 3, S, S) letterboxed images in [0, 1] -> (B, 256, S/4, S/4) embeddings.
+        `image_encoder`: what computes self.image_encoder's output (samed2.backends), by default itself."""
+        features = (image_encoder or self.image_encoder)(images)
         pos = self.prompt_encoder.dense_pe().expand(features.shape[0], -1, -1, -1)
         return ImageFeatures([], features, pos)
 

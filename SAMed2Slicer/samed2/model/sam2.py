@@ -162,9 +162,10 @@ class SAM2Model(nn.Module):
 
     # ---- image encoding -------------------------------------------------------------------
 
-    def encode_images(self, images: torch.Tensor) -> ImageFeatures:
-        """(B, 3, S, S) preprocessed images -> features (B must be even with the temporal adapter)."""
-        fpn, pos = self.image_encoder(images)
+    def encode_images(self, images: torch.Tensor, image_encoder=None) -> ImageFeatures:
+        """(B, 3, S, S) preprocessed images -> features (B must be even with the temporal adapter).
+        `image_encoder`: what computes self.image_encoder's outputs (samed2.backends), by default itself."""
+        fpn, pos = (image_encoder or self.image_encoder)(images)
         decoder = self.sam_mask_decoder
         high_res = []
         if decoder.use_high_res_features:

@@ -14,7 +14,8 @@ References:
 The session rows (peak RSS, scroll-then-click) run in a fresh process, so the other rows' tensors
 do not count in its peak.
 
-Rows: `engine_rows` (against the reference flow), `meta_rows` (against Meta's sam2), `session_rows`
+Rows: `engine_rows` (against the reference flow), `backend_rows` (OpenVINO or torch for the image
+encoders, against torch fp32), `meta_rows` (against Meta's sam2), `session_rows`
 (a whole session in a fresh process); their inputs in `phantom`, what they share in `common`, the
 machine and the table in `report`.
 """
@@ -24,7 +25,9 @@ from typing import Callable
 
 import torch
 
+from samed2.backends import check_backend
 from samed2.device import autocast, pick_device, pick_precision
+from samed2_tools.bench.backend_rows import backend_rows
 from samed2_tools.bench.common import FULL, MIN_IOU, QUICK, Bench, Settings
 from samed2_tools.bench.engine_rows import samed2_rows
 from samed2_tools.bench.meta_rows import meta_rows
@@ -37,18 +40,20 @@ __all__ = ["FULL", "LIVER", "MIN_IOU", "QUICK", "Bench", "Settings", "format_tab
 
 
 def run(settings: Settings, device_name: str = "auto", precision: str = "auto",
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, backend: str = "auto") -> dict:
     """Every row; returns the JSON-ready report."""
     device = pick_device(device_name)
-    bench = Bench(settings, device, pick_precision(precision, device), log)
+    check_backend(backend)
+    bench = Bench(settings, device, pick_precision(precision, device), log, backend)
     started, load = time.perf_counter(), load_average()
     with torch.inference_mode():
         with autocast(device, bench.precision):  # as a session runs; Meta's rows stay in fp32
             rows = samed2_rows(bench)
+        rows += backend_rows(bench)  # the reference in fp32, ours as the run's precision says
         rows += meta_rows(bench)
     rows += session_rows(bench)
     info = machine(device)
     info.update(load_average_start=load, load_average_end=load_average(), precision_asked=precision,
-                precision=bench.precision)
+                precision=bench.precision, backend_asked=backend)
     return {"machine": info, "settings": asdict(settings), "rows": [asdict(row) for row in rows],
             "wall_s": time.perf_counter() - started}

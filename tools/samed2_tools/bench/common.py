@@ -146,8 +146,9 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 class Bench:
     """What every row shares: settings, device, clock, the phantom's slices and prompts."""
 
-    def __init__(self, settings: Settings, device: torch.device, precision: str, log: Callable[[str], None]):
-        self.settings, self.device, self.precision, self.log = settings, device, precision, log
+    def __init__(self, settings: Settings, device: torch.device, precision: str, log: Callable[[str], None],
+                 backend: str = "auto"):
+        self.settings, self.device, self.precision, self.log, self.backend = settings, device, precision, log, backend
         self.clock = Clock(device)
         self.shape = settings.volume_shape
         self.center = liver_slice(self.shape)

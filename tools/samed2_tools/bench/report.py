@@ -77,7 +77,7 @@ def format_table(report: dict) -> str:
     text.append(f"Machine: {m['cpu']} (family/model {m['cpu_family_model']}; {', '.join(m['cpu_features'])}), "
                 f"{m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
                 f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}, precision {m['precision']} "
-                f"(asked: {m['precision_asked']}); load average "
+                f"(asked: {m['precision_asked']}), backend asked: {m.get('backend_asked', 'auto')}; load average "
                 f"{fmt_load(m['load_average_start'])} -> {fmt_load(m['load_average_end'])}; "
                 f"wall {report['wall_s']:.0f} s")
     loads = [load[0] for load in (m["load_average_start"], m["load_average_end"]) if load]

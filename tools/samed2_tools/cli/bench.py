@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from samed2_tools.cli.options import add_precision_option
+from samed2_tools.cli.options import add_backend_option, add_precision_option
 
 
 def register(sub) -> None:
@@ -13,6 +13,7 @@ def register(sub) -> None:
                                    "ratios with targets. The full run takes up to 10 minutes on an idle 2-core CPU.")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     add_precision_option(p)
+    add_backend_option(p)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--quick", action="store_true",
                    help="small images and few frames (about a minute): checks the harness, not the targets")
@@ -26,7 +27,8 @@ def run(args) -> int:
 
     if args.json:
         check_output_path(args.json, (".json",))
-    report = run_bench(QUICK if args.quick else FULL, args.device, args.precision, log=lambda m: print(f"bench: {m}", file=sys.stderr))
+    report = run_bench(QUICK if args.quick else FULL, args.device, args.precision,
+                       log=lambda m: print(f"bench: {m}", file=sys.stderr), backend=args.backend)
     report["quick"] = args.quick
     print(format_table(report))
     if args.json:

@@ -58,6 +58,7 @@ def run(args) -> int:
 
 def evaluate(args, data: list) -> int:
     from samed2 import __version__
+    from samed2.backends import converted_cache
     from samed2.device import pick_device, pick_precision
     from samed2.session import checked_strategy
     from samed2_tools.evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
@@ -66,7 +67,8 @@ def evaluate(args, data: list) -> int:
     model, bank = model_and_bank(args)
     settings = EvalSettings(args.protocol, args.labels, None if args.axis == "auto" else int(args.axis),
                             None if args.preset == "auto" else args.preset, args.device,
-                            checked_strategy(args.strategy, model, bank), args.clicks, args.precision)
+                            checked_strategy(args.strategy, model, bank), args.clicks, args.precision, args.backend,
+                            str(converted_cache(args.cache_dir)))
     results = []
     for number, (name, image, label) in enumerate(cases, start=1):
         log.info("case %d/%d: %s", number, len(cases), name)

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from samed2.errors import InputError
-from samed2.precisions import PRECISIONS
+from samed2.precisions import BACKENDS, PRECISIONS
 from samed2.strategy import STRATEGIES
 
 
@@ -20,8 +20,15 @@ def add_dicomweb_options(parser) -> None:
                              "$SAMED2_DICOMWEB_PASSWORD or ~/.netrc, never from the command line")
 
 
+def add_backend_option(parser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="what runs the image encoder on the CPU: torch, or OpenVINO (pip install 'samed2[cpu]'); "
+                             "auto = OpenVINO where it is installed and measures faster at first use, else torch "
+                             "(default). Converted encoders are cached beside the weights")
+
+
 def add_model_options(parser) -> None:
-    """--model/--config/--bank, --strategy, --preset, --device, --precision, --cache-dir."""
+    """--model/--config/--bank, --strategy, --preset, --device, --precision, --backend, --cache-dir."""
     parser.add_argument("--model", default="samed2",
                         help="cached weights name (see `samed2 weights list`) or a checkpoint file")
     parser.add_argument("--config", help="model config name or JSON file, for a checkpoint file given to --model "
@@ -34,6 +41,7 @@ def add_model_options(parser) -> None:
                         help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
     parser.add_argument("--device", default="auto")
     add_precision_option(parser)
+    add_backend_option(parser)
     parser.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")
 
 

@@ -122,10 +122,12 @@ def segment(volume, model, axis, prompts, args, bank=None) -> np.ndarray:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from samed2.backends import converted_cache
     from samed2.session import Session
 
     with Session(volume, model, axis=axis, preset=args.preset, device=args.device, bank=bank,
-                 strategy=args.strategy, precision=args.precision) as session:
+                 strategy=args.strategy, precision=args.precision, backend=args.backend,
+                 converted_cache=converted_cache(args.cache_dir)) as session:
         for index, prompt in sorted(prompts.items()):
             mask = session.add_prompt(1, index, points=prompt["points"], box=prompt["box"])
             log.info("slice %d: %d voxels", index, int(mask.sum()))
