@@ -11,6 +11,20 @@ DATA = SHARED / "data"
 GOLDEN = SHARED / "golden"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def samed2_cache(tmp_path_factory):
+    """The samed2 cache of every test that names none: one temporary folder for the run, never the
+    user's ~/.cache/samed2 (an encoder converted there by `--backend auto` is shared by the run's tests)."""
+    cache = tmp_path_factory.mktemp("samed2-cache")
+    before = os.environ.get("SAMED2_CACHE")
+    os.environ["SAMED2_CACHE"] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop("SAMED2_CACHE", None)
+    else:
+        os.environ["SAMED2_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.is_dir():
