@@ -85,7 +85,7 @@ class Widget:
     def __getattribute__(self, name):
         if name != "__dict__" and object.__getattribute__(self, "__dict__").get("destroyed"):
             raise AttributeError(f"Trying to read attribute '{name}' from a destroyed {type(self).__name__} object")
-        return object.__getattribute__(self, name)
+        return object.__getattribute__(self, name)  # else __getattr__ below, which raises the same if destroyed
 
     def __setattr__(self, name, value):
         if self.__dict__.get("destroyed"):
@@ -130,6 +130,8 @@ class Widget:
     def __getattr__(self, name):  # setToolTip, show, setWindowModality...: nothing to imitate
         if name.startswith("__"):
             raise AttributeError(name)
+        if self.__dict__.get("destroyed"):
+            raise AttributeError(f"Trying to read attribute '{name}' from a destroyed {type(self).__name__} object")
         return lambda *args, **kwargs: None
 
 

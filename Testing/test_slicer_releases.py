@@ -347,5 +347,7 @@ def test_slicer_messages_and_job_polling_go_on_after_an_editor_is_deleted(segmen
             controller._tick()
     assert job.finished and job.error is None
     assert heard[-1] == "Propagated" and effect._show not in controller.listeners
+    controller.interaction._save_editor_undo()  # what the next write does first: the deleted editor is let go
+    assert controller.interaction.save_undo is None
     failures = [r for r in caplog.records if "listener failed" in r.getMessage()]
     assert len(failures) == (0 if slicer_releases.at_least(release, "5.10") else 1)
