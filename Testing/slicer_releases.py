@@ -21,7 +21,15 @@ Slicer's source does at the tags v5.6.2, v5.8.1, v5.10.0 and v5.12.0 (no Slicer 
   wins (a depth-first walk).
 - `slicer.packaging` (pip_ensure) exists only from 5.12; `slicer.util.pip_install` in all.
 - pydicom: 2.4.4 is bundled up to 5.10, 3.0.2 from 5.12.
+- The Segment Editor's effects (Modules/Loadable/Segmentations/Widgets/qMRMLSegmentEditorWidget.cxx,
+  EditorEffects/qSlicerSegmentEditorScriptedEffect.cxx): an editor clones each registered effect
+  and calls its `setupOptionsFrame()`; making an effect active calls `deactivate()` on the one
+  before and `activate()` on it. Deleting the editor deletes its effects, and their options widgets
+  with them, without `deactivate()`; from 5.10 it calls each effect's `cleanup()` first (commit
+  64cfcfc6a2; AbstractScriptedSegmentEditorEffect has the empty `cleanup()` from then on).
+  PythonQt raises AttributeError when Python touches a deleted Qt object.
 """
+import importlib
 import sys
 import types
 import typing
@@ -74,6 +82,16 @@ class Widget:
         self.enabled = True
         self.text = ""
 
+    def __getattribute__(self, name):
+        if name != "__dict__" and object.__getattribute__(self, "__dict__").get("destroyed"):
+            raise AttributeError(f"Trying to read attribute '{name}' from a destroyed {type(self).__name__} object")
+        return object.__getattribute__(self, name)  # else __getattr__ below, which raises the same if destroyed
+
+    def __setattr__(self, name, value):
+        if self.__dict__.get("destroyed"):
+            raise AttributeError(f"Trying to set attribute '{name}' on a destroyed {type(self).__name__} object")
+        object.__setattr__(self, name, value)
+
     def _signal(self, signature):
         name = signature.split("(")[0]
         if not isinstance(getattr(self, name, None), Signal):
@@ -112,6 +130,8 @@ class Widget:
     def __getattr__(self, name):  # setToolTip, show, setWindowModality...: nothing to imitate
         if name.startswith("__"):
             raise AttributeError(name)
+        if self.__dict__.get("destroyed"):
+            raise AttributeError(f"Trying to read attribute '{name}' from a destroyed {type(self).__name__} object")
         return lambda *args, **kwargs: None
 
 
@@ -242,6 +262,12 @@ def _parent_widget(parent, child):
                 return found
         return None
     return nearest(parent, child, parent) is parent
+
+
+def destroy(widget):
+    """The C++ side of `widget` and of its children is deleted."""
+    for each in [widget, *widget.findChildren()]:
+        object.__setattr__(each, "destroyed", True)
 
 
 def child_widget_variables(widget):
@@ -538,9 +564,103 @@ class Application(slicer_harness.CoreApplication):
         pass
 
 
+# ---- Segment Editor effects ---------------------------------------------------------------
+
 class EffectFactory(Widget):
+    """qSlicerSegmentEditorEffectFactory: the registered effects, which each editor clones."""
+
+    def __init__(self):
+        super().__init__()
+        self.effects = []
+
+    def registerEffect(self, effect):
+        self.effects.append(effect)
+
     def registeredEffects(self):
-        return []
+        return list(self.effects)
+
+
+class ScriptedEffect(Widget):
+    """qSlicerSegmentEditorScriptedEffect: `setPythonSource` instantiates the class named after the
+    file (with "Effect") from the module named after its folder, with this effect; its parameters,
+    options widgets and undo states."""
+
+    def __init__(self, parent=None):
+        super().__init__()
+        self.python = None
+        self.parameters = {}
+        self.optionsWidgets = []
+        self.undoStates = 0
+
+    def setPythonSource(self, path):
+        path = Path(path)
+        class_name = path.name.split(".")[0]
+        class_name += "" if class_name.endswith("Effect") else "Effect"
+        self.python = getattr(importlib.import_module(path.parent.name), class_name)(self)
+
+    def self(effect):  # PythonQt's name for the Python object
+        return effect.python
+
+    def parameter(self, name):
+        return self.parameters.get(name, "")
+
+    def integerParameter(self, name):
+        return int(self.parameters.get(name) or 0)
+
+    def setParameter(self, name, value):
+        self.parameters[name] = str(value)
+
+    def setParameterDefault(self, name, value):
+        self.parameters.setdefault(name, str(value))
+
+    def addOptionsWidget(self, widget):
+        self.optionsWidgets.append(widget)
+
+    def saveStateForUndo(self):
+        self.undoStates += 1
+
+
+def effects_module(release):
+    """SegmentEditorEffects (its abstract scripted effect) as `release` has it."""
+    class AbstractScriptedSegmentEditorEffect:
+        def __init__(self, scriptedEffect):
+            self.scriptedEffect = scriptedEffect
+
+        def register(self):
+            slicer.qSlicerSegmentEditorEffectFactory.instance().registerEffect(self.scriptedEffect)
+
+    if at_least(release, "5.10"):
+        AbstractScriptedSegmentEditorEffect.cleanup = lambda self: None
+    module = types.ModuleType("SegmentEditorEffects")
+    module.AbstractScriptedSegmentEditorEffect = AbstractScriptedSegmentEditorEffect
+    return module
+
+
+class SegmentEditor:
+    """qMRMLSegmentEditorWidget's effects in `release`: cloned from the registered ones, options
+    frames set up, one active at a time; `delete()` is the editor's destructor."""
+
+    def __init__(self, release):
+        self.release = release
+        factory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+        self.effects = {effect.name: effect.self().clone() for effect in factory.registeredEffects()}
+        for effect in self.effects.values():
+            effect.self().setupOptionsFrame()
+        self.active = None
+
+    def setActiveEffectByName(self, name):
+        if self.active is not None:
+            self.active.self().deactivate()
+        self.active = self.effects.get(name)
+        if self.active is not None:
+            self.active.self().activate()
+
+    def delete(self):
+        for effect in self.effects.values():
+            if at_least(self.release, "5.10"):
+                effect.self().cleanup()
+            for widget in [effect, *effect.optionsWidgets]:
+                destroy(widget)
 
 
 def release_modules(release):
@@ -548,7 +668,10 @@ def release_modules(release):
     modules = {"qt": qt_module(), "ctk": types.ModuleType("ctk"),
                "slicer.parameterNodeWrapper": wrapper_module(release),
                "slicer.ScriptedLoadableModule": scripted_module(),
-               "slicer.i18n": types.SimpleNamespace(tr=lambda text: text, translate=lambda context, text: text)}
+               "slicer.i18n": types.SimpleNamespace(tr=lambda text: text, translate=lambda context, text: text),
+               "SegmentEditorEffects": effects_module(release),
+               "qSlicerSegmentationsEditorEffectsPythonQt": types.SimpleNamespace(
+                   qSlicerSegmentEditorScriptedEffect=ScriptedEffect)}
     if at_least(release, "5.12"):
         packaging = types.ModuleType("slicer.packaging")
         packaging.pip_ensure = lambda requirements, **options: None

@@ -245,6 +245,27 @@ def test_mrml_a_drag_applies_once_at_its_end_with_the_active_editors_undo(layer,
     assert len(other_editor.undo_saved) == 1 and len(front.undo_saved) == 1
 
 
+def test_mrml_a_drag_after_the_active_editor_was_deleted_still_applies(layer, front, ct, abdomen, views):
+    """Slicer 5.6 and 5.8 delete an editor with SAMed-2 active without deactivate() or cleanup():
+    its undo, still the active one, raises as PythonQt does for a deleted object. The move is
+    applied anyway, and that editor is not asked again."""
+    layer.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+    asked = []
+
+    def deleted_editors_undo():
+        asked.append(True)
+        raise AttributeError("Trying to read attribute 'saveStateForUndo' from a destroyed object")
+
+    layer.editor_activated(deleted_editors_undo)
+    node = markups.prompt_nodes(abdomen, "liver", markups.INCLUDE)[0]
+    for x in (50, 52):
+        before = labelmaps(abdomen, ct)["liver"]
+        drag(node, world_point((x, 45, CLICK[2])))
+        assert front.status[-1].startswith(f"Prompt moved. Segmented slice k = {CLICK[2]}"), front.errors
+        assert not np.array_equal(labelmaps(abdomen, ct)["liver"], before)
+    assert asked == [True] and not front.errors
+
+
 def test_mrml_a_script_moving_a_prompt_is_applied_once_settled(logic, front, ct, abdomen, views):
     settled = []
     layer = Interaction(logic, settle=settled.append)

@@ -1,11 +1,14 @@
 """The module panel in each supported Slicer release, where the releases differ (see
 slicer_releases.py for what each stand-in imitates and where in Slicer's source it is): set-up,
 entering, leaving and re-entering the module, the parameter node's binding to the panel, scene
-import while the panel is hidden, late headless loading, the installer each release offers, and
-the pydicom each release bundles."""
+import while the panel is hidden, late headless loading, the installer each release offers,
+the pydicom each release bundles, and the Segment Editor effect's life cycle in an editor of each
+release."""
 import importlib
+import logging
 import shutil
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -17,7 +20,8 @@ from slicer_releases import RELEASES, QComboBox, SegmentEditorWidget
 from slicer_harness import slicer_app  # noqa: F401 (pytest fixture)
 
 CHOSEN = {"device": "cpu", "preset": "lung", "precision": "fp32", "backend": "torch", "exportFormat": "NIfTI file"}
-RELOADED = ("SAMed2Slicer", "SAMed2SlicerQt", "SAMed2SlicerQt.controller")
+RELOADED = ("SAMed2Slicer", "SAMed2SlicerQt", "SAMed2SlicerQt.controller", "SegmentEditorSAMed2Lib",
+            "SegmentEditorSAMed2Lib.SegmentEditorEffect")
 
 
 def forget_module_nodes(scene):
@@ -272,3 +276,80 @@ def test_slicer_dicom_seg_export_offers_the_dicom_database(panel, release, monke
         assert ("DICOM database" in panel.ui.exportStatusLabel.text) == imported
     else:
         assert not taken[0].exists(), "the temporary export goes once the database holds its copy"
+
+
+@pytest.fixture
+def segment_editor(module, release, monkeypatch):
+    """The Segment Editor module's editor with SAMed-2 active, the effect registered at start-up;
+    the SAMed-2 module's panel is never opened. Yields (editor, what built the panel)."""
+    built = []
+    monkeypatch.setattr(slicer.util, "getModuleLogic", lambda name: built.append(f"getModuleLogic({name})"),
+                        raising=False)
+    monkeypatch.setattr(module.SAMed2SlicerWidget, "setup", lambda widget: built.append("SAMed2SlicerWidget.setup"))
+    module.registerEffect()
+    editor = slicer_releases.SegmentEditor(release)
+    editor.setActiveEffectByName("SAMed-2")
+    yield editor, built
+    from SAMed2SlicerQt.controller import Controller
+
+    Controller.get().interaction.close()
+    Controller.get().logic.close()
+
+
+def test_slicer_segment_editor_module_effect_does_not_build_the_panel(segment_editor):
+    editor, built = segment_editor
+    from SAMed2SlicerQt.controller import Controller
+
+    Controller.get().notify("Loading model samed2")
+    assert editor.active.self().ui.statusLabel.text == "Loading model samed2"
+    assert built == [], "the effect built the SAMed-2 module's panel"
+
+
+@pytest.fixture
+def go_on():
+    """What a test's job waits for; set at the end whatever happened."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def test_slicer_messages_and_job_polling_go_on_after_an_editor_is_deleted(segment_editor, release, go_on, caplog):
+    """An editor deleted with SAMed-2 active (a script's editor, the application closing): from
+    5.10 its cleanup() lets go of the effect; 5.6 and 5.8 never call it, and the effect's status
+    line, already deleted, fails once and is dropped. Later messages, e.g. a running job's, raise
+    nothing, reach the other front ends, and the job is polled to its end."""
+    editor, _ = segment_editor
+    from SAMed2SlicerLib.jobs import BackgroundJob
+    from SAMed2SlicerQt.controller import Controller
+
+    controller, heard = Controller.get(), []
+    controller.listeners.append(lambda message, progress: heard.append(message))  # another front end
+    effect = editor.active.self()
+
+    def work(job):
+        job.advance(1, 2)
+        go_on.wait(30)
+
+    job = controller.logic.jobs.add(BackgroundJob("propagation", work).start(),
+                                    on_progress=lambda job, progress: controller.notify("Propagating", progress),
+                                    on_end=lambda job: controller.notify("Propagated"))
+    controller.watch_jobs()
+    while "Propagating" not in heard:
+        controller._tick()
+    assert effect.ui.statusLabel.text == "Propagating"
+    editor.delete()
+    if slicer_releases.at_least(release, "5.10"):
+        assert effect._show not in controller.listeners, f"Slicer {release}: the deleted effect still listens"
+        assert controller.interaction.save_undo is None, "undo still goes to the deleted editor"
+    go_on.set()
+    with caplog.at_level(logging.ERROR):
+        while controller._job_timer.isActive():
+            controller._tick()
+    assert job.finished and job.error is None
+    assert heard[-1] == "Propagated" and effect._show not in controller.listeners
+    undo = controller.interaction._editor_undo()  # what the next write calls first
+    if undo is not None:  # 5.6 and 5.8: the deleted editor's, let go once it fails
+        undo()
+    assert controller.interaction.save_undo is None
+    failures = [r for r in caplog.records if "listener failed" in r.getMessage()]
+    assert len(failures) == (0 if slicer_releases.at_least(release, "5.10") else 1)

@@ -238,7 +238,7 @@ class Interaction(VTKObservationMixin):
             return
         with self.reporting(action):
             with self._own_writes():
-                written = add(volume, segmentation, segment_id, *where, before_write=save_undo or self.save_undo)
+                written = add(volume, segmentation, segment_id, *where, before_write=save_undo or self._editor_undo())
             self.watch_prompts()
             self._say_written(written, segmentation, volume, segment_id)
 
@@ -376,7 +376,7 @@ class Interaction(VTKObservationMixin):
                 return None
             with self.reporting("Updating the segment after moving prompts"), self._own_writes():
                 self.logic.segmenter_for(volume, segmentation)
-                written = self.logic.apply_moved_prompts(before_write=self.save_undo)
+                written = self.logic.apply_moved_prompts(before_write=self._editor_undo())
                 if written is not None:
                     self.notify(f"Prompt moved. {self.logic.prompt_message(written)}")
         return written
@@ -396,8 +396,8 @@ class Interaction(VTKObservationMixin):
             return None
         with self.reporting("Propagation"):
             self.run = self.logic.propagate(volume, segmentation, slice_node, segment_ids,
-                                            before_write=save_undo or self.save_undo, on_progress=self._on_progress,
-                                            on_end=self._on_propagated, **options)
+                                            before_write=save_undo or self._editor_undo(),
+                                            on_progress=self._on_progress, on_end=self._on_propagated, **options)
             self._polling()
             self.notify(PROPAGATING, self.run.progress())
             return self.run
@@ -431,6 +431,22 @@ class Interaction(VTKObservationMixin):
     def editor_deactivated(self, save_undo) -> None:
         if self.save_undo == save_undo:
             self.save_undo = None
+
+    def _editor_undo(self) -> Optional[Callable]:
+        """The active editor's undo, for a write. An editor deleted with the effect active (Slicer
+        5.6 and 5.8 call neither deactivate() nor cleanup() then) raises: it is forgotten and the
+        write goes on, as with no editor."""
+        save_undo = self.save_undo
+        if save_undo is None:
+            return None
+
+        def save():
+            try:
+                save_undo()
+            except Exception:
+                log.exception("the editor's undo state could not be saved (the editor is gone?); it is forgotten")
+                self.editor_deactivated(save_undo)
+        return save
 
     def undo(self, undo=None) -> Optional[bool]:
         """Undo the last step with `undo()` (an editor's), else with the segmenter's own history;
