@@ -26,6 +26,7 @@ from vtkmodules.vtkCommonMath import vtkMatrix4x4
 from samed2.device import DEVICE_NAMES
 from samed2.errors import InputError, Samed2Error
 from samed2.weights import list_weights
+from samed2_web.confidence_strip import ConfidenceStrip
 from SAMed2SlicerLib.logic import SAMed2Logic, written_message
 from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes
 from SAMed2SlicerLib.segmenter import PRESETS
@@ -90,6 +91,18 @@ def rgb_color(hex_text) -> tuple:
     return tuple(int(hex_text[i:i + 2], 16) / 255 for i in (1, 3, 5))
 
 
+def volume_title(node_name, image: Path) -> str:
+    """What the page calls the volume: the series description (DICOM loaders name a series
+    "<number>: <description>", with "None" for a missing number), else the file or folder name."""
+    name = (node_name or "").strip().removeprefix("None: ")
+    return name if name and name != "None" else image.name
+
+
+def start_mode(model) -> str:
+    """Box for a model trained on boxes only (a click alone gives it nothing), else Include."""
+    return "box" if getattr(model, "needs_box", False) else "include"
+
+
 def expose_scene(slicer_app: SlicerApp) -> None:
     """The Logic reaches the scene through `slicer.mrmlScene`, as inside Slicer."""
     slicer.mrmlScene = slicer_app.scene
@@ -103,8 +116,8 @@ class SAMed2WebApp(TrameApp):
         self.slicer_app = SlicerApp()
         expose_scene(self.slicer_app)
         self.logic = SAMed2Logic(cache_dir=cache_dir)
-        self.logic.configure(device=device, **({"model": model} if model else {}))
-        self.logic.engine_model()  # a missing or broken checkpoint stops the start, with its WeightsError
+        self.logic.configure(device=device, model=model or self.logic.model_name())
+        self._model = self.logic.engine_model()  # a missing or broken checkpoint stops the start (WeightsError)
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(VIEW_LAYOUTS)
@@ -123,6 +136,7 @@ class SAMed2WebApp(TrameApp):
         self._run = None  # the propagation job going on
         self._moved_while_running = False
         self._jobs_task = None
+        self.strip = ConfidenceStrip(self)
         self._init_state()
         self._build_ui()
         self.server.controller.on_server_ready.add(self._on_server_ready)
@@ -189,10 +203,12 @@ class SAMed2WebApp(TrameApp):
         first = self.segment_ids()[0]
         settings = self.logic.settings
         self.state.update({
-            "status": f"Loaded {self.volume.GetName()}. Click on an object in the view to segment it.",
+            "status": f"Loaded {volume_title(self.volume.GetName(), self.image)}; model {self.logic.model_name()}. "
+                      + ("Draw a box around an object (two corner clicks) to segment it."
+                         if start_mode(self._model) == "box" else "Click on an object in the view to segment it."),
             "error": "",
             "probe": "",
-            "mode": "include",
+            "mode": start_mode(self._model),
             "segments": self._segment_rows(),
             "segment_id": first,
             "segment_name": self.segment(first).GetName(),
@@ -204,7 +220,7 @@ class SAMed2WebApp(TrameApp):
             "last_slice": "",
             "stop_after_absent": STOP_AFTER_ABSENT,
             "models": cached_models(self.logic.cache_dir),
-            "model": settings["model"],
+            "model": self.logic.model_name(),
             "device": settings["device"],
             "preset": settings["preset"],
             "view_layout": "Axial",
@@ -215,6 +231,7 @@ class SAMed2WebApp(TrameApp):
             self.state.status = status
             self.state.error = error
             self.state.segments = self._segment_rows()
+        self.strip.update()
 
     def _guarded(self, action, *args, **kwargs):
         """Run a Logic call; its error becomes the page's message, the scene stays as it was."""
@@ -243,6 +260,8 @@ class SAMed2WebApp(TrameApp):
                 self.state.update(previous)
             self._list_models()
             return
+        with self.state:
+            self.state.mode = start_mode(self._model)
         self._report(f"Segmenting with {model} on {device}, preset {preset}: the next prompt uses them.")
 
     def _list_models(self, *_):
@@ -252,7 +271,8 @@ class SAMed2WebApp(TrameApp):
 
     def _configure(self, settings):
         self.logic.configure(**settings)
-        return self.logic.engine_model()  # loads the weights now, so a missing file is reported at once
+        self._model = self.logic.engine_model()  # loads the weights now, so a missing file is reported at once
+        return self._model
 
     # ---- clicks in the slice views -----------------------------------------------------------
 
@@ -449,6 +469,7 @@ class SAMed2WebApp(TrameApp):
                     html.Div("{{ status }}", classes="status")
                     html.Div("{{ error }}", classes="error text-red", v_show=("error",))
                     html.Div("{{ probe }}", classes="probe text-caption")
+                self.strip.build()
                 with html.Div(style="flex: 1; position: relative;"):
                     self.layout_manager.initialize_layout_grid(self.ui)
 
