@@ -21,4 +21,7 @@ _MODULE_OF = {
 def __getattr__(name):
     if name not in _MODULE_OF:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    module = importlib.import_module(f"{__name__}.{_MODULE_OF[name]}")
+    # bind all of the module's names here: loading `download.py` set `download` to the module itself
+    globals().update({n: getattr(module, n) for n, m in _MODULE_OF.items() if m == _MODULE_OF[name]})
+    return globals()[name]
