@@ -260,8 +260,9 @@ class SAMed2WebApp(TrameApp):
                 self.state.update(previous)
             self._list_models()
             return
-        with self.state:
-            self.state.mode = start_mode(self._model)
+        if model != previous["model"]:
+            with self.state:
+                self.state.mode = start_mode(self._model)
         self._report(f"Segmenting with {model} on {device}, preset {preset}: the next prompt uses them.")
 
     def _list_models(self, *_):
