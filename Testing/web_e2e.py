@@ -14,6 +14,8 @@ The model is the test-trained SAMed-2 (SAMED2_WEB_MODEL / SAMED2_WEB_MODEL_CONFI
 test_web.py), imported into a temporary weights cache as a user would with `samed2 weights import`,
 beside the golden tiny SAMed-2 with its object score forced to "absent" (it finds nothing, on any CPU),
 which the model test also imports under another name while the page is open, then truncates.
+The last test starts a second server on a cache holding only MedSAM-Lite (the default model then):
+Box mode, one box, propagation, the confidence strip, three views (the README's screenshot).
 """
 import json
 import os
