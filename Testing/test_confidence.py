@@ -25,7 +25,7 @@ RIGHT_KIDNEY = 2  # ends at slice 18 of 30: the chain has an end to find
 CHECKED_ON = {("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz"): [1, 3, 5, 7, 19, 31, 63, 79, 87, 89, 117],
               ("dcmqi/ct-3slice", "dcmqi/liver_seg.nrrd"): [1],
               ("pyradiomics/brain1_image.nrrd", "pyradiomics/brain1_label.nrrd"): [1]}
-MEASURED_AUROC = 0.755  # README; asserted >= measured - 0.03
+MEASURED_AUROC = 0.751  # README; asserted >= measured - 0.03
 MARGIN = 0.03
 
 
