@@ -273,13 +273,14 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo.clear()
         for name in models.model_names(self.logic.cache_dir):
             combo.addItem(name)
-        combo.currentText = self._parameterNode.model
+        combo.currentText = self._parameterNode.model or self.logic.model_name()  # "": the best cached
         combo.blockSignals(wasBlocked)
         self.updateWeightsStatus()
 
     def updateWeightsStatus(self):
         if self._parameterNode is not None:  # None after a scene close until the module is entered again
-            self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model, self.logic.cache_dir)
+            self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model or self.logic.model_name(),
+                                                                 self.logic.cache_dir)
 
     def onModelChanged(self, name):
         if name and self._parameterNode is not None:

@@ -33,13 +33,13 @@ PER_SLICE_OBJECT = 10_000  # the object the per-slice boxes go to (apart from th
 # name: (image, label map, label value, per-slice Dice, propagated Dice, slices past the ends), as measured
 # (README table); asserted: Dice >= measured - MARGIN, slices past the ends <= measured + 1
 CASES = {
-    "liver": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 5, 0.938, 0.938, 0),
-    "spleen": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 1, 0.959, 0.957, 0),
-    "right kidney": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 2, 0.881, 0.901, 0),
-    "left kidney": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 3, 0.924, 0.945, 0),
-    "aorta": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 52, 0.904, 0.861, 0),
+    "liver": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 5, 0.938, 0.941, 0),
+    "spleen": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 1, 0.959, 0.955, 0),
+    "right kidney": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 2, 0.881, 0.881, 0),
+    "left kidney": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 3, 0.924, 0.942, 0),
+    "aorta": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 52, 0.904, 0.842, 0),
     "dcmqi liver": ("dcmqi/ct-3slice", "dcmqi/liver_seg.nrrd", 1, 0.928, 0.929, 0),
-    "brain1 tumour": ("pyradiomics/brain1_image.nrrd", "pyradiomics/brain1_label.nrrd", 1, 0.886, 0.653, 0),
+    "brain1 tumour": ("pyradiomics/brain1_image.nrrd", "pyradiomics/brain1_label.nrrd", 1, 0.886, 0.626, 1),
 }
 
 

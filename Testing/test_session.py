@@ -311,10 +311,10 @@ def fake_tracking(session, present_ids):
     """Replace the model's tracking: objects in `present_ids` are present, others absent; records the batches."""
     batches = []
 
-    def track_slice(objs, index, step):
+    def track_slice(objs, index, step, bands):
         ids = [next(i for i, o in session.objects.items() if o is obj) for obj in objs]
         batches.append(ids)
-        return [(np.ones(session.slice_shape, bool), obj_id in present_ids) for obj_id in ids]
+        return [(np.ones(session.slice_shape, bool), obj_id in present_ids, 1.0) for obj_id in ids]
     session._track_slice = track_slice
     return batches
 

@@ -448,6 +448,21 @@ def test_mrml_propagation_fills_the_slices_within_its_limits_and_stops(segmenter
     np.testing.assert_array_equal(after["spleen"], before["spleen"])
 
 
+def test_mrml_confidence_per_slice_and_the_view_moved_to_the_least_confident_slice(segmenter, views):
+    from SAMed2SlicerLib.confidence import least_confident
+
+    segmenter.add_point("liver", views["Red"], world_point(CLICK))
+    segmenter.propagate(2, ["liver"], direction="both", start=12, stop=18).wait(timeout_s=120)
+    confidences = segmenter.confidences("liver", 2)
+    assert sorted(confidences) == list(range(12, 19)), "the prompted slice and the six propagated ones"
+    assert all(0.0 <= c <= 1.0 for c in confidences.values())
+    assert segmenter.confidences("spleen", 2) == {} and segmenter.confidences("liver", 1) == {}
+    segmenter.show_slice(views["Red"], 3)
+    assert segmenter.view_slice_index(views["Red"]) == 3
+    segmenter.show_slice(views["Red"], least_confident(confidences))
+    assert segmenter.view_slice_index(views["Red"]) == least_confident(confidences)
+
+
 def test_mrml_propagation_stops_where_the_object_is_absent(ct, abdomen, views, golden_dir):
     with Segmenter(ct, abdomen, tiny_model(golden_dir, present=False), device="cpu") as segmenter:
         segmenter.add_point("liver", views["Red"], world_point(CLICK))

@@ -492,3 +492,20 @@ def test_cli_errors_exit_2_with_a_one_line_message(tmp_path, cache, capsys):
     assert "unknown checkpoint 'nope'" in capsys.readouterr().err
     assert cli_main(["weights", "import", str(tmp_path / "absent.pt"), "--cache-dir", str(cache)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_best_model_is_samed2_when_cached_else_medsam_lite_and_needs_no_torch(tmp_path):
+    """The default model of segment, eval, web and the Slicer module, asked without importing torch."""
+    import subprocess
+    import sys
+
+    from samed2.weights import REGISTRY, best_model
+
+    assert best_model(tmp_path) == "medsam-lite", "nothing cached: MedSAM-Lite, which a download can fetch"
+    (tmp_path / REGISTRY["medsam-lite"].filename).write_bytes(b"x")
+    assert best_model(tmp_path) == "medsam-lite"
+    (tmp_path / REGISTRY["samed2"].filename).write_bytes(b"x")
+    assert best_model(tmp_path) == "samed2"
+    check = "import sys; from samed2.weights import best_model; best_model('.'); assert 'torch' not in sys.modules"
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr

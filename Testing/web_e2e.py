@@ -16,6 +16,8 @@ The model is the test-trained SAMed-2 (SAMED2_WEB_MODEL / SAMED2_WEB_MODEL_CONFI
 test_web.py), imported into a temporary weights cache as a user would with `samed2 weights import`,
 beside the golden tiny SAMed-2 with its object score forced to "absent" (it finds nothing, on any CPU),
 which the model test also imports under another name while the page is open, then truncates.
+The last test starts a second server on a cache holding only MedSAM-Lite (the default model then):
+Box mode, one box, propagation, the confidence strip, three views (the README's screenshot).
 """
 import json
 import os
@@ -94,16 +96,22 @@ def out(tmp_path_factory):
 
 
 def samed2_web(cache, out, model, **popen):
+    """`samed2 web` on the series; model None: the default (the best model cached)."""
+    chosen = [] if model is None else ["--model", model]
     return subprocess.Popen(
-        [str(Path(sys.executable).with_name("samed2")), "web", str(SERIES), "--model", model, "--cache-dir",
+        [str(Path(sys.executable).with_name("samed2")), "web", str(SERIES), *chosen, "--cache-dir",
          str(cache), "--out", str(out), "--port", "0", "--token", TOKEN, "--device", "cpu"], text=True, **popen)
 
 
 @pytest.fixture(scope="module")
 def server(cache, out):
+    yield from serve(cache, out, "test-model")
+
+
+def serve(cache, out, model):
     """`samed2 web` on 127.0.0.1 (a free port); yields (page URL, process)."""
     start = time.perf_counter()
-    process = samed2_web(cache, out, "test-model", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = samed2_web(cache, out, model, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url, lines = None, []
     for line in process.stdout:
         lines.append(line)
@@ -340,8 +348,6 @@ def test_click_on_liver_shows_the_segment_in_mrml_and_in_the_page(page):
 
     eventually(lambda: coloured(view_pixels(page)[0]).sum() > 100, "the segment is not visible in the page")
     segment = coloured(view_pixels(page)[0])
-    if os.environ.get("SAMED2_WEB_SCREENSHOT"):  # the README's picture
-        page.screenshot(path=os.environ["SAMED2_WEB_SCREENSHOT"])
     rows, cols = np.nonzero(segment)
     nearest = np.min(np.hypot(cols - (target[0] - box["x"]), rows - (target[1] - box["y"])))
     assert nearest < 10, f"the visible segment is {nearest:.0f} px from the click"
@@ -646,3 +652,55 @@ def test_the_server_stops(server):
     server[1].terminate()
     assert server[1].wait(timeout=30) is not None
     timings["stop"] = time.perf_counter() - start
+
+
+# ---- MedSAM-Lite, the default when SAMed-2 is not cached: a second server on its own cache ------------
+
+
+@pytest.fixture(scope="module")
+def lite_server(tmp_path_factory, lite_file, out):
+    cache = tmp_path_factory.mktemp("lite-weights")
+    import_model(cache, None, lite_file, None)
+    yield from serve(cache, out, None)
+
+
+def test_lite_by_default_box_mode_propagation_confidence_strip_and_three_views(browser, lite_server):
+    """The page names the series and the model, starts in Box mode for a box-only model, propagates
+    from one box, draws a confidence strip with one cell per slice and goes to its least confident
+    slice; its screenshot (three views) is the README's picture (SAMED2_WEB_SCREENSHOT=path)."""
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    page.goto(lite_server[0])
+    wait_text(page, ".status", r"Model medsam-lite loaded: draw a box around an object")
+    title = wait_text(page, ".volume-title", r"segmented with medsam-lite").string
+    assert "None" not in title, title
+    page.wait_for_selector("img.image-display-area")
+    eventually(lambda: shows_volume(page, 0), "the axial view does not show the volume")
+    expect(page.locator(".box-mode")).to_have_class(re.compile("v-btn--active"))
+
+    box = view_box(page)
+    superior = probe(page, box["x"] + 50, box["y"] + 50)[2]
+    corner, opposite, _ = liver_box_on_slice(superior)
+    for point in (corner, opposite):
+        page.mouse.click(*page_point(page, point))
+    wait_text(page, ".status", r"Segmented slice k = \d+")
+    click(page, ".propagate")
+    done = int(wait_text(page, ".status", r"Propagation done: (\d+) slice", timeout_s=600).group(1))
+    assert done > 5
+    expect(page.locator(".strip-cell")).to_have_count(20)  # the series' 20 axial slices
+
+    choose(page, ".view-layout", "Axial, coronal, sagittal")
+    page.wait_for_function("document.querySelectorAll('img.image-display-area').length === 3")
+    for view in range(3):
+        eventually(lambda view=view: shows_volume(page, view), f"view {view} does not show the volume")
+        eventually(lambda view=view: coloured(view_pixels(page, view)[0]).sum() > 100,
+                   f"view {view} does not show the segment")
+    if os.environ.get("SAMED2_WEB_SCREENSHOT"):  # the README's picture
+        page.screenshot(path=os.environ["SAMED2_WEB_SCREENSHOT"])
+
+    click(page, ".least-confident")
+    least = int(wait_text(page, ".status", r"Least confident slice: k = (\d+)").group(1))
+    assert 0 <= least < 20
+    box = view_box(page, 0)  # the axial view, where the box was drawn
+    probe(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    assert re.search(rf"k {least}\)", text(page, ".probe")), "the axial view shows the least confident slice"
+    lite_server[1].terminate()

@@ -82,7 +82,7 @@ def server(orthanc, out, tmp_path_factory):
 def page(browser, server):  # noqa: F811
     page = browser.new_context(viewport=VIEWPORT).new_page()
     page.goto(server)
-    wait_text(page, ".status", r"Loaded .*Click on an object")
+    wait_text(page, ".status", r"Model .* loaded: click on an object")
     page.wait_for_selector("img.image-display-area")
     eventually(lambda: shows_volume(page, 0), "the axial view does not show the volume")
     return page

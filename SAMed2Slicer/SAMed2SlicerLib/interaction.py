@@ -28,7 +28,7 @@ INSTALLING = "The Python packages SAMed-2 needs are being installed: wait for th
 INSTALL_FIRST = "SAMed-2 needs a few Python packages first: prompt again once they are installed."
 NOT_INSTALLED = "Nothing was installed: SAMed-2 cannot segment without these packages."
 LOADING = "Loading model {model} (prompts made meanwhile run when it is ready)..."
-LOADED = "Model {model} loaded: click on an object to segment it."
+LOADED = "Model {model} loaded: {hint} to segment it."
 PROPAGATING = "Propagating..."
 CANCELLING = "Cancelling after the current slice..."
 UNDO_DURING_RUN = "Undo waits for the propagation: cancel it first, or undo when it has ended."
@@ -42,6 +42,11 @@ GUI_ACTIONS = ((re.compile(r"[Dd]ownload them with `samed2 weights download [^`]
                 "click Import from file in the SAMed-2 module"),
                (re.compile(r"`samed2 weights download [^`]*`"), "Download in the SAMed-2 module"),
                (re.compile(r"`samed2 weights (import|verify)[^`]*`"), "Import from file in the SAMed-2 module"))
+
+
+def first_prompt(model) -> str:
+    """What to do first with `model`: a box for a model trained on boxes (clicks then correct)."""
+    return "draw a box around an object" if getattr(model, "needs_box", False) else "click on an object"
 
 
 def propagating(progress) -> str:
@@ -168,7 +173,7 @@ class Interaction(VTKObservationMixin):
                 then()
             return None
         if self.loading is None:
-            model = self.logic.settings["model"]
+            model = self.logic.model_name()
             self.loading = self.logic.jobs.add(BackgroundJob(LOAD_JOB, lambda job: self.logic.load_engine()).start(),
                                                on_end=lambda job: self._loaded(job, model))
             self._polling()
@@ -181,7 +186,7 @@ class Interaction(VTKObservationMixin):
         weights in the cache): the first prompt then waits less. Else nothing, silently."""
         if self.installing or self.logic.model_ready() or self.logic.install_plan().needed:
             return
-        if models.is_cached(self.logic.settings["model"], self.logic.cache_dir):
+        if models.is_cached(self.logic.model_name(), self.logic.cache_dir):
             self.load_model()
 
     def _loaded(self, job, model):
@@ -196,7 +201,7 @@ class Interaction(VTKObservationMixin):
             for then, failed in waiting:
                 self.load_model(then, failed)
         else:
-            self.notify(LOADED.format(model=model))
+            self.notify(LOADED.format(model=model, hint=first_prompt(self.logic.engine_model())))
             for then, _ in waiting:
                 if then is not None:
                     then()

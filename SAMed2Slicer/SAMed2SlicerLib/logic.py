@@ -65,8 +65,12 @@ class SAMed2Logic(VTKObservationMixin):
         self._model = (name, model)
         self.configure(model=name)
 
+    def model_name(self) -> str:
+        """The model chosen, or the best one cached when none was (models.default_model)."""
+        return self.settings["model"] or models.default_model(self.cache_dir)
+
     def engine_model(self):
-        name = self.settings["model"]
+        name = self.model_name()
         if self._model[0] != name:
             self._model = (None, None)
             self._model = (name, models.load(name, self.cache_dir))
@@ -74,7 +78,7 @@ class SAMed2Logic(VTKObservationMixin):
 
     def model_ready(self) -> bool:
         """Whether the chosen model is loaded (a prompt then needs no load first)."""
-        return self._model[0] == self.settings["model"]
+        return self._model[0] == self.model_name()
 
     def load_engine(self) -> None:
         """The slow first steps, on any thread: import torch, load the chosen model, and measure
@@ -156,7 +160,7 @@ class SAMed2Logic(VTKObservationMixin):
         (what "auto" chose)."""
         message = written_message(written)
         engine = self.segmenter.engine_description() if self.segmenter is not None else None
-        return f"{message.rstrip('.')}; {self.settings['model']} runs {engine}." if engine else message
+        return f"{message.rstrip('.')}; {self.model_name()} runs {engine}." if engine else message
 
     def prompt_nodes(self):
         """The prompt markups of the current segmentation (to watch for moves and deletions)."""
@@ -194,7 +198,7 @@ class SAMed2Logic(VTKObservationMixin):
         """Download a registry model's weights (default: the chosen model) into the cache."""
         from samed2.weights import get_checkpoint
 
-        checkpoint = get_checkpoint(name or self.settings["model"])
+        checkpoint = get_checkpoint(name or self.model_name())
         return self.jobs.add(models.download_job(checkpoint, self.cache_dir).start(), on_progress, on_end)
 
     def import_weights(self, path) -> Path:
@@ -221,7 +225,7 @@ class SAMed2Logic(VTKObservationMixin):
                                + ", ".join(plan.missing()))
         with self.source_series(volume, dicom_folder, database) as folder:
             report = export.export_dicom_seg(segmentation, volume, folder, path, only=only,
-                                             algorithm_version=f"samed2 {self.settings['model']}")
+                                             algorithm_version=f"samed2 {self.model_name()}")
         notes = "; ".join(report.repairs + report.warnings)
         return (f"Wrote DICOM-SEG with {len(report.segments)} segment(s) to {path}."
                 + (f" Repaired in the source: {notes}" if notes else ""))

@@ -12,13 +12,20 @@ import slicer
 from SAMed2SlicerLib.jobs import BackgroundJob, JobCancelled
 
 CACHE_SUBFOLDER = ("SAMed2", "weights")
-DEFAULT_MODEL = "samed2"
+DEFAULT_MODEL = ""  # the best model cached (default_model)
 DOWNLOAD_JOB = "weights download"
 
 
 def weights_cache_dir() -> Path:
     """<Slicer's cache folder>/SAMed2/weights (Application settings > Cache)."""
     return Path(slicer.app.cachePath, *CACHE_SUBFOLDER)
+
+
+def default_model(cache_dir) -> str:
+    """SAMed-2 when its weights are cached, else MedSAM-Lite (no torch needed to ask)."""
+    from samed2.weights.choice import best_model
+
+    return best_model(cache_dir)
 
 
 def model_names(cache_dir) -> list:

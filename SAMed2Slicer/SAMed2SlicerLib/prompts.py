@@ -158,6 +158,10 @@ def add_box(target, slice_node, corner_ras, opposite_ras, thickness_mm):
     object_to_world[:3, 3] = (corner + opposite) / 2
     extent = np.abs(rotation.T @ (opposite - corner))
     node = create_prompt_node(target, BOX)
+    display = node.GetDisplayNode()
+    display.SetFillVisibility(False)  # an outline: the segment inside the box stays visible
+    display.SetPropertiesLabelVisibility(False)  # the name would lie across the image
+    display.SetPointLabelsVisibility(False)
     node.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(object_to_world))
     node.SetSize(float(extent[0]), float(extent[1]), float(thickness_mm))
     return node

@@ -90,7 +90,7 @@ class Segmenter:
 
             session = Session(self.volume, self.model, axis=axis, **self._options)
             self._sessions[axis] = session
-            log.info("SAMed-2 segments along %s %s", "ijk"[axis], self.engine_description())
+            log.info("segmenting along %s %s", "ijk"[axis], self.engine_description())
             self._resume(session, axis)
         return self._sessions[axis]
 
@@ -134,6 +134,20 @@ class Segmenter:
         origin = np.asarray(slice_node.GetSliceToRAS().MultiplyPoint((0, 0, 0, 1))[:3])
         index = int(np.floor(self.volume.to_slice_coords(origin, axis)[0] + 0.5))
         return min(max(index, 0), self.volume.num_slices(axis) - 1)
+
+    def show_slice(self, slice_node, index) -> None:
+        """Move a slice view to volume slice `index` along the axis it cuts, keeping its in-plane position."""
+        axis = self.axis_of_view(slice_node)
+        origin = np.asarray(slice_node.GetSliceToRAS().MultiplyPoint((0, 0, 0, 1))[:3])
+        ijk = np.array(self.volume.physical_to_index(origin), dtype=float)
+        ijk[axis] = index
+        slice_node.JumpSliceByOffsetting(*self.volume.index_to_physical(ijk))
+
+    def confidences(self, segment_id, axis) -> Dict[int, float]:
+        """slice -> the engine's confidence in the segment's result there ({} before any result)."""
+        session = self._sessions.get(axis)
+        obj = self.object_id(segment_id)
+        return session.confidences(obj) if session is not None and obj in session.objects else {}
 
     def warm_up(self, slice_node, radius=4) -> BackgroundJob:
         """Encode slices around the one a view shows, in the background (faster next click).

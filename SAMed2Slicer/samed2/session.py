@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from samed2.backends import image_encoder
 from samed2.bank import ConfidenceBank
-from samed2.chain import BoxChain
+from samed2.chain import BoxChain, IntensityBand
+from samed2.confidence import slice_confidence
 from samed2.correction import LocalCorrection
 from samed2.device import autocast, is_out_of_memory, pick_device, pick_precision
 from samed2.embedding_cache import EmbeddingCache, as_stored
@@ -58,6 +59,7 @@ class TrackedObject:
     non_cond: Dict[int, FrameMemory] = field(default_factory=dict)  # propagated slices
     logits: Dict[int, torch.Tensor] = field(default_factory=dict)  # low-res logits per slice
     masks: Dict[int, np.ndarray] = field(default_factory=dict)  # bool masks at slice size
+    confidence: Dict[int, float] = field(default_factory=dict)  # samed2.confidence, per slice with a result
     locked: set = field(default_factory=set)  # hand-edited slices: never recomputed
     dirty: set = field(default_factory=set)  # prompted since the last propagation
     reverse: Dict[int, bool] = field(default_factory=dict)  # direction each slice was tracked in
@@ -73,6 +75,7 @@ class SliceResult:
     index: int
     mask: np.ndarray
     present: bool
+    confidence: float  # samed2.confidence.slice_confidence
 
 
 @dataclass
@@ -157,6 +160,7 @@ class Session:
         self.image_size = model.image_size
         self.letterbox = model.preprocess == "letterbox"  # MedSAM-Lite keeps the slice's aspect ratio
         self.chain = getattr(model, "box_chain", BoxChain())
+        self.calibration = getattr(model, "iou_calibration", None)
         self.num_slices = volume.num_slices(self.axis)
         self.slice_shape = volume.slice_shape(self.axis)
         self.window = self._resolve_preset(preset).resolve(volume.array)
@@ -510,6 +514,8 @@ class Session:
             np.zeros(self.slice_shape, dtype=bool)
         obj.logits[index] = logits
         obj.masks[index] = mask
+        obj.confidence[index] = slice_confidence(float(pred.ious.max()), float(pred.object_score_logits.min()),
+                                                 bool(mask.any()), self.calibration)
         return mask
 
     def set_mask(self, obj_id: int, index: int, mask: np.ndarray) -> None:
@@ -521,6 +527,7 @@ class Session:
         obj = self._object(obj_id)
         self._call(self._condition_on_mask, obj, index, mask)
         obj.masks[index] = mask.copy()
+        obj.confidence[index] = 1.0
         obj.locked.add(index)
         obj.dirty.add(index)
         obj.prompts.pop(index, None)
@@ -543,7 +550,7 @@ class Session:
     def clear_slice(self, obj_id: int, index: int) -> None:
         """Forget the prompts, edits and result of one slice of an object."""
         obj = self._object(obj_id)
-        for store in (obj.prompts, obj.cond, obj.pending, obj.non_cond, obj.logits, obj.masks):
+        for store in (obj.prompts, obj.cond, obj.pending, obj.non_cond, obj.logits, obj.masks, obj.confidence):
             store.pop(index, None)
         obj.locked.discard(index)
         obj.dirty.discard(index)
@@ -616,19 +623,28 @@ class Session:
         """One walk of several objects together, one job per slice; each object stops on its own."""
         seed, step, last = walk
         active, absent = dict(objs), dict.fromkeys(objs, 0)
+        bands = {obj_id: self._intensity_band(obj, seed) for obj_id, obj in objs.items()}
         for index in range(seed + step, last + step, step):
             if not active or (cancel is not None and cancel.is_set()):
                 return
-            results = self._call(self._track_slice, list(active.values()), index, step)
-            for obj_id, (mask, present) in zip(list(active), results):
-                yield SliceResult(obj_id, index, mask, present)
+            results = self._call(self._track_slice, list(active.values()), index, step,
+                                 [bands[obj_id] for obj_id in active])
+            for obj_id, (mask, present, confidence) in zip(list(active), results):
+                yield SliceResult(obj_id, index, mask, present, confidence)
                 absent[obj_id] = 0 if present else absent[obj_id] + 1
                 if (stop_after_absent and absent[obj_id] >= stop_after_absent) or \
                         (self.strategy == "box-chain" and not mask.any()):
                     del active[obj_id]
 
-    def _track_slice(self, objs: List[TrackedObject], index: int, step: int) -> List[Tuple[np.ndarray, bool]]:
-        """Track objects onto a slice: each one's (mask, present)."""
+    def _intensity_band(self, obj: TrackedObject, seed: int) -> Optional[IntensityBand]:
+        """The intensities of the object on the walk's seed slice, which box-chaining checks slices against."""
+        if self.strategy != "box-chain" or not self.chain.min_in_band or seed not in obj.masks:
+            return None
+        return IntensityBand.of(self.volume.get_slice(self.axis, seed), obj.masks[seed])
+
+    def _track_slice(self, objs: List[TrackedObject], index: int, step: int,
+                     bands: List[Optional[IntensityBand]]) -> List[Tuple[np.ndarray, bool, float]]:
+        """Track objects onto a slice: each one's (mask, present, confidence)."""
         reverse = step < 0
         self._encode_pending(objs)
         image = self._embedding(index)
@@ -640,38 +656,54 @@ class Session:
             else:
                 outputs = self._track(index, image, [StepInput(obj.cond, obj.non_cond, reverse) for obj in objs])
         results = []
-        for obj, (pred, memory) in zip(objs, outputs):
+        for obj, band, (pred, memory) in zip(objs, bands, outputs):
             obj.non_cond[index] = memory.stored()
             obj.reverse[index] = reverse
             mask = self._store(obj, index, pred)
-            if self.strategy == "box-chain" and not self._chain_continues(obj, index, step, pred):
-                mask = self._chain_end(obj, index)
-            results.append((mask, bool((pred.object_score_logits > 0).all()) and mask.any()))
+            if self.strategy == "box-chain" and not self._chain_continues(obj, index, step, pred, band):
+                mask = self._chain_end(obj, index, pred)
+            results.append((mask, bool((pred.object_score_logits > 0).all()) and mask.any(), obj.confidence[index]))
         return results
 
-    def _chain_continues(self, obj: TrackedObject, index: int, step: int, pred: Prediction) -> bool:
-        return self.chain.continues(obj.masks[index - step], obj.masks[index], float(pred.ious.max()))
+    def _chain_continues(self, obj: TrackedObject, index: int, step: int, pred: Prediction,
+                         band: Optional[IntensityBand]) -> bool:
+        mask = obj.masks[index]
+        image = self.volume.get_slice(self.axis, index) if band is not None else None
+        check = self.chain.check(obj.masks[index - step], mask, float(pred.ious.max()), image, band)
+        return self.chain.continues(mask, check)
 
-    def _chain_end(self, obj: TrackedObject, index: int) -> np.ndarray:
+    def _chain_end(self, obj: TrackedObject, index: int, pred: Prediction) -> np.ndarray:
         """The object ended before this slice: its result there is empty."""
         obj.logits[index] = torch.full_like(obj.logits[index], NO_OBJECT_SCORE)
         obj.masks[index] = np.zeros(self.slice_shape, dtype=bool)
+        obj.confidence[index] = slice_confidence(float(pred.ious.max()), float(pred.object_score_logits.min()),
+                                                 False, self.calibration)
         return obj.masks[index]
 
     def _box_chain_step(self, obj: TrackedObject, index: int, step: int, image: ImageFeatures):
         """SAMed-2's image mode: the previous slice's mask box as the prompt, with bank memory (MedSAM-Lite:
-        the box widened by the model's margin, without memory)."""
+        the box widened by each of the model's margins, without memory; the best predicted mask is kept)."""
         previous = obj.masks.get(index - step)
         scale = model_scale(self.slice_shape, self.image_size, self.letterbox)
-        box = None if previous is None else self.chain.box(previous, scale)
-        if box is None:
+        boxes = [] if previous is None else self.chain.boxes(previous, scale)
+        if not boxes:
             pred = self.model.mask_as_output(image, torch.zeros(1, 1, self.image_size, self.image_size,
                                                                   device=self.device))
             return pred, self.model.frame_memory(image, pred, from_points=False)
-        prompt = self._prompt_tensors(SlicePrompts(box=box))
-        return self._track_batch(index, image, [StepInput({}, {}, first=True, prompt=prompt)])[0]
+        steps = [StepInput({}, {}, first=True, prompt=self._prompt_tensors(SlicePrompts(box=box))) for box in boxes]
+        outputs = self._track_batch(index, image, steps)
+        return max(outputs, key=lambda output: float(output[0].ious.max()))
 
     # ---- results --------------------------------------------------------------------------
+
+    def confidences(self, obj_id: int) -> Dict[int, float]:
+        """slice -> confidence of the object's result there (prompted, hand-edited, propagated, or where
+        propagation stopped), in slice order."""
+        return dict(sorted(self.objects[obj_id].confidence.items()))
+
+    def prompted_slices(self, obj_id: int) -> List[int]:
+        """The object's slices with prompts or hand edits (not propagated)."""
+        return self.objects[obj_id].fixed()
 
     def mask_volume(self, obj_id: int) -> np.ndarray:
         """The object's mask on the volume grid, array order [k, j, i]."""

@@ -16,7 +16,8 @@ Two protocols, each object (one label value of a label map) evaluated on its own
   included, as in the challenge's evaluation code).
 - ``propagation``: a box on the middle slice, propagated both ways without limits (the session stops
   where the object ends); Dice per slice (every slice where the truth or the prediction has the
-  object) and the 3D DSC and NSD.
+  object), the 3D DSC and NSD, the slices filled past the object's ends, and the session's confidence
+  per slice with how well it flags bad slices (AUROC, `confidence_auroc`).
 
 Metrics are MONAI's (`compute_dice`, `compute_surface_dice` with surface elements as in DeepMind's
 surface-distance code, which the challenge uses); error components and depths are SciPy's.
@@ -45,6 +46,7 @@ PROTOCOLS = ("cvpr25", "propagation")
 CLICKS = 5
 NSD_TOLERANCE_MM = 2.0
 NSD_MIN_DSC = 0.2
+BAD_SLICE_DICE = 0.8
 AXIAL_NORMAL_RAS = (0.0, 0.0, 1.0)
 
 
@@ -233,12 +235,20 @@ class PropagationResult:
     nsd: float
     seconds: float
     slices: list[tuple[int, float]] = field(default_factory=list)  # (slice, Dice)
+    past_ends: int = 0  # slices with a mask beyond the object's first or last slice
+    confidence: dict = field(default_factory=dict)  # slice -> the session's confidence there
 
     def row(self) -> dict:
         per_slice = [d for _, d in self.slices]
         return {"case": self.case, "label": self.label, "name": self.name, "prompt_slice": self.prompt_slice,
                 "dsc": self.dsc, "nsd": self.nsd, "slice_dice_mean": float(np.mean(per_slice)),
-                "slices": len(per_slice), "seconds": self.seconds}
+                "slices": len(per_slice), "past_ends": self.past_ends, "seconds": self.seconds}
+
+    def flagged(self, bad_below: float = BAD_SLICE_DICE) -> list[tuple[float, bool]]:
+        """(confidence, bad) of each slice with a result: bad when its Dice is below `bad_below` (a mask
+        where there is no object has Dice 0; no mask where there is none, Dice 1)."""
+        dice_of = dict(self.slices)
+        return [(c, dice_of.get(k, 1.0) < bad_below) for k, c in self.confidence.items()]
 
 
 def _prompt_and_propagate(session, obj_id: int, index: int, limits, points=(), box=None) -> float:
@@ -288,7 +298,30 @@ def run_propagation(session, obj_id: int, truth: np.ndarray, spacing_kji, case: 
     """A box on the middle slice, propagated both ways until the object ends."""
     step, pred = _box_step(session, obj_id, truth, spacing_kji, (None, None))
     return PropagationResult(case, obj_id, name, session.axis, step.slice, step.box, step.dsc, step.nsd,
-                             step.seconds, slice_dice(pred, truth, session.axis))
+                             step.seconds, slice_dice(pred, truth, session.axis),
+                             slices_past_ends(pred, truth, session.axis), session.confidences(obj_id))
+
+
+def slices_past_ends(pred: np.ndarray, truth: np.ndarray, axis: int) -> int:
+    """Slices along `axis` with a predicted mask before the object's first or after its last slice."""
+    low, high = extent(truth, axis)
+    others = tuple(a for a in range(3) if a != 2 - axis)
+    filled = np.nonzero(pred.any(axis=others))[0]
+    return int(np.sum((filled < low) | (filled > high)))
+
+
+def confidence_auroc(results: list[PropagationResult], bad_below: float = BAD_SLICE_DICE) -> Optional[float]:
+    """How well low confidence flags bad slices, over all slices of all results: the chance that a bad
+    slice has a lower confidence than a good one (ties count half); None without both kinds."""
+    from scipy.stats import rankdata
+
+    pairs = [pair for r in results for pair in r.flagged(bad_below)]
+    bad = np.array([b for _, b in pairs], dtype=bool)
+    if bad.all() or not bad.any():
+        return None
+    ranks = rankdata([-c for c, _ in pairs])  # low confidence ranks high
+    n_bad, n_good = int(bad.sum()), int((~bad).sum())
+    return float((ranks[bad].sum() - n_bad * (n_bad + 1) / 2) / (n_bad * n_good))
 
 
 def click_each_slice(session, obj_id: int, truth: np.ndarray, slices) -> list[tuple[int, float, float]]:
@@ -417,7 +450,10 @@ def summary(results: list) -> dict:
     if not rows:
         return {}
     numeric = [k for k, v in rows[0].items() if isinstance(v, float)]
-    return {k: float(np.mean([row[k] for row in rows])) for k in numeric}
+    means = {k: float(np.mean([row[k] for row in rows])) for k in numeric}
+    if isinstance(results[0], PropagationResult):
+        means["confidence_auroc"] = confidence_auroc(results)
+    return means
 
 
 def write_outputs(results: list, out_dir, settings: EvalSettings, info: dict) -> list[Path]:

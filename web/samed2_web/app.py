@@ -28,6 +28,7 @@ from samed2.device import DEVICE_NAMES
 from samed2.errors import InputError, Samed2Error
 from samed2.precisions import BACKENDS
 from samed2.weights import cached_checkpoint, list_weights
+from samed2_web.confidence_strip import ConfidenceStrip
 from SAMed2SlicerLib.interaction import Interaction
 from SAMed2SlicerLib.logic import SAMed2Logic
 from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes
@@ -94,6 +95,18 @@ def rgb_color(hex_text) -> tuple:
     return tuple(int(hex_text[i:i + 2], 16) / 255 for i in (1, 3, 5))
 
 
+def volume_title(node_name, image: Path) -> str:
+    """What the page calls the volume: the series description (DICOM loaders name a series
+    "<number>: <description>", with "None" for a missing number), else the file or folder name."""
+    name = (node_name or "").strip().removeprefix("None: ")
+    return name if name and name != "None" else image.name
+
+
+def start_mode(model) -> str:
+    """Box for a model trained on boxes only (a click alone gives it nothing), else Include."""
+    return "box" if getattr(model, "needs_box", False) else "include"
+
+
 def expose_scene(slicer_app: SlicerApp) -> None:
     """The Logic reaches the scene through `slicer.mrmlScene`, as inside Slicer."""
     slicer.mrmlScene = slicer_app.scene
@@ -108,7 +121,7 @@ class SAMed2WebApp(TrameApp):
         self.slicer_app = SlicerApp()
         expose_scene(self.slicer_app)
         self.logic = SAMed2Logic(cache_dir=cache_dir)
-        self.logic.configure(device=device, **({"model": model} if model else {}))
+        self.logic.configure(device=device, model=model or self.logic.model_name())
         cached_checkpoint(self.logic.settings["model"], cache_dir)  # a missing model stops the start (WeightsError)
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
@@ -130,6 +143,7 @@ class SAMed2WebApp(TrameApp):
         self.interaction = Interaction(self.logic, show_error=self._show_error, settle=self._settle,
                                        poll=self._poll_jobs, gui=False)
         self.interaction.listeners.append(self._show_status)
+        self.strip = ConfidenceStrip(self)
         self._init_state()
         self._build_ui()
         self.server.controller.on_server_ready.add(self._on_server_ready)
@@ -196,7 +210,8 @@ class SAMed2WebApp(TrameApp):
         first = self.segment_ids()[0]
         settings = self.logic.settings
         self.state.update({
-            "status": f"Loaded {self.volume.GetName()}. Click on an object in the view to segment it.",
+            "status": "",
+            "title": self._title(),
             "error": "",
             "probe": "",
             "mode": "include",
@@ -211,7 +226,7 @@ class SAMed2WebApp(TrameApp):
             "last_slice": "",
             "stop_after_absent": STOP_AFTER_ABSENT,
             "models": cached_models(self.logic.cache_dir),
-            "model": settings["model"],
+            "model": self.logic.model_name(),
             "device": settings["device"],
             "preset": settings["preset"],
             "backend": settings["backend"],
@@ -223,6 +238,7 @@ class SAMed2WebApp(TrameApp):
             self.state.status = status
             self.state.error = error
             self.state.segments = self._segment_rows()
+        self.strip.update()
 
     def _show_status(self, message, progress=None):
         """The interaction layer's status line; the segment list is read again unless a run is
@@ -272,18 +288,29 @@ class SAMed2WebApp(TrameApp):
             self.interaction.load_model()
 
         self.logic.configure(**chosen)
-        self.interaction.load_model(then=self._report_settings, failed=keep_previous)
+        self.interaction.load_model(then=self._on_model_ready, failed=keep_previous)
 
-    def _report_settings(self):
-        """The settings in use (the latest choice: changes made while a model loads queue up)."""
+    def _on_model_ready(self):
+        """The settings in use (the latest choice: changes made while a model loads queue up), and
+        the prompt tool that suits the model (Box for a box-only model)."""
         settings = self.logic.settings
-        self._report(f"Segmenting with {settings['model']} on {settings['device']}, preset {settings['preset']}: "
-                     "the next prompt uses them.")
+        with self.state:
+            self.state.mode = start_mode(self.logic.engine_model())
+            self.state.title = self._title()
+        self._report(f"Segmenting with {self.logic.model_name()} on {settings['device']}, preset "
+                     f"{settings['preset']}: the next prompt uses them.")
 
     def _list_models(self, *_):
         """The cached models, read again whenever the model menu opens."""
         with self.state:
             self.state.models = cached_models(self.logic.cache_dir)
+
+    def _on_first_load(self):
+        with self.state:
+            self.state.mode = start_mode(self.logic.engine_model())
+
+    def _title(self) -> str:
+        return f"{volume_title(self.volume.GetName(), self.image)}, segmented with {self.logic.model_name()}"
 
     def _clear_error(self):
         with self.state:
@@ -293,7 +320,7 @@ class SAMed2WebApp(TrameApp):
 
     def _on_server_ready(self, **_):
         self._observe_views()
-        self.interaction.load_model()  # in the background: the page shows "Loading model ..." meanwhile
+        self.interaction.load_model(then=self._on_first_load)  # in the background ("Loading model ...")
 
     def _observe_views(self):
         for view in self.slicer_app.view_manager.get_slice_views():
@@ -439,9 +466,11 @@ class SAMed2WebApp(TrameApp):
                 self._model_panel()
             with self.ui.content, html.Div(style="display: flex; flex-direction: column; height: 100%;"):
                 with html.Div(style="padding: 4px 12px;"):
+                    html.Div("{{ title }}", classes="volume-title text-caption")
                     html.Div("{{ status }}", classes="status")
                     html.Div("{{ error }}", classes="error text-red", v_show=("error",))
                     html.Div("{{ probe }}", classes="probe text-caption")
+                self.strip.build()
                 with html.Div(style="flex: 1; position: relative;"):
                     self.layout_manager.initialize_layout_grid(self.ui)
 

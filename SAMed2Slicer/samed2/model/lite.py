@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from samed2.chain import BoxChain
+from samed2.confidence import IouCalibration
 from samed2.model.mask_decoder import MaskDecoder
 from samed2.model.prompt_encoder import BOX_TOP_LEFT, PromptEncoder
 from samed2.model.sam2 import FrameMemory, ImageFeatures, Prediction, mask_logits
@@ -34,6 +35,7 @@ class LiteMedSAM(nn.Module):
         self.prompt_encoder = PromptEncoder(c, self.embedding_size, self.image_size, cfg.get("mask_in_chans", 16))
         self.mask_decoder = MaskDecoder(c, sam1=True)
         self.box_chain = BoxChain(**cfg.get("box_chain", {}))
+        self.iou_calibration = IouCalibration(**cfg["iou_calibration"]) if "iou_calibration" in cfg else None
 
     # ---- the model itself (what parity compares with the reference) ----------------------
 

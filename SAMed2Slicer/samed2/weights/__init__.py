@@ -1,40 +1,27 @@
 """Checkpoints: the registry of known weights, the cache, downloads, local imports and safe, strict loading.
 
-Nothing here touches the network except `download()`.
+Nothing here touches the network except `download()`. The names below are imported on first use, so
+the torch-free parts (`registry`, `cache`, `choice`) can be read where torch is not installed yet.
 """
-from samed2.weights.cache import cache_dir, sha256_file
-from samed2.weights.download import ProgressCallback, download
-from samed2.weights.loading import build_and_load, check_state_dict, load_state_dict_file, load_weights
-from samed2.weights.manage import (
-    VerifyResult,
-    WeightsStatus,
-    cached_checkpoint,
-    checkpoint_config,
-    import_checkpoint,
-    list_weights,
-    load_model,
-    verify,
-)
-from samed2.weights.registry import REGISTRY, CheckpointInfo, get_checkpoint
+import importlib
 
-__all__ = [
-    "REGISTRY",
-    "CheckpointInfo",
-    "ProgressCallback",
-    "VerifyResult",
-    "WeightsStatus",
-    "build_and_load",
-    "cache_dir",
-    "cached_checkpoint",
-    "check_state_dict",
-    "checkpoint_config",
-    "download",
-    "get_checkpoint",
-    "import_checkpoint",
-    "list_weights",
-    "load_model",
-    "load_state_dict_file",
-    "load_weights",
-    "sha256_file",
-    "verify",
-]
+_MODULE_OF = {
+    "cache_dir": "cache", "sha256_file": "cache",
+    "ProgressCallback": "download", "download": "download",
+    "build_and_load": "loading", "check_state_dict": "loading", "load_state_dict_file": "loading",
+    "load_weights": "loading",
+    "VerifyResult": "manage", "WeightsStatus": "manage", "cached_checkpoint": "manage",
+    "checkpoint_config": "manage", "import_checkpoint": "manage", "list_weights": "manage",
+    "load_model": "manage", "verify": "manage",
+    "REGISTRY": "registry", "CheckpointInfo": "registry", "get_checkpoint": "registry",
+    "best_model": "choice",
+}
+
+
+def __getattr__(name):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_MODULE_OF[name]}")
+    # bind all of the module's names here: loading `download.py` set `download` to the module itself
+    globals().update({n: getattr(module, n) for n, m in _MODULE_OF.items() if m == _MODULE_OF[name]})
+    return globals()[name]

@@ -85,10 +85,15 @@ def evaluate(args, data: list) -> int:
 
 
 def _print_table(results: list) -> None:
+    from samed2_tools.evaluate import BAD_SLICE_DICE, summary
+
     rows = [r.row() for r in results]
     columns = [k for k in ("dsc_auc", "nsd_auc", "dsc_final", "nsd_final", "dsc", "nsd", "slice_dice_mean",
-                           "seconds_total", "seconds") if k in rows[0]]
+                           "past_ends", "seconds_total", "seconds") if k in rows[0]]
     print("case / label".ljust(40) + "".join(c.rjust(16) for c in columns))
     for row in rows:
         title = f"{row['case']} / {row['label']} {row['name']}"[:39]
         print(title.ljust(40) + "".join(f"{row[c]:16.4f}" for c in columns))
+    auroc = summary(results).get("confidence_auroc")
+    if auroc is not None:
+        print(f"confidence AUROC for slices with Dice < {BAD_SLICE_DICE}: {auroc:.3f}")

@@ -1,5 +1,6 @@
 """Options that several sub-commands share: the model and how it runs."""
 import json
+import sys
 from pathlib import Path
 
 from samed2.errors import InputError
@@ -29,8 +30,8 @@ def add_backend_option(parser) -> None:
 
 def add_model_options(parser) -> None:
     """--model/--config/--bank, --strategy, --preset, --device, --precision, --backend, --cache-dir."""
-    parser.add_argument("--model", default="samed2",
-                        help="cached weights name (see `samed2 weights list`) or a checkpoint file")
+    parser.add_argument("--model", help="cached weights name (see `samed2 weights list`) or a checkpoint file; "
+                                        "default: SAMed-2 when its weights are cached, else MedSAM-Lite")
     parser.add_argument("--config", help="model config name or JSON file, for a checkpoint file given to --model "
                                          "(default: samed2)")
     parser.add_argument("--bank", help="SAMed-2 confidence memory bank (.safetensors); needed by box-chain and hybrid")
@@ -50,6 +51,9 @@ def model_and_bank(args):
     from samed2 import weights
     from samed2.bank import ConfidenceBank
 
+    if args.model is None:
+        args.model = weights.best_model(args.cache_dir)
+        print(f"model: {args.model} (the best one cached; choose with --model)", file=sys.stderr)
     if Path(args.model).is_file():
         model = weights.build_and_load(_config(args.config or "samed2"), args.model)
     else:

@@ -33,6 +33,8 @@ def register(sub) -> None:
     add_dicomweb_options(p)
     p.add_argument("--out", required=True, help="label map to write (.nii.gz, .nrrd, .seg.nrrd)")
     p.add_argument("--overlay", help="PNG picture of the first prompted slice")
+    p.add_argument("--report", help="JSON file: a confidence (0..1) for every slice with a result, propagation's "
+                                    "last slices included: [{\"object\", \"slice\", \"confidence\", \"prompted\"}]")
     p.set_defaults(func=run)
 
 
@@ -45,13 +47,17 @@ def run(args) -> int:
     check_output_path(args.out, LABELMAP_SUFFIXES)
     if args.overlay:
         check_output_path(args.overlay, (".png",))
+    if args.report:
+        check_output_path(args.report, (".json",))
     with dicom_folder(args.image, args.ca_bundle) as image:
         volume = load_volume(image)
     axis = _axis(args, volume)
     prompts = _prompts(args, volume, axis)
     model, bank = model_and_bank(args)
-    result = segment(volume, model, axis, prompts, args, bank)
+    result, report = segment(volume, model, axis, prompts, args, bank)
     _write_outputs(args, volume, axis, prompts, result)
+    if args.report:
+        _write_report(args.report, report)
     return 0
 
 
@@ -118,7 +124,8 @@ def _limits(text):
     return low, high
 
 
-def segment(volume, model, axis, prompts, args, bank=None) -> np.ndarray:
+def segment(volume, model, axis, prompts, args, bank=None):
+    """The mask volume and the report's records (confidence_records)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -138,7 +145,26 @@ def segment(volume, model, axis, prompts, args, bank=None) -> np.ndarray:
             with logging_redirect_tqdm():
                 for _ in tqdm(steps, desc="propagating", unit="slice"):
                     pass
-        return session.mask_volume(1)
+        return session.mask_volume(1), confidence_records(session, 1)
+
+
+def confidence_records(session, obj_id: int) -> list:
+    """One record per slice the object has a result on; slice = index along the segmenting axis."""
+    prompted = set(session.prompted_slices(obj_id))
+    return [{"object": obj_id, "slice": index, "confidence": round(confidence, 4), "prompted": index in prompted}
+            for index, confidence in session.confidences(obj_id).items()]
+
+
+def _write_report(path, records: list) -> None:
+    import json
+
+    from samed2.files import atomic_output
+
+    with atomic_output(Path(path)) as temporary:
+        Path(temporary).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    least = min(records, key=lambda r: r["confidence"])
+    print(f"wrote {path}: {len(records)} slices, least confident slice {least['slice']} "
+          f"({least['confidence']:.2f})")
 
 
 def _write_outputs(args, volume, axis, prompts, mask: np.ndarray) -> None:

@@ -18,7 +18,8 @@ def register(sub) -> None:
                                    "--token are given.")
     p.add_argument("image", help="volume file (.nii.gz, .nrrd, ...), DICOM series folder or DICOMweb series URL "
                                  "(then the page can also save the DICOM-SEG to that server)")
-    p.add_argument("--model", help="weights name from the cache (default: samed2; see `samed2 weights list`)")
+    p.add_argument("--model", help="weights name from the cache (default: SAMed-2 when cached, else MedSAM-Lite; see "
+                                        "`samed2 weights list`)")
     p.add_argument("--out", default=".", help="folder the Export button writes into (default: current folder)")
     p.add_argument("--host", default=LOOPBACK, help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
