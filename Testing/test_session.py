@@ -23,9 +23,9 @@ def count_encodes(model):
     calls = []
     encode = model.encode_images
 
-    def counting(images):
+    def counting(images, *encoder):
         calls.append(images.shape[0])
-        return encode(images)
+        return encode(images, *encoder)
     model.encode_images = counting
     return calls
 
@@ -83,9 +83,9 @@ def test_session_precompute_runs_on_one_background_thread(session, tiny_model):
     threads = set()
     encode = tiny_model.encode_images
 
-    def recording(images):
+    def recording(images, *encoder):
         threads.add(threading.current_thread().name)
-        return encode(images)
+        return encode(images, *encoder)
     tiny_model.encode_images = recording
     session.precompute(10, radius=4)
     session.add_prompt(1, 3, box=(30, 30, 80, 70))
@@ -185,10 +185,10 @@ def test_propagation_corrections_never_overwrite_prompted_or_edited_slices(sessi
 def test_session_out_of_memory_halves_the_encoder_batch(ct_volume, tiny_model, caplog):
     encode = tiny_model.encode_images
 
-    def small_memory(images):
+    def small_memory(images, *encoder):
         if images.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (forced by the test)")
-        return encode(images)
+        return encode(images, *encoder)
     tiny_model.encode_images = small_memory
     with Session(ct_volume, tiny_model, device="cpu", encode_batch=8) as s, caplog.at_level(logging.WARNING):
         s.precompute(10, radius=3)
@@ -201,10 +201,10 @@ def test_session_out_of_memory_halves_the_encoder_batch(ct_volume, tiny_model, c
 def test_session_out_of_memory_on_the_device_falls_back_to_cpu(ct_volume, tiny_model, caplog):
     encode = tiny_model.encode_images
 
-    def device_full(images):
+    def device_full(images, *encoder):
         if images.device.type != "cpu":
             raise torch.OutOfMemoryError("out of memory (forced by the test)")
-        return encode(images)
+        return encode(images, *encoder)
     tiny_model.encode_images = device_full
     with Session(ct_volume, tiny_model, device="cpu") as s, caplog.at_level(logging.WARNING):
         s.device = torch.device("meta")  # stands for an accelerator whose memory is full

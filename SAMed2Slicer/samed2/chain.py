@@ -69,6 +69,12 @@ class BoxChain:
             widened.append((box[0] - dx, box[1] - dy, box[2] + dx, box[3] + dy) if margin else box)
         return widened
 
+    def box(self, mask: np.ndarray, model_scale) -> Optional[tuple]:
+        """One box for a mask (the box a box-only model's clicks are decoded with): the middle
+        candidate; None for an empty mask."""
+        boxes = self.boxes(mask, model_scale)
+        return boxes[len(boxes) // 2] if boxes else None
+
     def check(self, previous: np.ndarray, mask: np.ndarray, iou: float, image: np.ndarray,
               band: Optional[IntensityBand]) -> SliceCheck:
         area = int(mask.sum())
