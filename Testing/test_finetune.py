@@ -5,17 +5,22 @@ One short run on the real MedSAM-Lite weights and the real brain MR (its tumour 
 leaves the image encoder untouched, and registers a model that loads by name, with its provenance.
 The gain itself is measured by `python -m samed2_tools.finetune_gain` (README), not here.
 """
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from samed2.errors import InputError
+from samed2.labelmap import labels_on_grid, read_labelmap
+from samed2.volume_files import load_volume
 from samed2.weights import import_checkpoint, load_model
 from samed2.weights.cache import read_manifest
 from samed2_tools.cli import main as cli_main
 from samed2_tools.train import TrainOptions, train
 from samed2_tools.train.options import LITE_DEFAULT_PARTS
+from SAMed2SlicerLib.finetune import LOG_EVERY, finetune_job, name_state
+from SAMed2SlicerLib.jobs import JobCancelled
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MR_IMAGE, MR_LABEL = DATA / "pyradiomics" / "brain1_image.nrrd", DATA / "pyradiomics" / "brain1_label.nrrd"
@@ -112,3 +117,46 @@ def test_finetune_slices_option_reads_lists_and_ranges(setting, capsys):
     assert "slice(s) [3, 9, 10] of case brain1_image hold none" in capsys.readouterr().err
 
 
+
+# ---------------------------------------------------------------- the GUIs' action (SAMed2SlicerLib.finetune)
+
+
+@pytest.fixture(scope="module")
+def mr_volume_and_tumour():
+    volume = load_volume(MR_IMAGE)
+    return volume, labels_on_grid(read_labelmap(MR_LABEL), volume.grid_image(), "the MR") == 1
+
+
+def test_finetune_job_trains_in_its_own_process_and_registers_the_model(setting, mr_volume_and_tumour):
+    _, cache = setting
+    volume, tumour = mr_volume_and_tumour
+    job = finetune_job(volume, tumour, CORRECTED, 2, "medsam-lite", "from-the-page", cache, steps=2).start()
+    progress = job.wait(timeout_s=600)
+    assert job.error is None and job.result == "from-the-page" and progress.done == 2
+    assert read_manifest(cache)["from-the-page"].provenance["slices"] == CORRECTED
+    assert load_model("from-the-page", cache).image_size == 256
+
+
+def test_finetune_job_cancelled_mid_training_registers_nothing(setting, mr_volume_and_tumour):
+    _, cache = setting
+    volume, tumour = mr_volume_and_tumour
+    job = finetune_job(volume, tumour, CORRECTED, 2, "medsam-lite", "cancelled", cache, steps=10000).start()
+    deadline = time.monotonic() + 600
+    while job.poll(0.2).done < LOG_EVERY and not job.finished and time.monotonic() < deadline:
+        pass
+    assert job.progress().done >= LOG_EVERY and not job.finished  # training was under way
+    job.cancel()
+    job.wait(timeout_s=60)
+    assert isinstance(job.error, JobCancelled)
+    assert "cancelled" not in read_manifest(cache) and not (cache / "cancelled.pt").exists()
+
+
+def test_finetune_job_refuses_a_taken_name_and_too_few_slices(setting, finetuned, mr_volume_and_tumour):
+    _, cache = setting
+    volume, tumour = mr_volume_and_tumour
+    assert name_state("brain-tumour", cache) == "taken" and name_state("medsam-lite", cache) == "published"
+    with pytest.raises(ValueError, match="already in the weights cache"):
+        finetune_job(volume, tumour, CORRECTED, 2, "medsam-lite", "brain-tumour", cache)
+    finetune_job(volume, tumour, CORRECTED, 2, "medsam-lite", "brain-tumour", cache, replace=True)  # asked: allowed
+    with pytest.raises(ValueError, match="at least 2 slices"):
+        finetune_job(volume, tumour, [13], 2, "medsam-lite", "one-slice", cache)

@@ -26,6 +26,7 @@ from vtkmodules.vtkCommonMath import vtkMatrix4x4
 from samed2.device import DEVICE_NAMES
 from samed2.errors import InputError, Samed2Error
 from samed2.weights import list_weights
+from samed2_web.finetune_panel import FinetunePanel
 from SAMed2SlicerLib.logic import SAMed2Logic, written_message
 from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes
 from SAMed2SlicerLib.segmenter import PRESETS
@@ -124,6 +125,7 @@ class SAMed2WebApp(TrameApp):
         self._moved_while_running = False
         self._jobs_task = None
         self._init_state()
+        self.finetune = FinetunePanel(self)
         self._build_ui()
         self.server.controller.on_server_ready.add(self._on_server_ready)
 
@@ -444,6 +446,7 @@ class SAMed2WebApp(TrameApp):
                 self._segments_panel()
                 self._propagation_panel()
                 self._model_panel()
+                self.finetune.build()
             with self.ui.content, html.Div(style="display: flex; flex-direction: column; height: 100%;"):
                 with html.Div(style="padding: 4px 12px;"):
                     html.Div("{{ status }}", classes="status")
