@@ -130,10 +130,12 @@ def mr_volume_and_tumour():
 def test_finetune_job_trains_in_its_own_process_and_registers_the_model(setting, mr_volume_and_tumour):
     _, cache = setting
     volume, tumour = mr_volume_and_tumour
-    job = finetune_job(volume, tumour, CORRECTED, 2, "medsam-lite", "from-the-page", cache, steps=2).start()
+    job = finetune_job(volume, tumour, CORRECTED, 2, "medsam-lite", "from-the-page", cache, steps=2,
+                       case="brain MR 1").start()
     progress = job.wait(timeout_s=600)
     assert job.error is None and job.result == "from-the-page" and progress.done == 2
-    assert read_manifest(cache)["from-the-page"].provenance["slices"] == CORRECTED
+    provenance = read_manifest(cache)["from-the-page"].provenance
+    assert provenance["slices"] == CORRECTED and provenance["cases"] == ["brain_MR_1"]
     assert load_model("from-the-page", cache).image_size == 256
 
 

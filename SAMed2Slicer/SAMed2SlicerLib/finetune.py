@@ -8,6 +8,7 @@ model only after it has finished, a cancelled run leaves no model behind. The jo
 metrics.csv for its progress. The user's segmentation is only read.
 """
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -43,12 +44,15 @@ def name_state(name: str, cache_dir) -> str:
     return "taken" if name in read_manifest(Path(cache_dir)) else "free"
 
 
-def write_case(volume, mask: np.ndarray, folder: Path) -> Path:
-    """The volume (a samed2 Volume) and the segment's voxels on its grid as NRRD files, listed in a cases CSV."""
+def write_case(volume, mask: np.ndarray, folder: Path, case: str = "volume") -> Path:
+    """The volume (a samed2 Volume) and the segment's voxels on its grid as NRRD files, listed in a cases CSV;
+    the case is named after `case` (the volume's name: the model's provenance lists it)."""
     import SimpleITK as sitk
 
     folder.mkdir(parents=True, exist_ok=True)
-    image, label = folder / "image.nrrd", folder / "label.nrrd"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", case).strip("._") or "volume"
+    image, label = folder / f"{stem}.nrrd", folder / "label" / f"{stem}.nrrd"
+    label.parent.mkdir(exist_ok=True)
     sitk.WriteImage(volume.to_sitk(), str(image), True)
     sitk.WriteImage(volume.to_sitk(mask.astype(np.uint8)), str(label), True)
     cases = folder / "cases.csv"
@@ -68,8 +72,8 @@ def training_command(python: str, cases: Path, base: str, slices: List[int], axi
 
 
 def finetune_job(volume, mask: np.ndarray, slices: List[int], axis: int, base: str, name: str, cache_dir,
-                 replace: bool = False, preset: str = "auto", steps: int = STEPS,
-                 python: Optional[str] = None) -> BackgroundJob:
+                 replace: bool = False, preset: str = "auto", steps: int = STEPS, python: Optional[str] = None,
+                 case: str = "volume") -> BackgroundJob:
     """A job (start() it) training `base` on `slices` of `mask` along `axis`; its result is `name`, registered."""
     state = name_state(name, cache_dir)
     if state == "published" or (state == "taken" and not replace):
@@ -82,7 +86,7 @@ def finetune_job(volume, mask: np.ndarray, slices: List[int], axis: int, base: s
     def work(job):
         folder = Path(tempfile.mkdtemp(prefix="samed2-finetune-"))
         try:
-            cases = write_case(volume, mask, folder / "data")
+            cases = write_case(volume, mask, folder / "data", case)
             command = training_command(python or python_executable(), cases, base, slices, axis, name,
                                        folder / "run", cache_dir, replace, preset, steps)
             _run_process(job, command, folder / "run" / "metrics.csv", steps)
@@ -138,7 +142,7 @@ def start(logic, volume_node, segmentation_node, segment_id: str, slice_node, na
     mask = read_segment(segmentation_node, segment_id, volume_node)
     preset = logic.settings["preset"] if logic.settings["preset"] != "view" else "auto"
     job = finetune_job(engine_volume(volume_node), mask, slices, axis, logic.settings["model"], name,
-                       logic.cache_dir, replace, preset)
+                       logic.cache_dir, replace, preset, case=volume_node.GetName())
 
     def ended(finished):
         if finished.error is None and not finished.cancelled:

@@ -56,14 +56,14 @@ class LiteSlices:
 
 
 class EmbeddingCache:
-    """Image embeddings per (case, slice), computed once while the encoder is frozen (every time when it trains).
+    """Image embeddings per (case, slice): kept (`keep`, while the encoder is frozen) or computed at every call
+    with gradients (while it trains).
 
     The encoder always runs in eval mode: its batch norms keep their trained statistics (one slice per
     forward pass would make batch statistics meaningless)."""
 
-    def __init__(self, model: LiteMedSAM):
-        self.model = model
-        self.keep = not any(p.requires_grad for p in model.image_encoder.parameters())
+    def __init__(self, model: LiteMedSAM, keep: bool):
+        self.model, self.keep = model, keep
         self._stored = {}
 
     def __call__(self, case: CaseVolume, k: int) -> torch.Tensor:

@@ -92,7 +92,8 @@ class TrainingRun:
             check_free(self.options.register, self.options.cache_dir, self.options.replace)
         self.model, self.config = self._model(payload)
         self.lite = not getattr(self.model, "has_memory", True)
-        self.embeddings = EmbeddingCache(self.model) if self.lite else None
+        frozen_encoder = not any(p.requires_grad for p in self.model.image_encoder.parameters())
+        self.embeddings = EmbeddingCache(self.model, keep=frozen_encoder) if self.lite else None
         self.data = assemble(self.options, self.model)
         self.sampler = ClipSampler(len(self.data.clips), self.options.seed, process.rank, process.world)
         self.optimizer = torch.optim.AdamW(_parameter_groups(self.model, self.options), foreach=True)

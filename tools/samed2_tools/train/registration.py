@@ -31,7 +31,7 @@ def register(weights: Path, options: TrainOptions, config: dict, cases: list, va
              steps: int) -> Path:
     """Import the exported `weights` under options.register; returns the cached file."""
     check_free(options.register, options.cache_dir, options.replace)
-    provenance = {"base_model": options.init, "data": options.data, "cases": cases, "labels": values,
-                  "axis": options.axis, "slices": list(options.slices), "train": parts, "steps": steps,
-                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    provenance = {"base_model": options.init, "data": str(Path(options.data).resolve()), "cases": cases,
+                  "labels": values, "axis": options.axis, "slices": list(options.slices), "train": parts,
+                  "steps": steps, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return import_checkpoint(weights, options.register, config, options.cache_dir, provenance)
