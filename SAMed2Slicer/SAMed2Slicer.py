@@ -26,6 +26,7 @@ from SAMed2SlicerLib.geometry import describe_volume
 from SAMed2SlicerLib.logic import SAMed2Logic
 from SAMed2SlicerLib.segmenter import PRESETS
 from SAMed2SlicerQt.controller import Controller, show_error
+from SAMed2SlicerQt.finetune_section import FinetuneSection
 
 HOMEPAGE = "https://github.com/samed2slicer/SAMed2Slicer"
 EFFECT_NAME = "SAMed-2"
@@ -151,6 +152,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
+        self.finetuneSection = FinetuneSection(self.layout, self.logic, self.controller, editor, self.onModelRegistered)
         self.layout.addStretch(1)
 
     def cleanup(self):
@@ -228,6 +230,10 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.model = name
             self.onParameterChanged()
             self.updateWeightsStatus()
+
+    def onModelRegistered(self, name):
+        self._parameterNode.model = name  # the logic uses it already
+        self.refreshModels()
 
     def onDownload(self):
         if not self.controller.ensure_ready():

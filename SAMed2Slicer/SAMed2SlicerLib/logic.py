@@ -15,6 +15,7 @@ import slicer
 from slicer.util import VTKObservationMixin
 
 from SAMed2SlicerLib import models
+from SAMed2SlicerLib.finetune import FINETUNE_JOB
 from SAMed2SlicerLib.install import InstallPlan
 from SAMed2SlicerLib.jobs import BackgroundJob, JobPoller
 from SAMed2SlicerLib.prompts import prompt_nodes
@@ -89,7 +90,7 @@ class SAMed2Logic(VTKObservationMixin):
         """Stop the jobs that use the segmenter and free it (its engine sessions and threads)."""
         if self.segmenter is None:
             return
-        self.jobs.cancel(lambda job: job.name != models.DOWNLOAD_JOB)  # the others use the segmenter
+        self.jobs.cancel(lambda job: job.name not in (models.DOWNLOAD_JOB, FINETUNE_JOB))  # the others use it
         self.removeObserver(self.segmenter.volume_node, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
                             self._on_volume_changed)
         self.segmenter.close()
