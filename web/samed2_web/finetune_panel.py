@@ -33,7 +33,7 @@ class FinetunePanel:
                                classes="finetune-progress mt-2")
 
     def start(self):
-        app, name = self.app, self.app.state.finetune_name.strip()
+        app, name = self.app, (self.app.state.finetune_name or "").strip()
         if app._prompted_view is None:
             app._report(error="Prompt or correct the object on a few slices first: fine-tuning learns from them.")
             return
