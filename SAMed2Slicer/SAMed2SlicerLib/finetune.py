@@ -21,9 +21,10 @@ import numpy as np
 from SAMed2SlicerLib.jobs import BackgroundJob, JobCancelled
 
 FINETUNE_JOB = "fine-tune"
-STEPS = 100  # MedSAM-Lite, 4 slices: about 4 minutes on 2 CPU cores (README "Fine-tune on your corrections")
+STEPS = 100  # as measured in the README ("Fine-tune on your corrections")
 BATCH_SIZE = 2
 LOG_EVERY = 5
+VAL_EVERY = 25  # steps between validations (an epoch of a few slices is a step or two)
 POLL_S = 0.5
 
 
@@ -66,8 +67,8 @@ def training_command(python: str, cases: Path, base: str, slices: List[int], axi
     command = [python, "-m", "samed2_tools.cli", "train", "--data", str(cases), "--init", base, "--labels", "1",
                "--slices", ",".join(str(k) for k in slices), "--axis", str(axis), "--preset", preset,
                "--val-fraction", "0", "--steps", str(steps), "--batch-size", str(BATCH_SIZE),
-               "--warmup-steps", "10", "--log-every", str(LOG_EVERY), "--out", str(out), "--cache-dir", str(cache_dir),
-               "--register", name, "--no-progress"]
+               "--warmup-steps", "10", "--log-every", str(LOG_EVERY), "--val-every", str(VAL_EVERY),
+               "--out", str(out), "--cache-dir", str(cache_dir), "--register", name, "--no-progress"]
     return command + (["--replace"] if replace else [])
 
 
