@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--num-threads", type=int, default=0)
+    parser.add_argument("--only", help="run only this experiment (CT or MR)")
     args = parser.parse_args(argv)
     import torch
 
@@ -76,10 +77,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.num_threads)
     report = {"host": _host(), "settings": SETTINGS, "experiments": []}
     for experiment in experiments(Path(args.data)):
+        if args.only and experiment.name != args.only:
+            continue
         report["experiments"].append(_run(experiment, Path(args.out), args.cache_dir))
         print(json.dumps(report["experiments"][-1], indent=1), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "gain.json").write_text(json.dumps(report, indent=1))
+    (Path(args.out) / f"gain{'-' + args.only if args.only else ''}.json").write_text(json.dumps(report, indent=1))
     return 0
 
 
