@@ -37,9 +37,9 @@ class LiteSlices:
     def __init__(self, cases: list[CaseVolume], values: list[int], image_size: int, holdout_every: int = 0,
                  holdout_offset: int = 0, chosen: tuple = (), max_objects: int = 3):
         self.cases, self.values, self.image_size, self.max_objects = cases, list(values), image_size, max_objects
+        self.presence = [np.stack([case.slices_with(v) for v in self.values]) for case in cases]  # (V, slices)
         self.specs = [(index, k) for index, case in enumerate(cases) for k in range(case.num_slices)
-                      if training_slice(k, holdout_every, holdout_offset, chosen)
-                      and any(case.slices_with(v)[k] for v in self.values)]
+                      if training_slice(k, holdout_every, holdout_offset, chosen) and self.presence[index][:, k].any()]
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -47,7 +47,7 @@ class LiteSlices:
     def clip(self, spec_index: int, seed: int) -> SliceItem:
         index, k = self.specs[spec_index]
         case = self.cases[index]
-        present = [v for v in self.values if case.slices_with(v)[k]]
+        present = [v for v, row in zip(self.values, self.presence[index]) if row[k]]
         rng = clip_rng(seed, "data")
         values = sorted(rng.choice(present, size=min(self.max_objects, len(present)), replace=False).tolist())
         masks = np.stack([case.object_slices([k], v)[0] for v in values]).astype(np.float32)
