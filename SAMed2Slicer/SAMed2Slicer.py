@@ -29,6 +29,7 @@ from SAMed2SlicerLib.logic import EXPORT_SUFFIXES, SAMed2Logic, with_suffix
 from SAMed2SlicerLib.segmenter import PRESETS
 from SAMed2SlicerLib.segments import EFFECT_NAME
 from SAMed2SlicerQt.controller import Controller, show_error
+from SAMed2SlicerQt.finetune_section import FinetuneSection
 
 HOMEPAGE = "https://github.com/samed2slicer/SlicerSAMed2"
 EXPORT_FORMATS = {"DICOM-SEG file": "DICOM-SEG", "DICOM-SEG into the DICOM database": "DICOM-SEG",
@@ -184,6 +185,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.initializeParameterNode()
+        self.finetuneSection = FinetuneSection(self.layout, self.logic, self.controller, editor, self.onModelRegistered)
         self.layout.addStretch(1)
 
     def cleanup(self):
@@ -287,6 +289,10 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.model = name
             self.onParameterChanged()
             self.updateWeightsStatus()
+
+    def onModelRegistered(self, name):
+        self._parameterNode.model = name  # the logic uses it already
+        self.refreshModels()
 
     def onDownload(self):
         if not self.controller.ensure_ready():

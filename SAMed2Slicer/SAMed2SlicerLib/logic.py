@@ -16,6 +16,7 @@ import slicer
 from slicer.util import VTKObservationMixin
 
 from SAMed2SlicerLib import models
+from SAMed2SlicerLib.finetune import FINETUNE_JOB
 from SAMed2SlicerLib.geometry import engine_volume, view_axis
 from SAMed2SlicerLib.install import InstallPlan
 from SAMed2SlicerLib.jobs import BackgroundJob, JobPoller
@@ -121,7 +122,7 @@ class SAMed2Logic(VTKObservationMixin):
         """Stop the jobs that use the segmenter and free it (its engine sessions and threads)."""
         if self.segmenter is None:
             return
-        self.jobs.cancel(lambda job: job.name not in (models.DOWNLOAD_JOB, LOAD_JOB))  # the others use it
+        self.jobs.cancel(lambda job: job.name not in (models.DOWNLOAD_JOB, LOAD_JOB, FINETUNE_JOB))  # use it
         self.removeObserver(self.segmenter.volume_node, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
                             self._on_volume_changed)
         self.segmenter.close()

@@ -327,6 +327,15 @@ class Segmenter:
         return {index for index, mask in content.items()
                 if mask.any() and index not in written and index not in prompted}
 
+    def corrected_slices(self, segment_id, axis) -> List[int]:
+        """The segment's slices along `axis` that hold the user's answer: prompted (the user saw and kept the
+        result), corrected by hand after they were written, or drawn without this segmenter."""
+        content = read_slices(self.target(segment_id, axis), range(self.volume.num_slices(axis)))
+        written = self._written.get((segment_id, axis), {})
+        prompted = self._applied.get((segment_id, axis), {})
+        return [index for index, mask in sorted(content.items()) if mask.any() and (
+            index in prompted or index not in written or not np.array_equal(np.packbits(mask), written[index]))]
+
     def _expected_slices(self, segment_id, axis, direction, start, stop) -> int:
         """At most how many slices a run computes for one segment (for the progress bar)."""
         last = self.volume.num_slices(axis) - 1

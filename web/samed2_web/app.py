@@ -29,6 +29,7 @@ from samed2.errors import InputError, Samed2Error
 from samed2.precisions import BACKENDS
 from samed2.weights import cached_checkpoint, list_weights
 from samed2_web.confidence_strip import ConfidenceStrip
+from samed2_web.finetune_panel import FinetunePanel
 from SAMed2SlicerLib.interaction import Interaction
 from SAMed2SlicerLib.logic import SAMed2Logic
 from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes
@@ -145,6 +146,7 @@ class SAMed2WebApp(TrameApp):
         self.interaction.listeners.append(self._show_status)
         self.strip = ConfidenceStrip(self)
         self._init_state()
+        self.finetune = FinetunePanel(self)
         self._build_ui()
         self.server.controller.on_server_ready.add(self._on_server_ready)
 
@@ -464,6 +466,7 @@ class SAMed2WebApp(TrameApp):
                 self._segments_panel()
                 self._propagation_panel()
                 self._model_panel()
+                self.finetune.build()
             with self.ui.content, html.Div(style="display: flex; flex-direction: column; height: 100%;"):
                 with html.Div(style="padding: 4px 12px;"):
                     html.Div("{{ title }}", classes="volume-title text-caption")

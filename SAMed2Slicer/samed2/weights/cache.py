@@ -12,7 +12,7 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from samed2.errors import WeightsError
 from samed2.files import atomic_write
@@ -61,11 +61,13 @@ class Record:
     sha256: str
     origin: str  # the URL it came from, or "import:<path>"
     recorded: str  # UTC time it was verified into the cache
+    provenance: Optional[dict] = None  # how a fine-tuned checkpoint was made (base model, cases, slices, steps)
 
 
-def make_record(name: str, config: Config, path: Path, sha256: str, origin: str) -> Record:
+def make_record(name: str, config: Config, path: Path, sha256: str, origin: str,
+                provenance: Optional[dict] = None) -> Record:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return Record(name, config, path.name, path.stat().st_size, sha256, origin, stamp)
+    return Record(name, config, path.name, path.stat().st_size, sha256, origin, stamp, provenance)
 
 
 def read_manifest(cache: Path) -> dict[str, Record]:

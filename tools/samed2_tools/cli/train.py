@@ -15,6 +15,10 @@ outputs in --out: checkpoints/last.pt (resume with --resume), metrics.csv, metri
   end NAME.pt ({"model": state_dict}), NAME.config.json and NAME.bank.safetensors; load them with
   `samed2 weights import NAME.pt --config NAME.config.json`.
 
+MedSAM-Lite (--init medsam-lite): single slices with jittered boxes; the prompt encoder and mask
+  decoder train by default, on image embeddings computed once per slice. --slices K1,K2 trains on
+  the slices you corrected only; --register NAME puts the result into the weights cache.
+
 multi-GPU: torchrun --nproc-per-node N -m samed2_tools.cli train --data ... (same options).
 """
 
@@ -42,4 +46,6 @@ def _train(args) -> int:
         print(f"exported {result.weights}")
         if result.bank is not None:
             print(f"memory bank {result.bank}")
+        if options.register:
+            print(f"registered {options.register}: use it with --model {options.register}")
     return 0

@@ -9,8 +9,8 @@ ends are listed `end_repeat` times per epoch, so propagation learns to stop.
 The encoder sees the clip's slices in volume order, in adjacent pairs (the temporal adapter's
 T = 2); an odd last slice is paired with itself, as at inference.
 
-Held-out slices (every N-th, see --holdout-every) are removed from the training stack, so a clip
-steps over them; they are used for validation only.
+Held-out slices (every N-th, see --holdout-every) and, with --slices, every slice not listed are
+removed from the training stack, so a clip steps over them; they are used for validation only.
 """
 from __future__ import annotations
 
@@ -48,16 +48,22 @@ def held_out(index: int, every: int, offset: int) -> bool:
     return every > 0 and index % every == offset
 
 
+def training_slice(index: int, every: int, offset: int, chosen=()) -> bool:
+    """Does slice `index` train: not held out, and among the `chosen` slices (--slices) when there are any."""
+    return (not chosen or index in chosen) and not held_out(index, every, offset)
+
+
 class TrainingClips:
     """Every clip start of the training cases whose first tracked slice holds a chosen label."""
 
     def __init__(self, cases: list[CaseVolume], values: list[int], clip_length: int, image_size: int,
                  normalize: str, holdout_every: int = 0, holdout_offset: int = 0, max_objects: int = 3,
-                 augment: bool = False, end_repeat: int = 1):
+                 augment: bool = False, end_repeat: int = 1, chosen: tuple = ()):
         self.cases, self.values = cases, list(values)
         self.length, self.image_size, self.normalize = clip_length, image_size, normalize
         self.max_objects, self.augment, self.end_repeat = max_objects, augment, end_repeat
-        self.stacks = [np.array([k for k in range(c.num_slices) if not held_out(k, holdout_every, holdout_offset)])
+        self.stacks = [np.array([k for k in range(c.num_slices)
+                                 if training_slice(k, holdout_every, holdout_offset, chosen)], dtype=int)
                        for c in cases]
         self.presence = [np.stack([c.slices_with(v) for v in self.values]) for c in cases]  # (V, slices)
         self.specs = [spec for index in range(len(cases)) for spec in self._case_specs(index)]

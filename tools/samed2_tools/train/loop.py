@@ -41,9 +41,11 @@ from samed2_tools.train.checkpoint import (
 from samed2_tools.train.clip import ClipTrainer, PromptSettings
 from samed2_tools.train.data import ClipSampler
 from samed2_tools.train.distributed import Process, end_process, start_process
+from samed2_tools.train.lite import EmbeddingCache, LiteTrainer, lite_validation_dice
 from samed2_tools.train.losses import LossWeights, SegmentationLoss
 from samed2_tools.train.options import RUNTIME_FIELDS, TrainOptions
 from samed2_tools.train.prompts import scaled_jitter
+from samed2_tools.train.registration import check_free, register
 from samed2_tools.train.report import MetricsLog
 from samed2_tools.train.startpoint import check_lr_scales, initial_model, lr_factor, set_trainable
 
@@ -86,14 +88,19 @@ class TrainingRun:
         payload = self._resume_payload(options)
         self.options = _effective_options(options, payload).check()
         _configure_torch(self.options)
+        if self.options.register:
+            check_free(self.options.register, self.options.cache_dir, self.options.replace)
         self.model, self.config = self._model(payload)
-        self.data = assemble(self.options, self.model.image_size, _normalization(self.model))
+        self.lite = not getattr(self.model, "has_memory", True)
+        frozen_encoder = not any(p.requires_grad for p in self.model.image_encoder.parameters())
+        self.embeddings = EmbeddingCache(self.model, keep=frozen_encoder) if self.lite else None
+        self.data = assemble(self.options, self.model)
         self.sampler = ClipSampler(len(self.data.clips), self.options.seed, process.rank, process.world)
         self.optimizer = torch.optim.AdamW(_parameter_groups(self.model, self.options), foreach=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(
             warmup_cosine, warmup=self.options.warmup_steps, total=self.options.steps,
             min_ratio=self.options.min_lr_ratio))
-        self.bank = self._new_bank() if self.options.bank_size > 0 else None
+        self.bank = self._new_bank() if self.options.bank_size > 0 and not self.lite else None
         self.metrics = MetricsLog(self.data.values)
         self.step = 0
         if payload is not None:
@@ -119,10 +126,10 @@ class TrainingRun:
             model, config, source = initial_model(self.options.init, self.options.config, self.options.cache_dir,
                                                   self.options.seed)
             log.info("model: %s", source)
-        trainable = set_trainable(model, self.options.train_parts)
+        self._parts = self.options.parts_for(model)
+        trainable = set_trainable(model, self._parts)
         count = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info("training %s: %d tensors, %.2fM parameters", ",".join(self.options.train_parts), len(trainable),
-                 count / 1e6)
+        log.info("training %s: %d tensors, %.2fM parameters", ",".join(self._parts), len(trainable), count / 1e6)
         return model.to(self.process.device).train(), config
 
     def _new_bank(self) -> ConfidenceBank:
@@ -136,12 +143,13 @@ class TrainingRun:
                                   scaled_jitter(o.box_jitter, self.model.image_size), o.image_mode_prob, o.bank_prob,
                                   o.bank_min_iou if self.bank is not None else math.inf)
         weights = LossWeights(o.dice_weight, o.focal_weight, o.iou_weight, o.score_weight)
+        if self.lite:
+            trainer = LiteTrainer(self.model, SegmentationLoss(weights), self.embeddings,
+                                  scaled_jitter(o.box_jitter, self.model.image_size))
+            return _distributed(trainer, self.process)
         train_encoder = any(p.requires_grad for p in self.model.image_encoder.parameters())
-        trainer = ClipTrainer(self.model, SegmentationLoss(weights), settings, train_encoder, self.bank)
-        if not self.process.distributed:
-            return trainer
-        device_ids = [self.process.device] if self.process.device.type == "cuda" else None
-        return DistributedDataParallel(trainer, device_ids=device_ids, find_unused_parameters=True)
+        return _distributed(ClipTrainer(self.model, SegmentationLoss(weights), settings, train_encoder, self.bank),
+                            self.process)
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -260,6 +268,8 @@ class TrainingRun:
 
         if not self.process.is_main:
             return None
+        if self.lite:
+            return lite_validation_dice(self.model, self.data.validation, self.embeddings)
         return validation_dice(self.model, self.data.validation, _normalization(self.model))
 
     def _finish(self) -> TrainResult:
@@ -269,11 +279,22 @@ class TrainingRun:
             bank_file = weights.with_name(weights.stem + ".bank.safetensors")
             bank = bank_file if bank_file.exists() else None
             log.info("exported %s%s", weights, f" and {bank}" if bank else "")
+            if self.options.register:
+                cases = sorted({case.name for case in self.data.clips.cases})
+                register(weights, self.options, self.config, cases, self.data.values, self._parts, self.step)
+                log.info("registered %s in the weights cache", self.options.register)
         last = self.metrics.rows[-1] if self.metrics.rows else {}
         return TrainResult(self.run_dir, weights, bank, self.config, self.step, last)
 
     def _export_name(self) -> str:
         return self.options.name or self.run_dir.resolve().name
+
+
+def _distributed(trainer: torch.nn.Module, process: Process) -> torch.nn.Module:
+    if not process.distributed:
+        return trainer
+    device_ids = [process.device] if process.device.type == "cuda" else None
+    return DistributedDataParallel(trainer, device_ids=device_ids, find_unused_parameters=True)
 
 
 def _effective_options(given: TrainOptions, payload: Optional[dict]) -> TrainOptions:

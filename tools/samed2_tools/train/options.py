@@ -12,7 +12,9 @@ from typing import Optional
 from samed2.errors import InputError
 
 TRAINABLE_PARTS = ("adapters", "image_encoder", "prompt_encoder", "mask_decoder", "memory")
-DEFAULT_PARTS = ("adapters", "mask_decoder", "memory")
+DEFAULT_PARTS = ("adapters", "mask_decoder", "memory")  # SAM 2 / SAMed-2
+LITE_DEFAULT_PARTS = ("prompt_encoder", "mask_decoder")  # MedSAM-Lite: its image embeddings are computed once
+MIN_SLICES = 2  # --slices: fewer corrected slices teach nothing that generalises
 RUNTIME_FIELDS = ("device", "num_threads", "progress", "resume", "deterministic")
 REFERENCE_BOX_JITTER = 20.0  # the reference's box jitter, in pixels of a 1024 input
 
@@ -28,12 +30,15 @@ class TrainOptions:
     val_fraction: float = 0.2
     holdout_every: int = 0  # > 0: slices k with k % holdout_every == holdout_offset are held out for validation
     holdout_offset: int = 0
+    slices: list = field(default_factory=list)  # only these slice indices train (the slices a user corrected)
     # model
     init: str = ""
     config: Optional[str] = None
     cache_dir: Optional[str] = None
-    train_parts: list = field(default_factory=lambda: list(DEFAULT_PARTS))
+    train_parts: list = field(default_factory=list)  # empty: the model's default parts
     name: str = ""
+    register: str = ""  # import the result into the weights cache under this name
+    replace: bool = False  # --register may replace an imported checkpoint of that name
     # sampling, prompts, augmentation
     clip_length: int = 4
     batch_size: int = 1
@@ -96,7 +101,17 @@ class TrainOptions:
         unknown = sorted(set(self.train_parts) - {"all"} - set(TRAINABLE_PARTS))
         _require(not unknown, f"unknown --train part(s) {unknown}; choose from {', '.join(TRAINABLE_PARTS)} or all")
         _require(self.bank_size >= 0, "--bank-size must be >= 0 (0: no bank)")
+        _require(not self.slices or len(set(self.slices)) >= MIN_SLICES,
+                 f"--slices lists {len(set(self.slices))} slice(s); fine-tuning needs at least {MIN_SLICES} "
+                 "corrected slices")
+        _require(all(k >= 0 for k in self.slices), f"--slices must be slice indices >= 0, got {self.slices}")
         return self
+
+    def parts_for(self, model) -> list:
+        """The parts to train: --train, else the model's default."""
+        if self.train_parts:
+            return list(self.train_parts)
+        return list(DEFAULT_PARTS if getattr(model, "has_memory", True) else LITE_DEFAULT_PARTS)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -120,15 +135,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="also hold out every N-th slice of each training case for validation (0: off)")
     data.add_argument("--holdout-offset", type=int, default=d.holdout_offset, metavar="R",
                       help="held-out slices are those with index %% N == R (default 0)")
+    data.add_argument("--slices", type=_index_list, default=[], metavar="K1,K2",
+                      help="train only on these slices (indices along --axis, e.g. the slices you corrected: "
+                           "40,44,48-50) of every training case; the case's other slices validate")
     model = parser.add_argument_group("model")
     model.add_argument("--init", help="checkpoint name from the weights cache, a checkpoint file (+ --config), "
                                       "a config name (random init) or random:CONFIG")
     model.add_argument("--config", help="model config name or JSON file, for --init FILE or random init")
     model.add_argument("--cache-dir", help="weights cache folder (default: $SAMED2_CACHE or ~/.cache/samed2)")
-    model.add_argument("--train", dest="train_parts", type=_comma_list, default=list(DEFAULT_PARTS),
+    model.add_argument("--train", dest="train_parts", type=_comma_list, default=[],
                        metavar="PARTS", help=f"parts to train: {','.join(TRAINABLE_PARTS)} or all "
-                                             f"(default {','.join(DEFAULT_PARTS)})")
+                                             f"(default {','.join(DEFAULT_PARTS)}; MedSAM-Lite: "
+                                             f"{','.join(LITE_DEFAULT_PARTS)})")
     model.add_argument("--name", default="", help="name of the exported checkpoint (default: the run folder's name)")
+    model.add_argument("--register", default="", metavar="NAME",
+                       help="import the result into the weights cache as NAME (then --model NAME works everywhere)")
+    model.add_argument("--replace", action="store_true",
+                       help="--register may replace an earlier imported checkpoint of the same name")
     sample = parser.add_argument_group("sampling and prompts")
     sample.add_argument("--clip-length", type=int, default=d.clip_length,
                         help="consecutive slices per clip; the first is prompted, the rest tracked (default 4)")
@@ -189,6 +212,18 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 def _comma_list(text: str) -> list:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _index_list(text: str) -> list:
+    """Slice indices from "40,44,48-50"."""
+    indices = []
+    for item in _comma_list(text):
+        first, dash, last = item.partition("-")
+        try:
+            indices += list(range(int(first), int(last) + 1)) if dash else [int(first)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected slice indices like 40,44,48-50, got {item!r}") from None
+    return sorted(set(indices))
 
 
 def _scales(text: str) -> dict:

@@ -28,8 +28,8 @@ RANDOM_PREFIX = "random:"
 # parameter name prefixes of each trainable part
 _PART_PREFIXES = {
     "image_encoder": ("image_encoder.",),
-    "prompt_encoder": ("sam_prompt_encoder.",),
-    "mask_decoder": ("sam_mask_decoder.",),
+    "prompt_encoder": ("sam_prompt_encoder.", "prompt_encoder."),  # SAM 2, MedSAM-Lite
+    "mask_decoder": ("sam_mask_decoder.", "mask_decoder."),
     "memory": ("memory_attention.", "memory_encoder.", "obj_ptr_proj.", "obj_ptr_tpos_proj.", "mask_downsample.",
                "maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr", "no_obj_embed_spatial"),
 }

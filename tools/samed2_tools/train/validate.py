@@ -14,7 +14,7 @@ import torch
 
 from samed2.model import SAM2Model
 from samed2.model_io import logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
-from samed2_tools.train.data import held_out
+from samed2_tools.train.data import training_slice
 from samed2_tools.train.losses import dice_score
 from samed2_tools.train.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT
 from samed2_tools.train.volumes import CaseVolume
@@ -32,23 +32,25 @@ class ValidationSet:
 
     @classmethod
     def build(cls, train_cases: list[CaseVolume], val_cases: list[CaseVolume], values: list[int],
-              holdout_every: int, holdout_offset: int) -> "ValidationSet":
+              holdout_every: int, holdout_offset: int, chosen: tuple = ()) -> "ValidationSet":
+        """The training cases' slices that do not train (held out, or not among `chosen`) and slices of the
+        validation cases, each with a chosen label, at most MAX_SLICES_PER_CASE per case spread evenly."""
         cases, slices = [], []
-        for case in train_cases:
-            chosen = [k for k in _with_objects(case, values) if held_out(k, holdout_every, holdout_offset)]
-            if chosen:
-                cases.append(case)
-                slices.append(chosen)
-        for case in val_cases:
-            candidates = _with_objects(case, values)
-            picks = np.unique(np.linspace(0, len(candidates) - 1, MAX_SLICES_PER_CASE).round().astype(int))
+        for case, trains in [(c, True) for c in train_cases] + [(c, False) for c in val_cases]:
+            candidates = [k for k in _with_objects(case, values)
+                          if not (trains and training_slice(k, holdout_every, holdout_offset, chosen))]
             if candidates:
                 cases.append(case)
-                slices.append([candidates[i] for i in picks])
+                slices.append(_spread(candidates))
         return cls(cases, slices, list(values))
 
     def __bool__(self) -> bool:
         return bool(self.cases)
+
+
+def _spread(candidates: list[int]) -> list[int]:
+    picks = np.unique(np.linspace(0, len(candidates) - 1, MAX_SLICES_PER_CASE).round().astype(int))
+    return [candidates[i] for i in picks]
 
 
 def _with_objects(case: CaseVolume, values: list[int]) -> list[int]:
@@ -71,10 +73,14 @@ def validation_dice(model: SAM2Model, data: ValidationSet, normalize: str) -> di
                     per_value[value].append(dice)
     finally:
         model.train(was_training)
+    return dice_summary({v: per_value[v] for v in data.values})
+
+
+def dice_summary(per_value: dict) -> dict[str, float]:
+    """{"val_dice": mean over every (slice, object), "val_dice_<value>": mean per label} of {value: [Dice]}."""
     every = [d for dices in per_value.values() for d in dices]
     result = {"val_dice": float(np.mean(every)) if every else float("nan")}
-    result.update({f"val_dice_{v}": float(np.mean(per_value[v])) if per_value[v] else float("nan")
-                   for v in data.values})
+    result.update({f"val_dice_{v}": float(np.mean(dices)) if dices else float("nan") for v, dices in per_value.items()})
     return result
 
 
