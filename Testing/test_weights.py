@@ -495,7 +495,8 @@ def test_cli_errors_exit_2_with_a_one_line_message(tmp_path, cache, capsys):
 
 
 def test_best_model_is_samed2_when_cached_else_medsam_lite_and_needs_no_torch(tmp_path):
-    """The default model of segment, eval, web and the Slicer module, asked without importing torch."""
+    """The default model of segment, eval, web and the Slicer module, and the list of models the panel
+    shows when it opens, asked without importing torch."""
     import subprocess
     import sys
 
@@ -506,6 +507,7 @@ def test_best_model_is_samed2_when_cached_else_medsam_lite_and_needs_no_torch(tm
     assert best_model(tmp_path) == "medsam-lite"
     (tmp_path / REGISTRY["samed2"].filename).write_bytes(b"x")
     assert best_model(tmp_path) == "samed2"
-    check = "import sys; from samed2.weights import best_model; best_model('.'); assert 'torch' not in sys.modules"
+    check = ("import sys; from samed2.weights import best_model, list_weights; best_model('.'); list_weights('.'); "
+             "assert 'torch' not in sys.modules")
     run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr

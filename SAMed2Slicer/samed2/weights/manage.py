@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
-
 from samed2.errors import WeightsError
 from samed2.weights.cache import (
     Record,
@@ -20,11 +18,17 @@ from samed2.weights.cache import (
     store_record,
 )
 from samed2.weights.cache import cache_dir as resolve_cache_dir
-from samed2.weights.loading import build_and_load
 from samed2.weights.registry import REGISTRY, CheckpointInfo, Config, find_by_filename, find_by_sha256
 
 CacheDir = Union[str, os.PathLike, None]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def _build_and_load(config, path):
+    """The model of `config` with the weights of `path` (imports torch; listing the cache never does)."""
+    from samed2.weights.loading import build_and_load
+
+    return build_and_load(config, path)
 
 
 def import_checkpoint(
@@ -53,7 +57,7 @@ def import_checkpoint(
         name, config, filename = info.name, _registry_config(info, config), info.filename
     else:
         name, filename = _custom_name(source, name, config)
-    build_and_load(config, source)
+    _build_and_load(config, source)
     return _copy_into_cache(source, digest, name, config, filename, cache_dir, provenance)
 
 
@@ -157,7 +161,7 @@ def _verify_one(name: str, path: Path, cache: Path, record: Optional[Record]) ->
 
 def _first_verification(info: CheckpointInfo, path: Path, digest: str, cache: Path) -> VerifyResult:
     try:
-        build_and_load(info.config, path)
+        _build_and_load(info.config, path)
     except WeightsError as exc:
         return VerifyResult(info.name, path, False, f"no hash known and it does not load: {exc}")
     store_record(cache, make_record(info.name, info.config, path, digest, f"found in cache: {path}"))
@@ -240,9 +244,9 @@ def checkpoint_config(name: str, cache_dir: CacheDir = None) -> Config:
     return records[name].config
 
 
-def load_model(name: str, cache_dir: CacheDir = None) -> torch.nn.Module:
+def load_model(name: str, cache_dir: CacheDir = None) -> "torch.nn.Module":
     """The model for a registry or imported checkpoint, its weights loaded strictly from the cache, on CPU, in eval mode."""
-    return build_and_load(checkpoint_config(name, cache_dir), cached_checkpoint(name, cache_dir))
+    return _build_and_load(checkpoint_config(name, cache_dir), cached_checkpoint(name, cache_dir))
 
 
 def _known_names(records: dict[str, Record]) -> list[str]:
