@@ -619,6 +619,14 @@ class ScriptedEffect(Widget):
     def saveStateForUndo(self):
         self.undoStates += 1
 
+    # qSlicerSegmentEditorAbstractEffect::ConfirmationResult and confirmCurrentSegmentVisible (the same in
+    # 5.6 to 5.12): whether the user let an edit of a hidden segment go on, and whether a dialog asked
+    NotConfirmed, ConfirmedWithoutDialog, ConfirmedWithDialog = 0, 1, 2
+    segmentVisibleAnswer = ConfirmedWithoutDialog
+
+    def confirmCurrentSegmentVisible(self):
+        return self.segmentVisibleAnswer
+
 
 def effects_module(release):
     """SegmentEditorEffects (its abstract scripted effect) as `release` has it."""

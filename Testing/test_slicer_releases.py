@@ -353,3 +353,26 @@ def test_slicer_messages_and_job_polling_go_on_after_an_editor_is_deleted(segmen
     assert controller.interaction.save_undo is None
     failures = [r for r in caplog.records if "listener failed" in r.getMessage()]
     assert len(failures) == (0 if slicer_releases.at_least(release, "5.10") else 1)
+
+
+@pytest.mark.parametrize("answer, prompts", [("ConfirmedWithoutDialog", 1), ("ConfirmedWithDialog", 0),
+                                             ("NotConfirmed", 0)])
+def test_slicer_press_on_a_hidden_segment_asks_first_as_paint_and_draw_do(segment_editor, monkeypatch, answer,
+                                                                          prompts):
+    """A prompt writes into the selected segment: when that segment is hidden, Slicer's
+    confirmCurrentSegmentVisible asks first; a cancel, or a press spent on the dialog, makes no prompt."""
+    editor, _ = segment_editor
+    from SAMed2SlicerQt.controller import Controller
+
+    effect, clicks = editor.active.self(), []
+    effect.scriptedEffect.segmentVisibleAnswer = getattr(effect.scriptedEffect, answer)
+    nodes = types.SimpleNamespace(GetSourceVolumeNode=lambda: None, GetSegmentationNode=lambda: None,
+                                  GetSelectedSegmentID=lambda: "Segment_1")
+    monkeypatch.setattr(effect.scriptedEffect, "parameterSetNode", lambda: nodes, raising=False)
+    monkeypatch.setattr(effect, "xyToRas", lambda xy, view: (0.0, 0.0, 0.0), raising=False)
+    monkeypatch.setattr(effect.scriptedEffect, "parameter", lambda name: "include")
+    monkeypatch.setattr(Controller.get(), "click", lambda *args: clicks.append(args))
+    interactor = types.SimpleNamespace(GetShiftKey=lambda: 0, GetControlKey=lambda: 0, GetAltKey=lambda: 0)
+    view = types.SimpleNamespace(mrmlSliceNode=lambda: "Red")
+    assert effect._press(interactor, (10, 10), view) is True
+    assert len(clicks) == prompts

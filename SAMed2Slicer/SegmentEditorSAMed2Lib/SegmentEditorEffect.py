@@ -217,6 +217,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if not segment_id:
             self._show("Select (or add) a segment first: each object is one segment.")
             return True
+        if self.scriptedEffect.confirmCurrentSegmentVisible() in (self.scriptedEffect.NotConfirmed,
+                                                                  self.scriptedEffect.ConfirmedWithDialog):
+            return True  # as Slicer's Draw effect: after the dialog the press is spent; the next one prompts
         point = self.xyToRas(xy, view_widget)
         self._prompt_view = view_widget.mrmlSliceNode()
         tool = self.scriptedEffect.parameter("Tool")
