@@ -325,6 +325,17 @@ def qt_module():
     return qt
 
 
+def ctk_module():
+    """CTK's widgets the panel builds in code (ctkCollapsibleButton): only constructed and set."""
+    ctk = types.ModuleType("ctk")
+    ctk.__getattr__ = lambda name: Anything if name.startswith("ctk") else _no_attribute(name)
+    return ctk
+
+
+def _no_attribute(name):
+    raise AttributeError(name)
+
+
 def _qt_class(name):
     if not name.startswith("Q"):  # __file__, __path__...: what importers probe
         raise AttributeError(name)
@@ -673,7 +684,7 @@ class SegmentEditor:
 
 def release_modules(release):
     """{module name: module} to put on sys.modules for `release`; slicer.packaging from 5.12."""
-    modules = {"qt": qt_module(), "ctk": types.ModuleType("ctk"),
+    modules = {"qt": qt_module(), "ctk": ctk_module(),
                "slicer.parameterNodeWrapper": wrapper_module(release),
                "slicer.ScriptedLoadableModule": scripted_module(),
                "slicer.i18n": types.SimpleNamespace(tr=lambda text: text, translate=lambda context, text: text),
