@@ -76,6 +76,20 @@ def tiny_model(golden_dir):
     return golden_tiny_model()
 
 
+@pytest.fixture
+def checkpoint(tmp_path, tiny_model):
+    """The golden tiny model as a checkpoint file and its config: the command line's model options."""
+    import json
+
+    import torch
+
+    path = tmp_path / "tiny.pt"
+    torch.save({"model": tiny_model.state_dict()}, path)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_model.cfg))
+    return ["--model", str(path), "--config", str(config)]
+
+
 @pytest.fixture(scope="session")
 def ct_volume(data_dir):
     from samed2.volume_files import load_volume

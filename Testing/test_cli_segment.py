@@ -6,20 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
-
-
-@pytest.fixture
-def checkpoint(tmp_path, tiny_model):
-    import json
-
-    path = tmp_path / "tiny.pt"
-    torch.save({"model": tiny_model.state_dict()}, path)
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(tiny_model.cfg))
-    return ["--model", str(path), "--config", str(config)]
 
 
 def segment(*args):

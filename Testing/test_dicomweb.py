@@ -12,7 +12,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-import torch
 
 from conftest import require_module
 from dicomseg_checks import assert_dciodvfy_clean
@@ -84,14 +83,8 @@ def no_credentials(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def checkpoint(tmp_path, tiny_model):
-    import json
-
-    path = tmp_path / "tiny.pt"
-    torch.save({"model": tiny_model.state_dict()}, path)
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(tiny_model.cfg))
-    return ["--model", str(path), "--config", str(config), "--device", "cpu"]
+def checkpoint(checkpoint):
+    return [*checkpoint, "--device", "cpu"]
 
 
 def client(server: Orthanc):
