@@ -243,8 +243,8 @@ class SAMed2WebApp(TrameApp):
         self.strip.update()
 
     def _show_status(self, message, progress=None):
-        """The interaction layer's status line; the segment list is read again unless a run is
-        going on (its slices are counted when it ends)."""
+        """The interaction layer's status line; the segment list and the confidence strip are read
+        again unless a run is going on (its slices are counted when it ends)."""
         with self.state:
             self.state.status = message
             self.state.busy = self.interaction.running
@@ -252,6 +252,8 @@ class SAMed2WebApp(TrameApp):
                 self.state.progress = round(100 * (progress.fraction or 0))
             if not self.state.busy:
                 self.state.segments = self._segment_rows()
+        if not self.state.busy:
+            self.strip.update()
 
     def _show_error(self, text, error=None):
         with self.state:
