@@ -99,17 +99,18 @@ def test_lite_propagation_is_within_0_05_of_boxing_every_slice(lite_model, name)
 CT_CASE = ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz")
 MR_CASE = ("pyradiomics/brain1_image.nrrd", "pyradiomics/brain1_label.nrrd")
 # name: (case, label value, mean Dice change of a slice clicked once, and cvpr25's DSC_AUC, NSD_AUC, final DSC,
-# final NSD), as measured; tuned on liver, spleen and kidneys, checked on the others
+# final NSD), as measured (after the chain's candidate boxes, #21); tuned on liver, spleen and kidneys,
+# checked on the others
 CORRECTING = {
-    "liver": (CT_CASE, 5, 0.0138, 3.645, 2.759, 0.909, 0.679),
-    "spleen": (CT_CASE, 1, 0.0330, 3.827, 3.448, 0.957, 0.862),
-    "right kidney": (CT_CASE, 2, 0.0002, 3.602, 3.089, 0.900, 0.772),
-    "left kidney": (CT_CASE, 3, 0.0009, 3.780, 3.550, 0.945, 0.888),
-    "gallbladder": (CT_CASE, 4, 0.0273, 3.586, 2.984, 0.896, 0.746),
-    "stomach": (CT_CASE, 6, 0.0233, 3.683, 3.321, 0.922, 0.832),
-    "pancreas": (CT_CASE, 7, 0.1821, 0.726, 0.397, 0.194, 0.000),
-    "aorta": (CT_CASE, 52, 0.0003, 3.436, 2.979, 0.859, 0.745),
-    "brain1 tumour": (MR_CASE, 1, 0.3342, 2.572, 2.758, 0.643, 0.689),
+    "liver": (CT_CASE, 5, 0.0149, 3.655, 2.792, 0.912, 0.688),
+    "spleen": (CT_CASE, 1, 0.0331, 3.820, 3.422, 0.955, 0.855),
+    "right kidney": (CT_CASE, 2, 0.0010, 3.509, 3.053, 0.877, 0.763),
+    "left kidney": (CT_CASE, 3, 0.0203, 3.761, 3.495, 0.940, 0.874),
+    "gallbladder": (CT_CASE, 4, 0.0358, 3.602, 3.093, 0.901, 0.773),
+    "stomach": (CT_CASE, 6, 0.0236, 3.672, 3.329, 0.920, 0.837),
+    "pancreas": (CT_CASE, 7, 0.1406, 0.808, 0.437, 0.186, 0.000),
+    "aorta": (CT_CASE, 52, 0.0024, 3.324, 2.819, 0.831, 0.705),
+    "brain1 tumour": (MR_CASE, 1, 0.3342, 2.623, 2.848, 0.650, 0.699),
 }
 _CLICKED, _CVPR25 = {}, {}
 
