@@ -18,6 +18,7 @@ from test_slicer_logic import (  # noqa: F401 (fixtures)
     world_point,
 )
 
+from samed2.choices import PropagationOptions
 from samed2.errors import WeightsError
 from samed2.weights import import_checkpoint
 from SAMed2SlicerLib import interaction as messages
@@ -96,7 +97,7 @@ def test_slicer_a_second_prompt_during_the_install_starts_nothing(logic, layer, 
     def install(plan):  # pip's output pumps the event loop: the user clicks, presses Propagate meanwhile
         assert layer.ensure_ready(install) is False
         layer.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
-        layer.propagate(ct, abdomen, ["liver"], views["Red"], {})
+        layer.propagate(ct, abdomen, ["liver"], views["Red"], PropagationOptions())
         installed.append(plan)
         return True
 
@@ -157,7 +158,7 @@ def test_mrml_a_failing_listener_is_dropped_and_the_run_still_ends(layer, front,
 
     layer.listeners.insert(0, gone)
     layer.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
-    run = layer.propagate(ct, abdomen, ["liver"], views["Red"], dict(direction="up", stop=18))
+    run = layer.propagate(ct, abdomen, ["liver"], views["Red"], PropagationOptions("up", stop=18))
     tick_until_idle(layer)
     assert run.finished and run.error is None and not layer.running
     assert gone not in layer.listeners
@@ -282,7 +283,7 @@ def test_mrml_a_script_moving_a_prompt_is_applied_once_settled(logic, front, ct,
 
 def test_mrml_moves_during_a_run_are_applied_when_it_ends(layer, front, ct, abdomen, views):
     layer.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
-    run = layer.propagate(ct, abdomen, ["liver"], views["Red"], dict(direction="up", stop=CLICK[2] + 2))
+    run = layer.propagate(ct, abdomen, ["liver"], views["Red"], PropagationOptions("up", stop=CLICK[2] + 2))
     assert layer.running
     drag(markups.prompt_nodes(abdomen, "liver", markups.INCLUDE)[0], world_point((50, 45, CLICK[2])))
     assert layer.undo() is None and front.status[-1] == messages.UNDO_DURING_RUN

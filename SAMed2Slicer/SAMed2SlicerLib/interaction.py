@@ -6,6 +6,7 @@ scene load restores, and deleted ones), undo through the editor the user is in, 
 user messages. No Qt: each front end gives it a timer, a way to show messages and errors, and
 turns its widgets' events into these calls.
 """
+import dataclasses
 import logging
 import re
 from contextlib import contextmanager
@@ -389,7 +390,7 @@ class Interaction(VTKObservationMixin):
     # ---- propagation -----------------------------------------------------------------------
 
     def propagate(self, volume, segmentation, segment_ids, slice_node, options, save_undo=None):
-        """Start a run; `options` = direction, start, stop, stop_after_absent (see Segmenter)."""
+        """Start a run; `options`: a samed2.choices.PropagationOptions."""
         if self.installing:
             self.notify(INSTALLING)
             return None
@@ -402,7 +403,8 @@ class Interaction(VTKObservationMixin):
         with self.reporting("Propagation"):
             self.run = self.logic.propagate(volume, segmentation, slice_node, segment_ids,
                                             before_write=save_undo or self._editor_undo(),
-                                            on_progress=self._on_progress, on_end=self._on_propagated, **options)
+                                            on_progress=self._on_progress, on_end=self._on_propagated,
+                                            **dataclasses.asdict(options))
             self._polling()
             self.notify(PROPAGATING, self.run.progress())
             return self.run

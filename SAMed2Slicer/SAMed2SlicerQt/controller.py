@@ -180,7 +180,7 @@ class Controller:
     # ---- propagation -----------------------------------------------------------------------
 
     def propagate(self, volume, segmentation, segment_ids, slice_node, options, save_undo):
-        """Start a run; `options` = direction, start, stop, stop_after_absent (see Segmenter)."""
+        """Start a run; `options`: a samed2.choices.PropagationOptions."""
         if not self.ensure_ready():
             return
         self.interaction.propagate(volume, segmentation, segment_ids, slice_node, options, save_undo)

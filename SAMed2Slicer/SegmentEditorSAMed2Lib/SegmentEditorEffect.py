@@ -16,6 +16,7 @@ import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
+from samed2.choices import PropagationOptions
 from SAMed2SlicerLib.prompts import hovered_prompt
 from SAMed2SlicerQt.controller import Controller
 
@@ -279,8 +280,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self._show("Select the segment to propagate first.")
             return
         first, last = self.ui.firstSliceSpinBox.value, self.ui.lastSliceSpinBox.value
-        options = dict(direction=self.ui.directionComboBox.currentText, start=None if first < 0 else first,
-                       stop=None if last < 0 else last, stop_after_absent=self.ui.stopAfterAbsentSpinBox.value)
+        options = PropagationOptions(self.ui.directionComboBox.currentText, start=None if first < 0 else first,
+                                     stop=None if last < 0 else last,
+                                     stop_after_absent=self.ui.stopAfterAbsentSpinBox.value)
         segment_ids = None if self.ui.allSegmentsCheckBox.checked else [segment_id]
         view = self._propagation_view()
         if view is not None:

@@ -24,19 +24,17 @@ from trame_vuetify.widgets import vuetify3 as v3
 from vtkmodules.vtkCommonCore import vtkCommand
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
-from samed2.device import DEVICE_NAMES
+from samed2.choices import BACKENDS, DEVICES, DIRECTIONS, PRESETS, PROMPT_TOOLS, STOP_AFTER_ABSENT, PropagationOptions
 from samed2.errors import InputError, Samed2Error
-from samed2.precisions import BACKENDS
 from samed2.weights import cached_checkpoint, list_weights
 from samed2_web.confidence_strip import ConfidenceStrip
 from samed2_web.finetune_panel import FinetunePanel
 from SAMed2SlicerLib.interaction import Interaction
 from SAMed2SlicerLib.logic import SAMed2Logic
 from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes
-from SAMed2SlicerLib.segmenter import PRESETS
 from SAMed2SlicerLib.segments import read_segment
 
-PROMPT_MODES = ("include", "exclude", "box")  # a box is two clicks: opposite corners
+PROMPT_MODES = PROMPT_TOOLS  # a box is two clicks: opposite corners
 # Export kind (the Logic's), button label, button class (what tests find it by)
 EXPORTS = (("NIfTI", "Save NIfTI", "save-nifti"), ("DICOM-SEG", "Save DICOM-SEG", "save-dicom-seg"),
            ("Slicer segmentation", "Save .seg.nrrd", "save-seg-nrrd"))
@@ -45,8 +43,6 @@ VIEW_LAYOUTS = {"Axial": Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.
                 "Axial, coronal, sagittal": Layout(LayoutDirection.Horizontal, [
                     ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view(),
                     ViewLayoutDefinition.sagittal_view()])}
-DIRECTIONS = ("both", "up", "down")  # up: towards higher slice numbers (as in the Slicer module)
-STOP_AFTER_ABSENT = 3  # the Slicer module's default; 0 = never
 JOB_TICK_S = 0.01  # pause between job polls; each poll itself waits up to the Logic's TICK_WAIT_S
 MARKUP_SETTLE_S = 0.3  # a prompt changed by a script is applied once its changes have settled
 
@@ -72,7 +68,7 @@ def available_devices() -> list:
     import torch
 
     present = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    return [name for name in DEVICE_NAMES if present.get(name, True)]
+    return [name for name in DEVICES if present.get(name, True)]
 
 
 def count_field(value, name):
@@ -404,12 +400,12 @@ class SAMed2WebApp(TrameApp):
             self.interaction.propagate(self.volume, self.segmentation, [self.state.segment_id], self._prompted_view,
                                        options)
 
-    def _propagation_options(self) -> dict:
-        """The page's direction and limits, as Segmenter.propagate takes them."""
+    def _propagation_options(self) -> PropagationOptions:
+        """The page's direction and limits."""
         stop_after = count_field(self.state.stop_after_absent, "Stop after")
-        return {"direction": self.state.direction, "start": count_field(self.state.first_slice, "First"),
-                "stop": count_field(self.state.last_slice, "Last"),
-                "stop_after_absent": STOP_AFTER_ABSENT if stop_after is None else stop_after}
+        return PropagationOptions(self.state.direction, start=count_field(self.state.first_slice, "First"),
+                                  stop=count_field(self.state.last_slice, "Last"),
+                                  stop_after_absent=STOP_AFTER_ABSENT if stop_after is None else stop_after)
 
     def cancel(self):
         self.interaction.cancel()
