@@ -21,7 +21,7 @@ import numpy as np
 from SAMed2SlicerLib.jobs import BackgroundJob, JobCancelled
 
 FINETUNE_JOB = "fine-tune"
-STEPS = 100  # as measured in the README ("Fine-tune on your corrections")
+STEPS = 100  # as measured in docs/TRAINING.md ("What fine-tuning on 4 slices gains")
 BATCH_SIZE = 2
 LOG_EVERY = 5
 VAL_EVERY = 25  # steps between validations (an epoch of a few slices is a step or two)

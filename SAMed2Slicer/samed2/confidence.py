@@ -12,7 +12,7 @@ def sigmoid(x: float) -> float:
 @dataclass(frozen=True)
 class IouCalibration:
     """The chance a mask is good given its predicted IoU: sigmoid(offset + scale * IoU), fitted on
-    labelled propagations (README, "Confidence")."""
+    labelled propagations (docs/ACCURACY.md, "Confidence")."""
 
     offset: float
     scale: float

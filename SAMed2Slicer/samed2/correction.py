@@ -3,7 +3,7 @@
 Such a model never saw clicks: decoded with the box of the slice's mask and the click, an exclude click
 cuts away far more than the error it sits in and an include click is mostly ignored (a click lowered
 the slice's Dice on average on every tuning organ: liver -0.15, spleen -0.04, kidneys -0.06 and -0.13;
-README, "Correcting with clicks"). So each click is a local edit: the model is asked about the
+docs/ACCURACY.md, "Correcting with clicks"). So each click is a local edit: the model is asked about the
 click's neighbourhood (include: a box around the click; exclude: the mask's box and the click), and
 only the part of its answer that touches the click is taken, and only when that part is no wider than
 the click's distance from the mask's edge makes plausible (a click 1 pixel from the edge of a

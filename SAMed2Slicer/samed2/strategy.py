@@ -5,7 +5,7 @@
   with the confidence bank's memory;
 - "hybrid": memory tracking with the bank's memory beside the frame memories.
 
-The default is the winner of the evaluation harness on the test-trained model (README, Evaluation):
+The default is the winner of the evaluation harness on the test-trained model (docs/ACCURACY.md):
 box-chain where a confidence bank is loaded, track (the only strategy without one) otherwise.
 """
 from typing import Optional

@@ -1,4 +1,4 @@
-"""What fine-tuning MedSAM-Lite on 4 corrected slices gains, and what it forgets (README, "Fine-tune on your data").
+"""What fine-tuning MedSAM-Lite on 4 corrected slices gains, and what it forgets (docs/TRAINING.md).
 
     python -m samed2_tools.finetune_gain --out runs/gain [--cache-dir DIR]   # medsam-lite must be in the cache
 

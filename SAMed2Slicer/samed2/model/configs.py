@@ -124,7 +124,7 @@ def medsam_lite_config() -> dict:
                           "window_sizes": [7, 7, 14, 7], "merge_strides": [2, 2, 1], "mlp_ratio": 4.0,
                           "mbconv_expand_ratio": 4.0, "local_conv_size": 3, "out_chans": 256},
         # propagation (samed2.chain.BoxChain), tuned on the even-numbered structures of totalseg/example_ct_sm
-        # (README, "MedSAM-Lite accuracy")
+        # (docs/ACCURACY.md, "How the chain's rule was chosen")
         "box_chain": {"margins": [3.0, 6.0, 10.0], "min_iou": 0.75, "min_area_ratio": 0.3, "min_overlap": 0.5,
                       "min_in_band": 0.3},
         "iou_calibration": {"offset": -10.5, "scale": 12.673},  # samed2.confidence, fitted with the stop rule

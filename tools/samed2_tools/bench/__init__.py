@@ -1,4 +1,4 @@
-"""`samed2 bench`: the project's performance targets (README, "Benchmarks"), measured side by side in one run.
+"""`samed2 bench`: the project's performance targets (docs/BENCHMARKS.md), measured side by side in one run.
 
 Every row times our path and a reference path on the same machine, in the same process, with the
 same random weights (full-size configs) and the same inputs (a synthetic CT phantom), and reports

@@ -1,4 +1,4 @@
-"""`samed2 bench`: the performance targets (README, "Benchmarks") as a table of ratios (and JSON)."""
+"""`samed2 bench`: the performance targets (docs/BENCHMARKS.md) as a table of ratios (and JSON)."""
 import json
 import sys
 from pathlib import Path
