@@ -322,7 +322,7 @@ def check_array_layout(shape_kji: tuple, dtype, max_voxels: int | None) -> None:
 
 
 def is_real_dtype(dtype) -> bool:
-    return dtype == bool or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    return np.issubdtype(dtype, np.bool_) or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
 
 
 def checked_matrix(matrix) -> np.ndarray:

@@ -1,11 +1,12 @@
-"""What is in the weights cache: import of local files, verification, status listing, and resolving a name to a model."""
+"""What is in the weights cache: import of local files, verification, status listing, and resolving
+a name to a model."""
 import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from samed2.errors import WeightsError
 from samed2.weights.cache import (
@@ -20,6 +21,9 @@ from samed2.weights.cache import (
 from samed2.weights.cache import cache_dir as resolve_cache_dir
 from samed2.weights.registry import REGISTRY, CheckpointInfo, Config, find_by_filename, find_by_sha256
 
+if TYPE_CHECKING:
+    import torch
+
 CacheDir = Union[str, os.PathLike, None]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -32,8 +36,8 @@ def _build_and_load(config, path):
 
 
 def import_checkpoint(
-    source: Union[str, os.PathLike], name: Optional[str] = None, config: Optional[Config] = None, cache_dir: CacheDir = None,
-    provenance: Optional[dict] = None,
+    source: Union[str, os.PathLike], name: Optional[str] = None, config: Optional[Config] = None,
+    cache_dir: CacheDir = None, provenance: Optional[dict] = None,
 ) -> Path:
     """Copy a local checkpoint into the cache after checking it loads strictly into its config; returns the cached path.
 
@@ -77,7 +81,8 @@ def _registry_entry_for(source: Path, name: Optional[str], digest: str) -> Optio
 
 def _registry_config(info: CheckpointInfo, config: Optional[Config]) -> Config:
     if config is not None and config != info.config:
-        raise WeightsError(f"{info.name} uses config {info.config!r}, not {config!r}; import it under another name to change that")
+        raise WeightsError(f"{info.name} uses config {info.config!r}, not {config!r}; "
+                           "import it under another name to change that")
     return info.config
 
 
@@ -153,7 +158,8 @@ def _verify_one(name: str, path: Path, cache: Path, record: Optional[Record]) ->
     if digest != expected:
         path.unlink()
         forget_record(cache, name)
-        return VerifyResult(name, path, False, f"SHA-256 {digest} differs from {expected}: deleted; download or import it again")
+        return VerifyResult(name, path, False,
+                            f"SHA-256 {digest} differs from {expected}: deleted; download or import it again")
     if record is None or record.sha256 != digest:
         store_record(cache, make_record(name, info.config, path, digest, info.url))
     return VerifyResult(name, path, True, "SHA-256 matches")
@@ -227,7 +233,8 @@ def cached_checkpoint(name: str, cache_dir: CacheDir = None) -> Path:
         return path
     info = REGISTRY.get(name)
     if info is None:
-        raise WeightsError(f"{name} was imported but {path} is gone: import it again with `samed2 weights import FILE --name {name}`")
+        raise WeightsError(f"{name} was imported but {path} is gone: "
+                           f"import it again with `samed2 weights import FILE --name {name}`")
     raise WeightsError(
         f"the {name} weights are not in the cache {cache}. Download them with `samed2 weights download {name}`; "
         f"offline, fetch {info.filename} from {info.page} on another machine and run "
@@ -245,7 +252,8 @@ def checkpoint_config(name: str, cache_dir: CacheDir = None) -> Config:
 
 
 def load_model(name: str, cache_dir: CacheDir = None) -> "torch.nn.Module":
-    """The model for a registry or imported checkpoint, its weights loaded strictly from the cache, on CPU, in eval mode."""
+    """The model for a registry or imported checkpoint, its weights loaded strictly from the cache,
+    on CPU, in eval mode."""
     return _build_and_load(checkpoint_config(name, cache_dir), cached_checkpoint(name, cache_dir))
 
 
