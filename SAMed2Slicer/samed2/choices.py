@@ -64,7 +64,8 @@ class EngineSettings:
 @dataclass(frozen=True)
 class PropagationOptions:
     """One propagation run: which way from the prompted slices, the first and last slice it may
-    write (None = the volume's ends; given the wrong way round they are swapped), and how many slices without the object end it (0 = never)."""
+    write (None = the volume's ends; given the wrong way round they are swapped), and how many
+    slices without the object end it (0 = never)."""
 
     direction: str = "both"
     start: Optional[int] = None

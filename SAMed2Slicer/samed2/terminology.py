@@ -199,7 +199,8 @@ def _code(entry: dict, key: str, where: str) -> Code | None:
     item = entry.get(key)
     if item is None:
         return None
-    if not isinstance(item, dict) or not all(item.get(k) for k in ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")):
+    fields = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
+    if not isinstance(item, dict) or not all(item.get(k) for k in fields):
         raise InputError(f"{where}: {key} needs CodeValue, CodingSchemeDesignator and CodeMeaning")
     return Code(str(item["CodeValue"]), str(item["CodingSchemeDesignator"]), str(item["CodeMeaning"]))
 
@@ -218,7 +219,8 @@ def _segment_attributes(entry: dict, where: str) -> SegmentAttributes:
         raise InputError(f"{where}: every segment needs an integer labelID")
     algorithm_type = entry.get("SegmentAlgorithmType")
     if algorithm_type not in (None, "MANUAL", "SEMIAUTOMATIC", "AUTOMATIC"):
-        raise InputError(f"{where}: SegmentAlgorithmType must be MANUAL, SEMIAUTOMATIC or AUTOMATIC, got {algorithm_type!r}")
+        raise InputError(f"{where}: SegmentAlgorithmType must be MANUAL, SEMIAUTOMATIC or AUTOMATIC, "
+                         f"got {algorithm_type!r}")
     return SegmentAttributes(
         label_id=entry["labelID"],
         label=entry.get("SegmentLabel"),

@@ -96,9 +96,11 @@ def _frame_item(segmentation: Dataset, index: int, keyword: str):
 def _check_same_geometry(segmentation: Dataset, series: SourceSeries, path: Path) -> None:
     source = series.datasets[0]
     if segmentation.FrameOfReferenceUID != source.FrameOfReferenceUID:
-        raise DicomError(f"{path.name} is in frame of reference {segmentation.FrameOfReferenceUID}, the series "
-                         f"{series.series_uid} in {source.FrameOfReferenceUID}: it is not a segmentation of this series")
-    orientation = np.array(_frame_item(segmentation, 0, "PlaneOrientationSequence").ImageOrientationPatient, dtype=float)
+        raise DicomError(f"{path.name} is in frame of reference {segmentation.FrameOfReferenceUID}, "
+                         f"the series {series.series_uid} in {source.FrameOfReferenceUID}: "
+                         "it is not a segmentation of this series")
+    plane = _frame_item(segmentation, 0, "PlaneOrientationSequence")
+    orientation = np.array(plane.ImageOrientationPatient, dtype=float)
     spacing = np.array(_frame_item(segmentation, 0, "PixelMeasuresSequence").PixelSpacing, dtype=float)
     if ((segmentation.Rows, segmentation.Columns) != (source.Rows, source.Columns)
             or not np.allclose(orientation, np.array(source.ImageOrientationPatient, dtype=float), atol=1e-4)
@@ -133,5 +135,6 @@ def _imported_segment(item: Dataset, mask: np.ndarray) -> ImportedSegment:
 
     lab = item.get("RecommendedDisplayCIELabValue")
     color = hd.color.CIELabColor.from_dicom_value(lab).to_rgb(clip=True) if lab else None
-    return ImportedSegment(int(item.SegmentNumber), str(item.SegmentLabel), code("SegmentedPropertyCategoryCodeSequence"),
-                           code("SegmentedPropertyTypeCodeSequence"), color, mask)
+    return ImportedSegment(int(item.SegmentNumber), str(item.SegmentLabel),
+                           code("SegmentedPropertyCategoryCodeSequence"), code("SegmentedPropertyTypeCodeSequence"),
+                           color, mask)

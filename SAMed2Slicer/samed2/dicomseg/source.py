@@ -274,7 +274,8 @@ def _build_series(directory: Path, members: list[tuple[Path, Dataset]], report: 
     orientation = np.array(_required(first, first_path, "ImageOrientationPatient"), dtype=float)
     spacing = np.array(_required(first, first_path, "PixelSpacing"), dtype=float)
     for path, ds in members:
-        if not np.allclose(np.array(_required(ds, path, "ImageOrientationPatient"), dtype=float), orientation, atol=1e-4):
+        own_orientation = np.array(_required(ds, path, "ImageOrientationPatient"), dtype=float)
+        if not np.allclose(own_orientation, orientation, atol=1e-4):
             raise DicomError(f"{path}: ImageOrientationPatient differs from {first_path.name}'s within one series")
         if not np.allclose(np.array(_required(ds, path, "PixelSpacing"), dtype=float), spacing, rtol=1e-4):
             raise DicomError(f"{path}: PixelSpacing differs from {first_path.name}'s within one series")
@@ -306,7 +307,8 @@ def _check_spacing(members, positions: np.ndarray, axes: np.ndarray, spacing: np
     sheared = bool(np.abs(in_plane).max() > tolerance)
     regular = bool(gaps.max() - gaps.min() <= SPACING_TOLERANCE * np.median(gaps)) and not sheared
     if sheared:
-        report.warn("slice positions move within the slice plane (gantry tilt?); each slice is handled at its own position")
+        report.warn("slice positions move within the slice plane (gantry tilt?); "
+                    "each slice is handled at its own position")
     elif not regular:
         report.warn(f"irregular slice spacing: gaps from {gaps.min():.4g} to {gaps.max():.4g} mm; "
                     "each slice is handled at its own position")

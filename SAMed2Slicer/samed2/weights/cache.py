@@ -78,7 +78,8 @@ def read_manifest(cache: Path) -> dict[str, Record]:
         entries = json.loads(path.read_text(encoding="utf-8"))["checkpoints"]
         return {name: Record(**fields) for name, fields in entries.items()}
     except (ValueError, KeyError, TypeError) as exc:
-        raise WeightsError(f"the weights manifest {path} is damaged ({exc}); delete it and run `samed2 weights verify`") from None
+        raise WeightsError(f"the weights manifest {path} is damaged ({exc}); "
+                           "delete it and run `samed2 weights verify`") from None
 
 
 def _write_manifest(cache: Path, records: dict[str, Record]) -> None:

@@ -110,7 +110,8 @@ def _accept(info: CheckpointInfo, part: Path) -> str:
     size = part.stat().st_size
     if info.size is not None and size != info.size:
         part.unlink()
-        raise DownloadError(f"{info.filename}: received {size} bytes, expected {info.size}; the file was deleted, run again")
+        raise DownloadError(f"{info.filename}: received {size} bytes, expected {info.size}; "
+                            "the file was deleted, run again")
     digest = sha256_file(part)
     if info.sha256 is not None and digest != info.sha256:
         part.unlink()
@@ -179,7 +180,8 @@ class _Transfer:
         try:
             response = self.session.get(url, headers=headers, params=params, stream=True, timeout=_TIMEOUT)
         except requests.RequestException as exc:
-            raise DownloadError(f"cannot reach {urlsplit(url).netloc} ({_reason(exc)}). {self._offline_hint()}") from None
+            raise DownloadError(f"cannot reach {urlsplit(url).netloc} ({_reason(exc)}). "
+                                f"{self._offline_hint()}") from None
         if response.status_code == 404:
             response.close()
             raise DownloadError(f"{url} was not found (HTTP 404): the file may have moved. {self._offline_hint()}")
@@ -228,7 +230,8 @@ class _Transfer:
         except requests.RequestException as exc:
             raise self._broken(done, total, _reason(exc)) from None
         except OSError as exc:
-            raise DownloadError(f"cannot write {self.part} ({exc.strerror}); free some space and run again to resume") from None
+            raise DownloadError(f"cannot write {self.part} ({exc.strerror}); "
+                                "free some space and run again to resume") from None
         if total is not None and done < total:
             raise self._broken(done, total, "the server closed the connection")
 

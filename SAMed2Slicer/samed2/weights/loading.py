@@ -104,7 +104,9 @@ def _extract_state_dict(content: object, path: Path) -> StateDict:
     return dict(content)
 
 
-def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], label: str = "checkpoint") -> None:
+def check_state_dict(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], label: str = "checkpoint",
+) -> None:
     """Raise a WeightsError naming every missing, unexpected or wrongly shaped key; return quietly on a match."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -115,7 +117,9 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
     ]
     problems = [
         f"{len(keys)} {what}: {_first(keys)}"
-        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape))
+        for what, keys in (
+            ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape),
+        )
         if keys
     ]
     if problems:
@@ -130,7 +134,9 @@ def _first(items: list) -> str:
     return shown if len(items) <= _SHOWN_KEYS else f"{shown}, ... and {len(items) - _SHOWN_KEYS} more"
 
 
-def load_weights(model: torch.nn.Module, source: Union[PathLike, Mapping[str, torch.Tensor]], label: str = "") -> torch.nn.Module:
+def load_weights(
+    model: torch.nn.Module, source: Union[PathLike, Mapping[str, torch.Tensor]], label: str = "",
+) -> torch.nn.Module:
     """Load a file or state dict into `model` after the strict key and shape check; returns `model`."""
     state = source if isinstance(source, Mapping) else load_state_dict_file(source)
     label = label or (f"checkpoint {source}" if not isinstance(source, Mapping) else "state dict")

@@ -85,5 +85,5 @@ def encoder_row(b: Bench, row_id: str, title: str, module, images: torch.Tensor,
         details["auto_timing"] = chosen.timings.get(tuple(images.shape))
     return Row(row_id, title, Measure(median(ours_s), "s", f"{backend} in {b.precision}"),
                Measure(median(torch_s), "s", "torch eager fp32"), ratio, "torch fp32 / ours (speed-up)",
-               f">= {target:.1f}x, masks IoU >= {MIN_IOU} (vs torch, same precision)", ratio >= target and iou >= MIN_IOU,
-               details=details)
+               f">= {target:.1f}x, masks IoU >= {MIN_IOU} (vs torch, same precision)",
+               ratio >= target and iou >= MIN_IOU, details=details)

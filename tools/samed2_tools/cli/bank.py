@@ -18,7 +18,8 @@ def run_import(args) -> int:
     from samed2.bank import import_reference_bank
 
     bank = import_reference_bank(args.file, args.out, capacity=args.capacity)
-    print(f"wrote {args.out}: {len(bank)} entries, keys {tuple(bank.keys.shape)}, memories {tuple(bank.features.shape[1:])}")
+    print(f"wrote {args.out}: {len(bank)} entries, keys {tuple(bank.keys.shape)}, "
+          f"memories {tuple(bank.features.shape[1:])}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`samed2 train`: fine-tune a model on volumes with label maps (multi-GPU: `torchrun ... -m samed2_tools.cli train`)."""
+"""`samed2 train`: fine-tune a model on volumes with label maps
+(multi-GPU: `torchrun ... -m samed2_tools.cli train`)."""
 import argparse
 
 EPILOG = """\

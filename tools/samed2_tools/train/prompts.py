@@ -46,7 +46,8 @@ def negative_click(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     rows, cols = np.nonzero(mask)
     grow_y, grow_x = (rows.max() - rows.min()) // 4 + 1, (cols.max() - cols.min()) // 4 + 1
     near = np.zeros_like(mask)
-    near[max(rows.min() - grow_y, 0): rows.max() + grow_y + 1, max(cols.min() - grow_x, 0): cols.max() + grow_x + 1] = True
+    near[max(rows.min() - grow_y, 0): rows.max() + grow_y + 1,
+         max(cols.min() - grow_x, 0): cols.max() + grow_x + 1] = True
     background = near & ~mask
     return random_click(background if background.any() else ~mask, rng)
 

@@ -59,7 +59,8 @@ class MetricsLog:
         dice_axes.plot(steps, [row["train_dice"] for row in self.rows], label="training Dice, prompted")
         dice_axes.plot(steps, [row["track_dice"] for row in self.rows], label="training Dice, tracked")
         validated = [row for row in self.rows if not math.isnan(row["val_dice"])]
-        dice_axes.plot([r["step"] for r in validated], [r["val_dice"] for r in validated], "o-", label="validation Dice")
+        dice_axes.plot([r["step"] for r in validated], [r["val_dice"] for r in validated], "o-",
+                       label="validation Dice")
         dice_axes.set(xlabel="step", ylabel="Dice", ylim=(0, 1), title="Dice")
         dice_axes.legend(loc="lower right")
         figure.tight_layout()
