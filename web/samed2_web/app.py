@@ -2,7 +2,8 @@
 Slicer module's Logic (SAMed2SlicerLib.logic.SAMed2Logic) through the interaction layer the Slicer
 module uses too (SAMed2SlicerLib.interaction: model loading, the propagation run and job polling,
 prompt watching, undo, the messages). This file only turns page events into its calls and its
-messages into page state.
+messages into page state; the page's layout is samed2_web.ui, the names and defaults of its state
+samed2_web.state.
 
 One server process serves one user session (one scene, one volume, one segmentation).
 """
@@ -15,34 +16,24 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # offs
 import slicer
 from trame.app import TrameApp
 from trame.decorators import change
-from trame.widgets import html
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
-from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
-from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
-from trame_vuetify.widgets import vuetify3 as v3
 from vtkmodules.vtkCommonCore import vtkCommand
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
-from samed2.choices import BACKENDS, DEVICES, DIRECTIONS, PRESETS, PROMPT_TOOLS, STOP_AFTER_ABSENT, PropagationOptions
-from samed2.errors import InputError, Samed2Error
+from samed2.choices import DEVICES
+from samed2.errors import Samed2Error
 from samed2.weights import cached_checkpoint, list_weights
 from samed2_web.confidence_strip import ConfidenceStrip
 from samed2_web.finetune_panel import FinetunePanel
+from samed2_web.state import PageState, hex_color, propagation_options, publish, rgb_color
+from samed2_web.ui import VIEW_LAYOUTS, PageActions, build_page
 from SAMed2SlicerLib.interaction import Interaction
 from SAMed2SlicerLib.logic import SAMed2Logic
 from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes
 from SAMed2SlicerLib.segments import read_segment
 
-PROMPT_MODES = PROMPT_TOOLS  # a box is two clicks: opposite corners
-# Export kind (the Logic's), button label, button class (what tests find it by)
-EXPORTS = (("NIfTI", "Save NIfTI", "save-nifti"), ("DICOM-SEG", "Save DICOM-SEG", "save-dicom-seg"),
-           ("Slicer segmentation", "Save .seg.nrrd", "save-seg-nrrd"))
 FIRST_SEGMENT_COLOR = (0.87, 0.51, 0.40)  # Slicer's liver colour: a hue the grey CT never has
-VIEW_LAYOUTS = {"Axial": Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.axial_view()]),
-                "Axial, coronal, sagittal": Layout(LayoutDirection.Horizontal, [
-                    ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view(),
-                    ViewLayoutDefinition.sagittal_view()])}
 JOB_TICK_S = 0.01  # pause between job polls; each poll itself waits up to the Logic's TICK_WAIT_S
 MARKUP_SETTLE_S = 0.3  # a prompt changed by a script is applied once its changes have settled
 
@@ -69,27 +60,6 @@ def available_devices() -> list:
 
     present = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     return [name for name in DEVICES if present.get(name, True)]
-
-
-def count_field(value, name):
-    """A whole number (slice number, slice count) typed in the page, or None when left empty."""
-    if value is None or str(value).strip() == "":
-        return None
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise InputError(f"{name} must be a whole number (it reads {value!r})") from None
-    if number < 0:
-        raise InputError(f"{name} must be 0 or more (it reads {number})")
-    return number
-
-
-def hex_color(rgb) -> str:
-    return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
-
-
-def rgb_color(hex_text) -> tuple:
-    return tuple(int(hex_text[i:i + 2], 16) / 255 for i in (1, 3, 5))
 
 
 def volume_title(node_name, image: Path) -> str:
@@ -123,7 +93,7 @@ class SAMed2WebApp(TrameApp):
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(VIEW_LAYOUTS)
-        self.layout_manager.set_layout("Axial")
+        self.layout_manager.set_layout(PageState.view_layout)
 
         volumes = self.slicer_app.io_manager.load_volumes(image_files(self.image))
         if not volumes:
@@ -141,9 +111,9 @@ class SAMed2WebApp(TrameApp):
                                        poll=self._poll_jobs, gui=False)
         self.interaction.listeners.append(self._show_status)
         self.strip = ConfidenceStrip(self)
-        self._init_state()
         self.finetune = FinetunePanel(self)
-        self._build_ui()
+        self._init_state()
+        self.ui = build_page(self.server, self._actions(), self.layout_manager, self.strip, self.finetune)
         self.server.controller.on_server_ready.add(self._on_server_ready)
 
     # ---- scene -----------------------------------------------------------------------------
@@ -205,31 +175,19 @@ class SAMed2WebApp(TrameApp):
     # ---- page state ------------------------------------------------------------------------
 
     def _init_state(self):
-        first = self.segment_ids()[0]
-        settings = self.logic.settings
-        self.state.update({
-            "status": "",
-            "title": self._title(),
-            "error": "",
-            "probe": "",
-            "mode": "include",
-            "segments": self._segment_rows(),
-            "segment_id": first,
-            "segment_name": self.segment(first).GetName(),
-            "segment_color": hex_color(self.segment(first).GetColor()),
-            "busy": False,
-            "progress": 0,
-            "direction": DIRECTIONS[0],
-            "first_slice": "",
-            "last_slice": "",
-            "stop_after_absent": STOP_AFTER_ABSENT,
-            "models": cached_models(self.logic.cache_dir),
-            "model": self.logic.model_name(),
-            "device": settings["device"],
-            "preset": settings["preset"],
-            "backend": settings["backend"],
-            "view_layout": "Axial",
-        })
+        first, settings = self.segment_ids()[0], self.logic.settings
+        page = PageState(title=self._title(), segments=self._segment_rows(), segment_id=first,
+                         segment_name=self.segment(first).GetName(),
+                         segment_color=hex_color(self.segment(first).GetColor()),
+                         model=self.logic.model_name(), models=cached_models(self.logic.cache_dir),
+                         device=settings["device"], devices=available_devices(), preset=settings["preset"],
+                         backend=settings["backend"], view_layouts=list(VIEW_LAYOUTS))
+        publish(self.state, **vars(page))
+
+    def _actions(self) -> PageActions:
+        return PageActions(undo=self.undo, export=self.export, add_segment=self.add_segment,
+                           propagate=self.propagate, cancel=self.cancel, list_models=self._list_models,
+                           save_to_pacs=None if self.pacs is None else self.save_to_pacs)
 
     def _report(self, status="", error=""):
         with self.state:
@@ -283,7 +241,7 @@ class SAMed2WebApp(TrameApp):
         def keep_previous():  # the message said why; the previous settings stay
             self.logic.configure(**previous)
             with self.state:
-                self.state.update(previous)
+                publish(self.state, **previous)
             self._list_models()
             self.interaction.load_model()
 
@@ -361,7 +319,8 @@ class SAMed2WebApp(TrameApp):
     def _on_move(self, view):
         r, a, s = self._event_ras(view)
         with self.state:
-            self.state.probe = f"{view.get_view_node().GetName()} R {r:.1f}  A {a:.1f}  S {s:.1f}{self._voxel((r, a, s))}"
+            self.state.probe = (f"{view.get_view_node().GetName()} R {r:.1f}  A {a:.1f}  S {s:.1f}"
+                                f"{self._voxel((r, a, s))}")
 
     def _voxel(self, ras) -> str:
         """The voxel under a world point, as slice numbers (what First and Last take), or nothing outside."""
@@ -393,19 +352,12 @@ class SAMed2WebApp(TrameApp):
 
     def propagate(self):
         self._clear_error()
-        options = self._guarded(self._propagation_options)
+        options = self._guarded(propagation_options, self.state)
         if options is not None:
             with self.state:
                 self.state.progress = 0
             self.interaction.propagate(self.volume, self.segmentation, [self.state.segment_id], self._prompted_view,
                                        options)
-
-    def _propagation_options(self) -> PropagationOptions:
-        """The page's direction and limits."""
-        stop_after = count_field(self.state.stop_after_absent, "Stop after")
-        return PropagationOptions(self.state.direction, start=count_field(self.state.first_slice, "First"),
-                                  stop=count_field(self.state.last_slice, "Last"),
-                                  stop_after_absent=STOP_AFTER_ABSENT if stop_after is None else stop_after)
 
     def cancel(self):
         self.interaction.cancel()
@@ -440,77 +392,3 @@ class SAMed2WebApp(TrameApp):
                                 self._export_path())
         if message is not None:
             self._report(message)
-
-    # ---- page ------------------------------------------------------------------------------
-
-    def _build_ui(self):
-        with SinglePageWithDrawerLayout(self.server, full_height=True, width=320) as self.ui:
-            self.ui.title.set_text("SAMed-2")
-            with self.ui.toolbar:
-                v3.VSpacer()
-                with v3.VBtnToggle(v_model=("mode",), mandatory=True, density="compact"):
-                    for mode in PROMPT_MODES:
-                        v3.VBtn(mode.capitalize(), value=mode, classes=f"{mode}-mode")
-                v3.VBtn("Undo", click=self.undo, disabled=("busy",), classes="undo ml-2")
-                v3.VSelect(v_model=("view_layout",), items=("view_layouts", list(VIEW_LAYOUTS)), density="compact",
-                           hide_details=True, style="max-width: 220px", classes="ml-2 view-layout")
-                for kind, label, name in EXPORTS:
-                    v3.VBtn(label, click=(self.export, f"['{kind}']"), disabled=("busy",), size="small",
-                            variant="tonal", classes=f"{name} ml-1")
-                if self.pacs is not None:
-                    v3.VBtn("Save to PACS", click=self.save_to_pacs, disabled=("busy",), size="small",
-                            variant="tonal", classes="save-to-pacs ml-1")
-            with self.ui.drawer:
-                self._segments_panel()
-                self._propagation_panel()
-                self._model_panel()
-                self.finetune.build()
-            with self.ui.content, html.Div(style="display: flex; flex-direction: column; height: 100%;"):
-                with html.Div(style="padding: 4px 12px;"):
-                    html.Div("{{ title }}", classes="volume-title text-caption")
-                    html.Div("{{ status }}", classes="status")
-                    html.Div("{{ error }}", classes="error text-red", v_show=("error",))
-                    html.Div("{{ probe }}", classes="probe text-caption")
-                self.strip.build()
-                with html.Div(style="flex: 1; position: relative;"):
-                    self.layout_manager.initialize_layout_grid(self.ui)
-
-    def _segments_panel(self):
-        v3.VListSubheader("Segments")
-        swatch = "{display: 'inline-block', width: '12px', height: '12px', marginRight: '8px', background: s.color}"
-        with v3.VList(density="compact", classes="segments"), \
-                v3.VListItem(v_for="s in segments", key="s.id", click="segment_id = s.id",
-                             active=("s.id === segment_id",), classes="segment"):
-            html.Span(style=(swatch,), classes="swatch")
-            html.Span("{{ s.name }}: {{ s.voxels }} voxels, {{ s.prompts }} prompt(s)", classes="text-body-2")
-        with html.Div(classes="d-flex align-center px-2"):
-            v3.VTextField(v_model=("segment_name",), label="Name", density="compact", hide_details=True,
-                          classes="segment-name")
-            html.Input(type="color", v_model=("segment_color",), title="Colour", classes="segment-color ml-2")
-            v3.VBtn("Add", click=self.add_segment, disabled=("busy",), size="small", classes="add-segment ml-2")
-
-    def _propagation_panel(self):
-        v3.VListSubheader("Propagation")
-        with html.Div(classes="px-2"):
-            v3.VSelect(v_model=("direction",), items=("directions", list(DIRECTIONS)), label="Direction",
-                       density="compact", hide_details=True, classes="direction mb-2")
-            with html.Div(classes="d-flex"):
-                for name, label in (("first_slice", "First"), ("last_slice", "Last"),
-                                    ("stop_after_absent", "Stop after")):
-                    v3.VTextField(v_model=(name,), label=label, type="number", density="compact", hide_details=True,
-                                  classes=f"{name.replace('_', '-')} mr-1")
-            html.Div("First, Last: slice numbers (empty: the volume's edge). Stop after: slices without the object "
-                     "(0: never).", classes="text-caption")
-            v3.VBtn("Propagate", click=self.propagate, disabled=("busy",), classes="propagate mr-2")
-            v3.VBtn("Cancel", click=self.cancel, disabled=("!busy",), classes="cancel")
-            v3.VProgressLinear(model_value=("progress",), v_show=("busy",), classes="progress mt-2")
-
-    def _model_panel(self):
-        v3.VListSubheader("Model")
-        with html.Div(classes="px-2"):
-            v3.VSelect(v_model=("model",), items=("models",), label="Model", density="compact", hide_details=True,
-                       disabled=("busy",), update_menu=self._list_models, classes="model mb-2")
-            for name, items in (("device", ("devices", available_devices())), ("preset", ("presets", list(PRESETS))),
-                                ("backend", ("backends", list(BACKENDS)))):
-                v3.VSelect(v_model=(name,), items=items, label=name.capitalize(), density="compact",
-                           hide_details=True, disabled=("busy",), classes=f"{name} mb-2")

@@ -6,7 +6,6 @@ from trame_vuetify.widgets import vuetify3 as v3
 
 from SAMed2SlicerLib.confidence import least_confident, strip_cells
 
-COLOURS = {"low": "#d32f2f", "medium": "#f9a825", "high": "#43a047", "none": "transparent"}
 TITLE = "c.confidence === null ? `slice ${c.slice}: no result` : `slice ${c.slice}: ${c.confidence.toFixed(2)}`"
 CELL_STYLE = ("{flex: '1 1 0', height: '14px', marginRight: '1px', background: strip_colours[c.level], "
               "outline: c.slice === strip_current ? '2px solid white' : 'none'}")
@@ -17,7 +16,6 @@ class ConfidenceStrip:
 
     def __init__(self, app):
         self.app = app
-        app.state.update({"strip": [], "strip_current": -1, "strip_colours": COLOURS})
 
     def _segmenter_and_axis(self):
         segmenter, view = self.app.logic.segmenter, self.app._prompted_view

@@ -13,8 +13,6 @@ class FinetunePanel:
     def __init__(self, app):
         self.app = app
         self.job = None
-        app.state.update({"finetune_name": "", "finetune_replace": False, "finetune_busy": False,
-                          "finetune_progress": 0})
 
     def build(self):
         v3.VListSubheader("Fine-tune")
