@@ -22,18 +22,17 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from samed2.precisions import BACKENDS, PRECISIONS
+from samed2.choices import BACKENDS, DEVICES, EFFECT_NAME, EXPORT_KINDS, PRECISIONS, PRESETS
 from SAMed2SlicerLib import install, models
 from SAMed2SlicerLib.geometry import describe_volume
 from SAMed2SlicerLib.logic import EXPORT_SUFFIXES, SAMed2Logic, with_suffix
-from SAMed2SlicerLib.segmenter import PRESETS
-from SAMed2SlicerLib.segments import EFFECT_NAME
 from SAMed2SlicerQt.controller import Controller, show_error
 from SAMed2SlicerQt.finetune_section import FinetuneSection
 
 HOMEPAGE = "https://github.com/samed2slicer/SlicerSAMed2"
-EXPORT_FORMATS = {"DICOM-SEG file": "DICOM-SEG", "DICOM-SEG into the DICOM database": "DICOM-SEG",
-                  "NIfTI file": "NIfTI", "Slicer segmentation file": "Slicer segmentation"}
+DICOM_SEG, NIFTI, SLICER_SEGMENTATION = EXPORT_KINDS
+EXPORT_FORMATS = {"DICOM-SEG file": DICOM_SEG, "DICOM-SEG into the DICOM database": DICOM_SEG,
+                  "NIfTI file": NIFTI, "Slicer segmentation file": SLICER_SEGMENTATION}
 TO_DATABASE = "DICOM-SEG into the DICOM database"
 PATH_FIELDS = {"dicomFolder": "dicomFolderPathLineEdit", "exportPath": "exportPathLineEdit"}
 EFFECT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SegmentEditorSAMed2Lib",
@@ -101,7 +100,7 @@ class SAMed2SlicerParameterNode:
     in their own nodes)."""
 
     model: str = models.DEFAULT_MODEL
-    device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
     preset: Annotated[str, Choice(list(PRESETS))] = "auto"
     precision: Annotated[str, Choice(list(PRECISIONS))] = "auto"
     backend: Annotated[str, Choice(list(BACKENDS))] = "auto"
@@ -347,7 +346,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExport(self):
         editor = self.ui.segmentEditorWidget
-        dicom = EXPORT_FORMATS[self._parameterNode.exportFormat] == "DICOM-SEG"
+        dicom = EXPORT_FORMATS[self._parameterNode.exportFormat] == DICOM_SEG
         if dicom and not (self.controller.ensure_ready(dicom=True) and self.dicomPackagesLoaded()):
             return  # NIfTI and NRRD need no extra packages
         with self.controller.reporting(_("Export")):
@@ -375,7 +374,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         path = self.logic.temporary_seg_path() if toDatabase else self._parameterNode.exportPath or None
         message = self.logic.export(volume, segmentation, kind, path, self._parameterNode.dicomFolder or None,
                                     slicer.dicomDatabase)
-        if kind != "DICOM-SEG" or not (toDatabase or slicer.util.confirmYesNoDisplay(
+        if kind != DICOM_SEG or not (toDatabase or slicer.util.confirmYesNoDisplay(
                 _("Also put the DICOM-SEG into Slicer's DICOM database? From there the DICOM module sends it to a "
                   "PACS."), windowTitle=_("SAMed-2 export"))):
             return message

@@ -15,6 +15,7 @@ import numpy as np
 import slicer
 from slicer.util import VTKObservationMixin
 
+from samed2.choices import EXPORT_KINDS
 from SAMed2SlicerLib import models
 from SAMed2SlicerLib.finetune import FINETUNE_JOB
 from SAMed2SlicerLib.geometry import engine_volume, view_axis
@@ -26,7 +27,7 @@ from SAMed2SlicerLib.segmenter import Segmenter
 DEFAULT_SETTINGS = {"model": models.DEFAULT_MODEL, "device": "auto", "preset": "auto", "precision": "auto",
                     "backend": "auto"}
 LOAD_JOB = "model load"
-EXPORT_SUFFIXES = {"DICOM-SEG": ".dcm", "NIfTI": ".nii.gz", "Slicer segmentation": ".seg.nrrd"}
+EXPORT_SUFFIXES = dict(zip(EXPORT_KINDS, (".dcm", ".nii.gz", ".seg.nrrd")))
 
 
 def written_message(written) -> str:

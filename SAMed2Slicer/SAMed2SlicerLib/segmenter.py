@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 CACHE_BYTES_PER_AXIS = 1024 ** 3
 WRITE_INTERVAL_S = 0.5
 """Propagation writes its slices at most this often (each write rebuilds the segment's 3D surface)."""
-PRESETS = ("auto", "view", "soft_tissue", "lung", "bone", "brain", "liver", "mr")
-"""Intensity presets offered: the engine's, plus "view" (the window/level Slicer displays)."""
 
 
 class BusyError(RuntimeError):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from samed2.backends import image_encoder
 from samed2.bank import ConfidenceBank
 from samed2.chain import BoxChain, IntensityBand
+from samed2.choices import DIRECTIONS, STOP_AFTER_ABSENT, STRATEGIES, check_choice
 from samed2.confidence import slice_confidence
 from samed2.correction import LocalCorrection
 from samed2.device import autocast, is_out_of_memory, pick_device, pick_precision
@@ -29,13 +30,12 @@ from samed2.model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE
 from samed2.model.sam2 import NO_OBJECT_SCORE
 from samed2.model_io import logits_to_slice, model_scale, preprocess_slices, slice_box_to_model, slice_points_to_model
 from samed2.presets import IntensityPreset, default_preset, get_preset
-from samed2.strategy import NEEDS_BANK, STRATEGIES, resolve
+from samed2.strategy import NEEDS_BANK, resolve
 from samed2.volume import Volume, checked_axis, put_slice
 from samed2.worker import BACKGROUND, TorchWorker
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("up", "down", "both")
 DEFAULT_CACHE_BYTES = 1024 ** 3
 CLICK_CORRECTION = LocalCorrection()
 BANK_ATTENDED_SLICES = 16  # slices whose bank-attended features are kept (4 MB each at 1024 px)
@@ -137,8 +137,7 @@ def checked_strategy(strategy: Optional[str], model, bank: Optional[ConfidenceBa
             raise InputError(f"strategy {strategy!r} needs a model with memory; this model propagates by box-chain only")
         return "box-chain"
     strategy = resolve(strategy, bank is not None)
-    if strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    check_choice("strategy", strategy, STRATEGIES)
     if strategy in NEEDS_BANK and bank is None:
         raise InputError(f"strategy {strategy!r} needs SAMed-2's confidence memory bank")
     return strategy
@@ -558,7 +557,7 @@ class Session:
     # ---- propagation ----------------------------------------------------------------------
 
     def propagate(self, obj_ids=None, direction: str = "both", start: Optional[int] = None,
-                  stop: Optional[int] = None, stop_after_absent: int = 3,
+                  stop: Optional[int] = None, stop_after_absent: int = STOP_AFTER_ABSENT,
                   cancel: Optional[threading.Event] = None) -> Iterator[SliceResult]:
         """Propagate from the prompted slices, streaming each slice's result as it is computed.
 
@@ -569,8 +568,7 @@ class Session:
         Objects with the same walks (prompted on the same slices) are tracked together, one batched
         model call per slice, so their results interleave slice by slice.
         """
-        if direction not in DIRECTIONS:
-            raise InputError(f"unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
+        check_choice("direction", direction, DIRECTIONS)
         low, high = self._limits(start, stop)
         ids = list(self.objects) if obj_ids is None else list(obj_ids)
         for obj_id in ids:
