@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from samed2.choices import BACKENDS, DEVICES, EFFECT_NAME, EXPORT_KINDS, PRECISIONS, PRESETS
+from samed2.choices import BACKENDS, DEVICES, EFFECT_NAME, EXPORT_KINDS, PRECISIONS, PRESETS, EngineSettings
 from SAMed2SlicerLib import install, models
 from SAMed2SlicerLib.geometry import describe_volume
 from SAMed2SlicerLib.logic import EXPORT_SUFFIXES, SAMed2Logic, with_suffix
@@ -31,6 +31,7 @@ from SAMed2SlicerQt.finetune_section import FinetuneSection
 
 HOMEPAGE = "https://github.com/samed2slicer/SlicerSAMed2"
 DICOM_SEG, NIFTI, SLICER_SEGMENTATION = EXPORT_KINDS
+ENGINE_DEFAULTS = EngineSettings()
 EXPORT_FORMATS = {"DICOM-SEG file": DICOM_SEG, "DICOM-SEG into the DICOM database": DICOM_SEG,
                   "NIfTI file": NIFTI, "Slicer segmentation file": SLICER_SEGMENTATION}
 TO_DATABASE = "DICOM-SEG into the DICOM database"
@@ -99,11 +100,11 @@ class SAMed2SlicerParameterNode:
     """Module settings saved with the scene (prompts, segments and effect settings are saved
     in their own nodes)."""
 
-    model: str = models.DEFAULT_MODEL
-    device: Annotated[str, Choice(list(DEVICES))] = "auto"
-    preset: Annotated[str, Choice(list(PRESETS))] = "auto"
-    precision: Annotated[str, Choice(list(PRECISIONS))] = "auto"
-    backend: Annotated[str, Choice(list(BACKENDS))] = "auto"
+    model: str = ENGINE_DEFAULTS.model
+    device: Annotated[str, Choice(list(DEVICES))] = ENGINE_DEFAULTS.device
+    preset: Annotated[str, Choice(list(PRESETS))] = ENGINE_DEFAULTS.preset
+    precision: Annotated[str, Choice(list(PRECISIONS))] = ENGINE_DEFAULTS.precision
+    backend: Annotated[str, Choice(list(BACKENDS))] = ENGINE_DEFAULTS.backend
     exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = next(iter(EXPORT_FORMATS))
     # Plain strings, bound to their path fields by the widget: the wrapper's Path connector shows
     # an unset Path() as "."

@@ -143,7 +143,7 @@ def test_mrml_precision_setting_reaches_the_engine_session_and_the_status_line(l
 
     from samed2.device import pick_precision
 
-    assert logic.settings["precision"] == "auto"
+    assert logic.settings.precision == "auto"
     logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
     auto = pick_precision("auto", torch.device("cpu"))
     first = logic.segmenter
@@ -166,23 +166,36 @@ def test_mrml_unknown_precision_is_refused_with_the_choices(logic, ct, abdomen, 
     from samed2.errors import InputError
 
     before = segment_voxels(abdomen, "liver", ct)
-    logic.configure(precision="fp16")
     with pytest.raises(InputError, match="unknown precision 'fp16'; choose one of auto, fp32, bf16"):
-        logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+        logic.configure(precision="fp16")
+    assert logic.settings.precision == "auto", "a refused setting leaves the settings as they were"
     assert logic.prompt_nodes() == []
     np.testing.assert_array_equal(segment_voxels(abdomen, "liver", ct), before)
+
+
+def test_mrml_misspelt_setting_is_refused_naming_the_settings(logic, ct, abdomen, views):
+    """configure() takes the names of samed2.choices.EngineSettings only: a typo is an error, not a
+    setting stored and never read."""
+    from samed2.errors import InputError
+
+    logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+    segmenter, settings = logic.segmenter, logic.settings
+    with pytest.raises(InputError, match="unknown setting precison; the settings are model, device, preset, "
+                                         "precision, backend"):
+        logic.configure(precison="bf16")
+    assert logic.settings == settings and logic.segmenter is segmenter, "nothing changed"
 
 
 def test_mrml_backend_setting_reaches_the_sessions_with_the_cache_beside_the_weights(logic, ct, abdomen):
     """The Logic's backend setting ("auto" by default) goes to the engine sessions; converted encoders
     are kept in the Logic's weights cache (nothing is converted before the first encoding)."""
     from samed2.backends import ChosenEncoder
-    from SAMed2SlicerLib.logic import DEFAULT_SETTINGS
+    from samed2.choices import EngineSettings
 
     from conftest import require_module
 
     require_module("openvino", "the OpenVINO backend, samed2[cpu]")
-    assert DEFAULT_SETTINGS["backend"] == "auto"
+    assert EngineSettings().backend == "auto"
     logic.configure(backend="openvino")
     encoder = logic.segmenter_for(ct, abdomen).session(2).image_encoder
     assert isinstance(encoder, ChosenEncoder) and not encoder.measure

@@ -99,7 +99,7 @@ def test_slicer_settings_chosen_in_the_panel_survive_leaving_and_reentering(pane
         enter(panel)
     assert settings(panel) == CHOSEN, f"Slicer {release}: the settings went back to their first choices"
     assert {name: combos[name].currentText for name in CHOSEN} == CHOSEN
-    assert {k: panel.logic.settings[k] for k in ("device", "preset", "precision")} == {
+    assert {k: getattr(panel.logic.settings, k) for k in ("device", "preset", "precision")} == {
         k: CHOSEN[k] for k in ("device", "preset", "precision")}
 
 
@@ -132,7 +132,7 @@ def test_slicer_panel_follows_a_new_scene(panel, release):
     assert panel.logic.getParameterNode().device == "auto"
     assert bound_widgets(panel)["device"].currentText == "auto"
     bound_widgets(panel)["device"].currentText = "cpu"
-    assert panel.logic.getParameterNode().device == "cpu" and panel.logic.settings["device"] == "cpu"
+    assert panel.logic.getParameterNode().device == "cpu" and panel.logic.settings.device == "cpu"
 
 
 def test_slicer_hidden_panel_survives_a_scene_close(panel):

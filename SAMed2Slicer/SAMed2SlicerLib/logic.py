@@ -15,7 +15,7 @@ import numpy as np
 import slicer
 from slicer.util import VTKObservationMixin
 
-from samed2.choices import EXPORT_KINDS
+from samed2.choices import EXPORT_KINDS, EngineSettings
 from SAMed2SlicerLib import models
 from SAMed2SlicerLib.finetune import FINETUNE_JOB
 from SAMed2SlicerLib.geometry import engine_volume, view_axis
@@ -24,8 +24,6 @@ from SAMed2SlicerLib.jobs import BackgroundJob, JobPoller
 from SAMed2SlicerLib.prompts import prompt_nodes
 from SAMed2SlicerLib.segmenter import Segmenter
 
-DEFAULT_SETTINGS = {"model": models.DEFAULT_MODEL, "device": "auto", "preset": "auto", "precision": "auto",
-                    "backend": "auto"}
 LOAD_JOB = "model load"
 EXPORT_SUFFIXES = dict(zip(EXPORT_KINDS, (".dcm", ".nii.gz", ".seg.nrrd")))
 
@@ -41,7 +39,7 @@ class SAMed2Logic(VTKObservationMixin):
 
     def __init__(self, cache_dir=None):
         VTKObservationMixin.__init__(self)
-        self.settings = dict(DEFAULT_SETTINGS)
+        self.settings = EngineSettings()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else models.weights_cache_dir()
         self.jobs = JobPoller()
         self.segmenter: Optional[Segmenter] = None
@@ -56,10 +54,12 @@ class SAMed2Logic(VTKObservationMixin):
         """What is missing for segmenting (with `dicom`: and for DICOM-SEG export)."""
         return InstallPlan.for_this_python(dicom=dicom)
 
-    def configure(self, **settings) -> None:
-        """Change model, device, preset, precision or backend; the next action makes a new segmenter."""
-        if any(self.settings.get(k) != v for k, v in settings.items()):
-            self.settings.update(settings)
+    def configure(self, **changes) -> None:
+        """Change model, device, preset, precision or backend (an unknown setting or value is an
+        InputError naming the valid ones); after a change the next action makes a new segmenter."""
+        settings = self.settings.replace(**changes)
+        if settings != self.settings:
+            self.settings = settings
             self.close_segmenter()
 
     def use_model(self, name, model) -> None:
@@ -69,7 +69,7 @@ class SAMed2Logic(VTKObservationMixin):
 
     def model_name(self) -> str:
         """The model chosen, or the best one cached when none was (models.default_model)."""
-        return self.settings["model"] or models.default_model(self.cache_dir)
+        return self.settings.model or models.default_model(self.cache_dir)
 
     def engine_model(self):
         name = self.model_name()
@@ -88,7 +88,7 @@ class SAMed2Logic(VTKObservationMixin):
         from samed2.device import pick_device, pick_precision
 
         self.engine_model()
-        pick_precision(self.settings["precision"], pick_device(self.settings["device"]))
+        pick_precision(self.settings.precision, pick_device(self.settings.device))
 
     def view_slice_index(self, volume_node, slice_node) -> int:
         """The volume slice a slice view shows (through the view's centre), from the geometry
@@ -103,7 +103,7 @@ class SAMed2Logic(VTKObservationMixin):
         """The Segmenter for this volume and segmentation with the current settings."""
         if volume is None or segmentation is None:
             raise ValueError("choose a source volume and a segmentation in the segment editor first")
-        key = (volume.GetID(), segmentation.GetID(), tuple(sorted(self.settings.items())))
+        key = (volume.GetID(), segmentation.GetID(), self.settings)
         if self.segmenter is not None and key == self._segmenter_key:
             return self.segmenter
         if self.install_plan().needed:
@@ -112,9 +112,10 @@ class SAMed2Logic(VTKObservationMixin):
         self.close_segmenter()
         from samed2.backends import converted_cache
 
-        self.segmenter = Segmenter(volume, segmentation, self.engine_model(), device=self.settings["device"],
-                                   preset=self.settings["preset"], precision=self.settings["precision"],
-                                   backend=self.settings["backend"], converted_cache=converted_cache(self.cache_dir))
+        settings = self.settings
+        self.segmenter = Segmenter(volume, segmentation, self.engine_model(), device=settings.device,
+                                   preset=settings.preset, precision=settings.precision, backend=settings.backend,
+                                   converted_cache=converted_cache(self.cache_dir))
         self._segmenter_key = key
         self.addObserver(volume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._on_volume_changed)
         return self.segmenter

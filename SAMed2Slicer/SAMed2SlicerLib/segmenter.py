@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from samed2.choices import SESSION_BACKEND, SESSION_PRECISION
 from samed2.errors import InputError
 from samed2.presets import ct_window
 from SAMed2SlicerLib.geometry import engine_volume, view_axis
@@ -49,13 +50,12 @@ class Segmenter:
     """Prompts -> engine -> segments, for one volume and one segmentation.
 
     `model` is an engine model (samed2.model / samed2.weights.load_model); `device`, `preset`,
-    `precision`, `backend`, `converted_cache`, `strategy` and `bank` go to each engine Session (precision
-    "fp32" and backend "torch" unless asked, as the Session's; the module's Logic asks for its settings,
-    "auto" by default).
+    `precision`, `backend`, `converted_cache`, `strategy` and `bank` go to each engine Session (with the
+    Session's defaults, samed2.choices; the module's Logic passes its EngineSettings).
     """
 
     def __init__(self, volume_node, segmentation_node, model, device="auto", preset="auto",
-                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy=None, bank=None, precision="fp32", backend="torch",
+                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy=None, bank=None, precision=SESSION_PRECISION, backend=SESSION_BACKEND,
                  converted_cache=None):
         check_editable(segmentation_node)
         self.volume_node = volume_node

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from samed2.backends import image_encoder
 from samed2.bank import ConfidenceBank
 from samed2.chain import BoxChain, IntensityBand
-from samed2.choices import DIRECTIONS, STOP_AFTER_ABSENT, STRATEGIES, check_choice
+from samed2.choices import DIRECTIONS, SESSION_BACKEND, SESSION_PRECISION, STOP_AFTER_ABSENT, STRATEGIES, check_choice
 from samed2.confidence import slice_confidence
 from samed2.correction import LocalCorrection
 from samed2.device import autocast, is_out_of_memory, pick_device, pick_precision
@@ -146,8 +146,8 @@ def checked_strategy(strategy: Optional[str], model, bank: Optional[ConfidenceBa
 class Session:
     def __init__(self, volume: Volume, model: SAM2Model, axis: int = 2, preset=None, device: str = "auto",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, bank: Optional[ConfidenceBank] = None,
-                 strategy: Optional[str] = None, encode_batch: Optional[int] = None, precision: str = "fp32",
-                 backend: str = "torch", converted_cache=None):
+                 strategy: Optional[str] = None, encode_batch: Optional[int] = None,
+                 precision: str = SESSION_PRECISION, backend: str = SESSION_BACKEND, converted_cache=None):
         strategy = checked_strategy(strategy, model, bank)
         self.volume, self.axis, self.strategy, self.bank = volume, checked_axis(axis), strategy, bank
         self.device = pick_device(device)
