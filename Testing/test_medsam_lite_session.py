@@ -5,6 +5,7 @@ import pytest
 from scipy import ndimage
 
 from samed2.bank import ConfidenceBank
+from samed2.choices import PropagationOptions
 from samed2.errors import InputError
 from samed2.model_io import mask_box, model_scale
 from samed2.session import CLICK_CORRECTION, Session
@@ -67,7 +68,7 @@ def propagated_liver(session, labels, low, high):
     truth = labels == LIVER
     middle = (low + high) // 2
     session.add_prompt(LIVER, middle, box=mask_box(truth[middle]))
-    for _ in session.propagate([LIVER], start=low, stop=high):
+    for _ in session.propagate([LIVER], PropagationOptions(start=low, stop=high)):
         pass
     return middle
 
@@ -114,7 +115,7 @@ def test_lite_corrected_slice_conditions_the_next_propagation_and_is_never_overw
         middle = propagated_liver(session, labels, 12, 18)
         truth = labels[17] == LIVER
         corrected = session.add_prompt(LIVER, 17, points=[slice_click(session.objects[LIVER].masks[17], truth)])
-        rerun = {r.index: r.mask for r in session.propagate([LIVER], start=12, stop=18)}
+        rerun = {r.index: r.mask for r in session.propagate([LIVER], PropagationOptions(start=12, stop=18))}
 
         assert 17 not in rerun and middle not in rerun
         np.testing.assert_array_equal(session.objects[LIVER].masks[17], corrected)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from samed2.choices import PropagationOptions
 from samed2.errors import InputError
 from samed2.session import Session
 
@@ -120,13 +121,13 @@ def test_session_refuses_bad_prompts(session, prompt, message):
 
 def test_propagation_directions_and_limits(session):
     session.add_prompt(1, 15, box=(20, 20, 100, 80))
-    up = [r.index for r in session.propagate(direction="up", stop=20, stop_after_absent=0)]
+    up = [r.index for r in session.propagate(options=PropagationOptions("up", stop=20, stop_after_absent=0))]
     assert up == [16, 17, 18, 19, 20]
     session.add_prompt(2, 15, box=(20, 20, 100, 80))
-    down = [r.index for r in session.propagate(obj_ids=[2], direction="down", start=11, stop_after_absent=0)]
+    down = [r.index for r in session.propagate([2], PropagationOptions("down", start=11, stop_after_absent=0))]
     assert down == [14, 13, 12, 11]
     session.add_prompt(3, 15, box=(20, 20, 100, 80))
-    both = [r.index for r in session.propagate(obj_ids=[3], stop_after_absent=0)]
+    both = [r.index for r in session.propagate([3], PropagationOptions(stop_after_absent=0))]
     assert sorted(both) == [i for i in range(session.num_slices) if i != 15]
     assert sorted(session.objects[3].masks) == list(range(session.num_slices))  # a mask kept for every slice
 
@@ -136,7 +137,7 @@ def test_propagation_stops_after_absent_slices(ct_volume, tiny_model):
     object_score_says(tiny_model, present=False)
     with Session(ct_volume, tiny_model, axis=2, device="cpu", strategy="track") as session:
         session.add_prompt(1, 15, box=(20, 20, 100, 80))
-        results = list(session.propagate(direction="up", stop_after_absent=2))
+        results = list(session.propagate(options=PropagationOptions("up", stop_after_absent=2)))
     assert [(r.index, r.present) for r in results] == [(16, False), (17, False)]
     assert not any(r.mask.any() for r in results)  # an absent object leaves its slices empty
 
@@ -145,7 +146,7 @@ def test_propagation_runs_until_the_first_run_of_absent_slices(session):
     """Whatever the model says, the walk ends exactly after its first `stop_after_absent` absent slices
     in a row, or at the volume's edge."""
     session.add_prompt(1, 15, box=(20, 20, 100, 80))
-    results = list(session.propagate(direction="up", stop_after_absent=2))
+    results = list(session.propagate(options=PropagationOptions("up", stop_after_absent=2)))
     indices, present = [r.index for r in results], [r.present for r in results]
     assert indices == list(range(16, 16 + len(results)))
     pairs = [i for i in range(1, len(present)) if not present[i - 1] and not present[i]]
@@ -156,7 +157,7 @@ def test_propagation_cancel_keeps_a_consistent_partial_result(session):
     session.add_prompt(1, 5, box=(20, 20, 100, 80))
     cancel = threading.Event()
     seen = []
-    for result in session.propagate(direction="up", stop_after_absent=0, cancel=cancel):
+    for result in session.propagate(options=PropagationOptions("up", stop_after_absent=0), cancel=cancel):
         seen.append(result.index)
         if len(seen) == 3:
             cancel.set()
@@ -168,12 +169,12 @@ def test_propagation_cancel_keeps_a_consistent_partial_result(session):
 
 def test_propagation_corrections_never_overwrite_prompted_or_edited_slices(session):
     session.add_prompt(1, 10, box=(20, 20, 100, 80))
-    list(session.propagate(stop_after_absent=0))
+    list(session.propagate(options=PropagationOptions(stop_after_absent=0)))
     edited = np.zeros(session.slice_shape, dtype=bool)
     edited[30:50, 40:70] = True
     session.set_mask(1, 20, edited)
     corrected = session.add_prompt(1, 14, points=[(50, 50, True)])
-    rerun = [r.index for r in session.propagate(stop_after_absent=0)]
+    rerun = [r.index for r in session.propagate(options=PropagationOptions(stop_after_absent=0))]
     assert 10 not in rerun and 14 not in rerun and 20 not in rerun
     assert rerun, "re-propagation runs from the corrected slices"
     assert np.array_equal(session.objects[1].masks[20], edited)
@@ -277,9 +278,10 @@ def test_propagation_tracks_objects_prompted_on_one_slice_in_lockstep(ct_volume,
     with Session(ct_volume, tiny_model, device="cpu") as alone, Session(ct_volume, tiny_model, device="cpu") as together:
         for s in (alone, together):
             s.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
-        expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], start=9, stop=21, stop_after_absent=2)]
+        options = PropagationOptions(start=9, stop=21, stop_after_absent=2)
+        expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], options)]
         calls = count_track_steps(tiny_model)
-        results = list(together.propagate([1, 2], start=9, stop=21, stop_after_absent=2))
+        results = list(together.propagate([1, 2], options))
         del tiny_model.track_step
         seen = {(r.obj_id, r.index) for r in results}
         assert seen == {(r.obj_id, r.index) for r in expected} and len(seen) == len(results)
@@ -295,11 +297,12 @@ def test_propagation_in_lockstep_falls_back_where_memories_differ(ct_volume, tin
     with Session(ct_volume, tiny_model, device="cpu") as alone, Session(ct_volume, tiny_model, device="cpu") as together:
         for s in (alone, together):
             s.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
-            list(s.propagate([1], direction="up", stop=18, stop_after_absent=0))  # only object 1 remembers 16-18
+            list(s.propagate([1], PropagationOptions("up", stop=18, stop_after_absent=0)))  # only object 1: 16-18
             s.add_prompt(1, 15, points=[(70, 60, False)])
-        expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], start=12, stop=18, stop_after_absent=0)]
+        options = PropagationOptions(start=12, stop=18, stop_after_absent=0)
+        expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], options)]
         calls = count_track_steps(tiny_model)
-        results = list(together.propagate([1, 2], start=12, stop=18, stop_after_absent=0))
+        results = list(together.propagate([1, 2], options))
         del tiny_model.track_step
         assert calls == [1] * 6 + [2] * 3, "one by one up to 18, together from 14 down (same memories again)"
         assert sorted((r.obj_id, r.index) for r in results) == sorted((r.obj_id, r.index) for r in expected)
@@ -322,7 +325,7 @@ def fake_tracking(session, present_ids):
 def test_propagation_in_lockstep_objects_stop_on_their_own(session):
     session.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
     batches = fake_tracking(session, present_ids={2})
-    results = list(session.propagate(direction="up", stop=19, stop_after_absent=2))
+    results = list(session.propagate(options=PropagationOptions("up", stop=19, stop_after_absent=2)))
     assert [(r.obj_id, r.index) for r in results] == [(1, 16), (2, 16), (1, 17), (2, 17), (2, 18), (2, 19)]
     assert batches == [[1, 2], [1, 2], [2], [2]]
 
@@ -332,7 +335,7 @@ def test_propagation_in_lockstep_cancels_between_slices(session):
     batches = fake_tracking(session, present_ids={1, 2})
     cancel = threading.Event()
     seen = []
-    for result in session.propagate(direction="up", stop_after_absent=0, cancel=cancel):
+    for result in session.propagate(options=PropagationOptions("up", stop_after_absent=0), cancel=cancel):
         seen.append((result.obj_id, result.index))
         if len(seen) == 3:
             cancel.set()
@@ -361,8 +364,9 @@ def test_objects_together_as_one_at_a_time_with_the_bank(ct_volume, tiny_model, 
         for obj_id, (points, box) in prompts.items():
             alone.add_prompt(obj_id, 15, points, box)
         together.add_prompts(15, prompts)
-        expected = [r for obj_id in (2, 3) for r in alone.propagate([obj_id], start=12, stop=18, stop_after_absent=0)]
-        results = list(together.propagate([2, 3], start=12, stop=18, stop_after_absent=0))
+        options = PropagationOptions(start=12, stop=18, stop_after_absent=0)
+        expected = [r for obj_id in (2, 3) for r in alone.propagate([obj_id], options)]
+        results = list(together.propagate([2, 3], options))
         assert sorted((r.obj_id, r.index) for r in results) == sorted((r.obj_id, r.index) for r in expected)
         for obj_id, index in [(r.obj_id, r.index) for r in results] + [(2, 15), (3, 15)]:
             assert_same_object(together.objects[obj_id], alone.objects[obj_id], index)
@@ -382,7 +386,7 @@ def test_a_click_runs_no_memory_encoder_propagation_encodes_the_prompted_slice(c
             with torch.no_grad():
                 expected = tiny_model.frame_memory(image, s.objects[1].pending[15], from_points=True).stored()
             encoded.clear()
-            list(s.propagate(start=14, stop=16))
+            list(s.propagate(options=PropagationOptions(start=14, stop=16)))
             assert 15 not in s.objects[1].pending
             assert len(encoded) == 1 + 2, "the prompted slice once, then each tracked slice"
             memory = s.frame_memory(1, 15)
@@ -425,7 +429,7 @@ def test_box_chain_prompts_the_box_of_the_previous_masks_largest_part(ct_volume,
         s.set_mask(1, 15, mask)
         boxes, prompt_tensors = [], s._prompt_tensors
         s._prompt_tensors = lambda prompts: boxes.append(prompts.box) or prompt_tensors(prompts)
-        list(s.propagate([1], direction="up", stop=16, stop_after_absent=0))
+        list(s.propagate([1], PropagationOptions("up", stop=16, stop_after_absent=0)))
     assert boxes[0] == (30, 39.5, 59, 40.5)
 
 

@@ -10,6 +10,7 @@ from dicomseg_checks import assert_dciodvfy_clean
 from slicer_harness import add_slice_views, load_volume, mrml_scene, slicer_app  # noqa: F401 (fixtures)
 from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, segment_voxels, tiny_model, views, world_point  # noqa: F401
 
+from samed2.choices import PropagationOptions
 from samed2.dicomseg import read_seg
 from SAMed2SlicerLib.logic import SAMed2Logic, with_suffix
 
@@ -49,7 +50,7 @@ def test_mrml_script_loads_clicks_propagates_and_exports_dicom_seg_through_the_l
     red, point = red_view_through(volume, 1)
 
     assert logic.click(volume, segmentation, segment_id, red, point) == {2: [1]}
-    job = logic.propagate(volume, segmentation, red, direction="both")
+    job = logic.propagate(volume, segmentation, None, red, PropagationOptions("both"))
     assert logic.jobs.jobs == [job]
     while logic.jobs.jobs:  # what the module's timer does
         logic.jobs.tick()
@@ -79,8 +80,8 @@ def test_mrml_logic_export_says_what_is_missing(logic, data_dir, tmp_path):
 def test_mrml_closing_the_scene_stops_the_run_and_frees_the_segmenter(logic, ct, abdomen, views):
     logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
     ended = []
-    job = logic.propagate(ct, abdomen, views["Red"], ["liver"], on_end=ended.append, direction="both",
-                          stop_after_absent=0)
+    job = logic.propagate(ct, abdomen, ["liver"], views["Red"], PropagationOptions("both", stop_after_absent=0),
+                          on_end=ended.append)
     slicer.mrmlScene.Clear(0)
     assert ended == [job] and job.progress().finished and job.cancelled
     assert logic.segmenter is None and logic.jobs.jobs == []
@@ -116,7 +117,7 @@ def test_mrml_undo_state_is_saved_only_by_actions_that_write(logic, ct, abdomen,
     logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK), before_write=lambda: saved.append("click"))
     assert saved == ["click"]
     assert logic.apply_moved_prompts(before_write=lambda: saved.append("moved")) is None  # nothing moved
-    job = logic.propagate(ct, abdomen, views["Red"], ["liver"], direction="up", stop=18,
+    job = logic.propagate(ct, abdomen, ["liver"], views["Red"], PropagationOptions("up", stop=18),
                           before_write=lambda: saved.append("propagation"))
     job.wait(timeout_s=120)
     assert saved == ["click", "propagation"]

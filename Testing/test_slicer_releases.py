@@ -340,7 +340,7 @@ def test_slicer_messages_and_job_polling_go_on_after_an_editor_is_deleted(segmen
     editor.delete()
     if slicer_releases.at_least(release, "5.10"):
         assert effect._show not in controller.listeners, f"Slicer {release}: the deleted effect still listens"
-        assert controller.interaction.save_undo is None, "undo still goes to the deleted editor"
+        assert controller.interaction.before_write is None, "undo still goes to the deleted editor"
     go_on.set()
     with caplog.at_level(logging.ERROR):
         while controller._job_timer.isActive():
@@ -350,7 +350,7 @@ def test_slicer_messages_and_job_polling_go_on_after_an_editor_is_deleted(segmen
     undo = controller.interaction._editor_undo()  # what the next write calls first
     if undo is not None:  # 5.6 and 5.8: the deleted editor's, let go once it fails
         undo()
-    assert controller.interaction.save_undo is None
+    assert controller.interaction.before_write is None
     failures = [r for r in caplog.records if "listener failed" in r.getMessage()]
     assert len(failures) == (0 if slicer_releases.at_least(release, "5.10") else 1)
 

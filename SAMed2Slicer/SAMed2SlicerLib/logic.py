@@ -15,7 +15,7 @@ import numpy as np
 import slicer
 from slicer.util import VTKObservationMixin
 
-from samed2.choices import EXPORT_KINDS, EngineSettings
+from samed2.choices import EXPORT_KINDS, EngineSettings, PropagationOptions
 from SAMed2SlicerLib import models
 from SAMed2SlicerLib.finetune import FINETUNE_JOB
 from SAMed2SlicerLib.geometry import engine_volume, view_axis
@@ -178,12 +178,12 @@ class SAMed2Logic(VTKObservationMixin):
 
     # ---- background jobs -------------------------------------------------------------------
 
-    def propagate(self, volume, segmentation, slice_node, segment_ids=None, on_progress=None, on_end=None,
-                  **options) -> BackgroundJob:
-        """Propagate along the axis `slice_node` cuts; `options` are Segmenter.propagate's
-        (direction, start, stop, stop_after_absent, before_write). The job is polled by `jobs`."""
+    def propagate(self, volume, segmentation, segment_ids, slice_node, options=PropagationOptions(), before_write=None,
+                  on_progress=None, on_end=None) -> BackgroundJob:
+        """Propagate the segments (None: every prompted one) along the axis `slice_node` cuts, as
+        `options` say (Segmenter.propagate). The job is polled by `jobs`."""
         segmenter = self.segmenter_for(volume, segmentation)
-        job = segmenter.propagate(segmenter.axis_of_view(slice_node), segment_ids, **options)
+        job = segmenter.propagate(segmenter.axis_of_view(slice_node), segment_ids, options, before_write)
         return self.jobs.add(job, on_progress, on_end)
 
     def warm_up(self, volume, segmentation, slice_node, on_end=None) -> Optional[BackgroundJob]:

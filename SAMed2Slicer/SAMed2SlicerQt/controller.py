@@ -147,17 +147,17 @@ class Controller:
 
     # ---- prompts ---------------------------------------------------------------------------
 
-    def click(self, volume, segmentation, segment_id, slice_node, point_ras, positive, save_undo):
+    def click(self, volume, segmentation, segment_id, slice_node, point_ras, positive, before_write):
         if self.interaction.needs_install():
             return self._post_install()
         with slicer.util.WaitCursor():
-            self.interaction.click(volume, segmentation, segment_id, slice_node, point_ras, positive, save_undo)
+            self.interaction.click(volume, segmentation, segment_id, slice_node, point_ras, positive, before_write)
 
-    def box(self, volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, save_undo):
+    def box(self, volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, before_write):
         if self.interaction.needs_install():
             return self._post_install()
         with slicer.util.WaitCursor():
-            self.interaction.box(volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, save_undo)
+            self.interaction.box(volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, before_write)
 
     def _settle(self, apply_moved_prompts):
         self._markup_timer.start()  # restarted by each change; its timeout applies them once settled
@@ -179,11 +179,11 @@ class Controller:
 
     # ---- propagation -----------------------------------------------------------------------
 
-    def propagate(self, volume, segmentation, segment_ids, slice_node, options, save_undo):
+    def propagate(self, volume, segmentation, segment_ids, slice_node, options, before_write):
         """Start a run; `options`: a samed2.choices.PropagationOptions."""
         if not self.ensure_ready():
             return
-        self.interaction.propagate(volume, segmentation, segment_ids, slice_node, options, save_undo)
+        self.interaction.propagate(volume, segmentation, segment_ids, slice_node, options, before_write)
 
     def cancel(self):
         self.interaction.cancel()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from samed2.backends import image_encoder
 from samed2.bank import ConfidenceBank
 from samed2.chain import BoxChain, IntensityBand
-from samed2.choices import DIRECTIONS, SESSION_BACKEND, SESSION_PRECISION, STOP_AFTER_ABSENT, STRATEGIES, check_choice
+from samed2.choices import SESSION_BACKEND, SESSION_PRECISION, STRATEGIES, PropagationOptions, check_choice
 from samed2.confidence import slice_confidence
 from samed2.correction import LocalCorrection
 from samed2.device import autocast, is_out_of_memory, pick_device, pick_precision
@@ -556,31 +556,30 @@ class Session:
 
     # ---- propagation ----------------------------------------------------------------------
 
-    def propagate(self, obj_ids=None, direction: str = "both", start: Optional[int] = None,
-                  stop: Optional[int] = None, stop_after_absent: int = STOP_AFTER_ABSENT,
+    def propagate(self, obj_ids=None, options: PropagationOptions = PropagationOptions(),
                   cancel: Optional[threading.Event] = None) -> Iterator[SliceResult]:
         """Propagate from the prompted slices, streaming each slice's result as it is computed.
 
         Runs from the slices prompted since the last propagation (all prompted slices the first
-        time) outward, up to the limits [start, stop], the next prompted or hand-edited slice (half
-        way to it when going both ways), or `stop_after_absent` consecutive slices where the object
-        is predicted absent. `cancel` is checked between slices; results so far are kept.
+        time) outward in `options.direction`, up to the limits [options.start, options.stop], the next
+        prompted or hand-edited slice (half way to it when going both ways), or `options.stop_after_absent`
+        consecutive slices where the object is predicted absent. `cancel` is checked between slices;
+        results so far are kept.
         Objects with the same walks (prompted on the same slices) are tracked together, one batched
         model call per slice, so their results interleave slice by slice.
         """
-        check_choice("direction", direction, DIRECTIONS)
-        low, high = self._limits(start, stop)
+        low, high = self._limits(options.start, options.stop)
         ids = list(self.objects) if obj_ids is None else list(obj_ids)
         for obj_id in ids:
             obj = self.objects.get(obj_id)
             if obj is None or not any(low <= f <= high for f in obj.fixed()):
                 raise InputError(f"object {obj_id} has no prompted slice between slices {low} and {high} "
                                  "to propagate from")
-        walks = {obj_id: self._walks(self.objects[obj_id], direction, low, high) for obj_id in ids}
+        walks = {obj_id: self._walks(self.objects[obj_id], options.direction, low, high) for obj_id in ids}
         for group in grouped(ids, lambda obj_id: tuple(walks[obj_id])):  # objects with the same walks in lockstep
             objs = {obj_id: self.objects[obj_id] for obj_id in group}
             for walk in walks[group[0]]:
-                yield from self._run_walk(objs, walk, stop_after_absent, cancel)
+                yield from self._run_walk(objs, walk, options.stop_after_absent, cancel)
                 if cancel is not None and cancel.is_set():
                     return
             for obj in objs.values():

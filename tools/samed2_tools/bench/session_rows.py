@@ -6,6 +6,7 @@ from typing import List
 
 import numpy as np
 
+from samed2.choices import PropagationOptions
 from samed2.device import pick_device
 from samed2.embedding_cache import EmbeddingCache
 from samed2.session import DEFAULT_CACHE_BYTES, Session
@@ -82,8 +83,8 @@ def measure_session(settings: Settings, device_name: str, precision: str) -> dic
         out.update(scroll_then_click(session, model, clock, clicks, settings.precompute_radius))
         cold = center - 2 * (settings.precompute_radius + 4)
         out["cold_click_s"], _ = clock.time(session.add_prompt, 2, cold, [(*liver_point(shape), True)])
-        steps = list(session.propagate([1], direction="up", stop=center + settings.propagate_slices,
-                                       stop_after_absent=0))
+        options = PropagationOptions("up", stop=center + settings.propagate_slices, stop_after_absent=0)
+        steps = list(session.propagate([1], options))
         session.wait_idle()
         out["peak_rss_bytes"] = peak_rss_bytes()
         out["state_bytes"], out["state_slices"] = tracked_bytes(session, 1)

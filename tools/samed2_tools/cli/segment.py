@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samed2.choices import DIRECTIONS, STOP_AFTER_ABSENT
+from samed2.choices import DIRECTIONS, STOP_AFTER_ABSENT, PropagationOptions
 from samed2.errors import InputError
 from samed2_tools.cli.options import add_dicomweb_options, add_model_options, model_and_bank
 
@@ -141,8 +141,8 @@ def segment(volume, model, axis, prompts, args, bank=None):
             log.info("slice %d: %d voxels", index, int(mask.sum()))
         if args.propagate != "none":
             low, high = _limits(args.range)
-            steps = session.propagate(direction=args.propagate, start=low, stop=high,
-                                      stop_after_absent=args.stop_after_absent)
+            options = PropagationOptions(args.propagate, low, high, args.stop_after_absent)
+            steps = session.propagate(options=options)
             with logging_redirect_tqdm():
                 for _ in tqdm(steps, desc="propagating", unit="slice"):
                     pass
