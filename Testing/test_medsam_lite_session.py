@@ -29,7 +29,8 @@ def test_lite_session_boxes_clicks_and_several_objects_on_one_slice(lite_model, 
         assert session.slice_shape == (101, 122)  # not square: the letterbox geometry matters
         masks = session.add_prompts(k, {LIVER: ((), mask_box(truth[LIVER])), SPLEEN: ((), mask_box(truth[SPLEEN]))})
         assert dice(masks[LIVER], truth[LIVER]) > 0.9 and dice(masks[SPLEEN], truth[SPLEEN]) > 0.9
-        assert k in session.cache and len(session.cache) == 1  # both objects decoded from one embedding
+        cache = session.features.cache
+        assert k in cache and len(cache) == 1  # both objects decoded from one embedding
 
         # clicks go with a box (the model was trained on boxes only); an object with no box and no
         # segmented slice is refused. A negative click beside the liver keeps the box's mask (Dice
@@ -49,7 +50,7 @@ def test_lite_session_encodes_ahead_in_the_background(lite_model, ct_labels):
     with Session(volume, lite_model, axis=2) as session:
         session.precompute(10, radius=2)
         session.wait_idle()
-        assert sorted(i for i in range(volume.num_slices(2)) if i in session.cache) == [8, 9, 10, 11, 12]
+        assert sorted(i for i in range(volume.num_slices(2)) if i in session.features.cache) == [8, 9, 10, 11, 12]
 
 
 def test_lite_session_propagates_by_box_chain_only_and_without_a_bank(lite_model, ct_labels):

@@ -80,7 +80,7 @@ def test_precision_bf16_session_masks_match_fp32(ct_volume, data_dir, trained_mo
     masks = {}
     for precision in ("fp32", "bf16"):
         with Session(ct_volume, model, axis=2, device="cpu", preset="soft_tissue", precision=precision) as session:
-            assert session.precision == precision
+            assert session.features.precision == precision
             session.add_prompt(1, seed, box=box)
             list(session.propagate([1], PropagationOptions(start=start, stop=stop, stop_after_absent=0)))
             masks[precision] = session.objects[1].masks

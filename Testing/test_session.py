@@ -36,8 +36,8 @@ def test_session_encodes_fixed_pairs_whatever_the_click_order(ct_volume, tiny_mo
         first.add_prompt(1, 5, box=(30, 30, 80, 70))
         second.add_prompt(1, 4, box=(30, 30, 80, 70))  # encodes (4, 5) too
         second_mask = second.add_prompt(2, 5, box=(30, 30, 80, 70))
-        assert 4 in first.cache and 5 in first.cache
-        a, b = first.cache.get(5, "cpu"), second.cache.get(5, "cpu")
+        assert 4 in first.features.cache and 5 in first.features.cache
+        a, b = first.features.cache.get(5, "cpu"), second.features.cache.get(5, "cpu")
         assert torch.equal(a.features, b.features)
         assert np.array_equal(first.objects[1].masks[5], second_mask)
 
@@ -47,33 +47,33 @@ def test_session_last_odd_slice_is_paired_with_itself(ct_volume, tiny_model):
     with Session(ct_volume, tiny_model, axis=1, device="cpu") as s:  # 101 coronal slices
         assert s.num_slices == 101
         mask = s.add_prompt(1, 100, box=(20, 5, 100, 25))
-        assert calls == [2] and len(s.cache) == 1 and 100 in s.cache
+        assert calls == [2] and len(s.features.cache) == 1 and 100 in s.features.cache
         assert mask.shape == (30, 122)
 
 
 def test_session_cache_honours_its_byte_budget(ct_volume, tiny_model):
     with Session(ct_volume, tiny_model, device="cpu") as probe:
         probe.add_prompt(1, 0, box=(30, 30, 80, 70))
-        per_slice = probe.cache.nbytes // len(probe.cache)
+        per_slice = probe.features.cache.nbytes // len(probe.features.cache)
     budget = int(per_slice * 5.5)
     with Session(ct_volume, tiny_model, device="cpu", cache_bytes=budget) as s:
         s.add_prompt(1, 0, box=(30, 30, 80, 70))  # the cache now knows a slice's size
         s.precompute(15, radius=6)
         s.wait_idle()
-        assert 0 < s.cache.nbytes <= budget
-        cached = set(s.cache._items)
+        assert 0 < s.features.cache.nbytes <= budget
+        cached = set(s.features.cache._items)
         assert {14, 15, 16, 17} <= cached and not cached & {12, 13, 18, 19}, "the nearest whole pairs that fit"
         for index in range(18, 30):
             s.add_prompt(1, index, box=(30, 30, 80, 70))
-            assert s.cache.nbytes <= budget
-        assert set(s.cache._items) <= set(range(24, 30)), "least recently used slices were evicted"
+            assert s.features.cache.nbytes <= budget
+        assert set(s.features.cache._items) <= set(range(24, 30)), "least recently used slices were evicted"
 
 
 def test_session_background_precompute_spares_the_click(session, tiny_model):
     calls = count_encodes(tiny_model)
     session.precompute(20, radius=3)
     session.wait_idle()
-    assert {17, 18, 19, 20, 21, 22, 23} <= set(session.cache._items)
+    assert {17, 18, 19, 20, 21, 22, 23} <= set(session.features.cache._items)
     before = len(calls)
     session.add_prompt(1, 21, points=[(60, 50, True)])
     assert len(calls) == before, "a click on a precomputed slice must not run the encoder"
@@ -194,9 +194,9 @@ def test_session_out_of_memory_halves_the_encoder_batch(ct_volume, tiny_model, c
     with Session(ct_volume, tiny_model, device="cpu", encode_batch=8) as s, caplog.at_level(logging.WARNING):
         s.precompute(10, radius=3)
         s.wait_idle()
-        assert s.encode_batch == 2
+        assert s.features.encode_batch == 2
         assert "retrying" in caplog.text
-        assert len(s.cache) >= 7
+        assert len(s.features.cache) >= 7
 
 
 def test_session_out_of_memory_on_the_device_falls_back_to_cpu(ct_volume, tiny_model, caplog):
@@ -208,9 +208,9 @@ def test_session_out_of_memory_on_the_device_falls_back_to_cpu(ct_volume, tiny_m
         return encode(images, *encoder)
     tiny_model.encode_images = device_full
     with Session(ct_volume, tiny_model, device="cpu") as s, caplog.at_level(logging.WARNING):
-        s.device = torch.device("meta")  # stands for an accelerator whose memory is full
+        s.features.device = torch.device("meta")  # stands for an accelerator whose memory is full
         mask = s.add_prompt(1, 12, box=(20, 20, 100, 80))
-        assert s.device.type == "cpu"
+        assert s.features.device.type == "cpu"
         assert "continuing on the CPU" in caplog.text
         assert mask.shape == s.slice_shape
 
@@ -351,7 +351,7 @@ def one_entry_bank(ct_volume, tiny_model, index: int = 20):
     with Session(ct_volume, tiny_model, device="cpu") as s:
         s.add_prompt(1, index, box=(20, 20, 100, 80))
         memory = s.frame_memory(1, index)
-        return ConfidenceBank(image_key(s.cache.get(index, "cpu").features), memory.features, memory.pos,
+        return ConfidenceBank(image_key(s.features.cache.get(index, "cpu").features), memory.features, memory.pos,
                               torch.tensor([0.9]))
 
 
@@ -382,7 +382,7 @@ def test_a_click_runs_no_memory_encoder_propagation_encodes_the_prompted_slice(c
             s.add_prompt(1, 15, box=(20, 20, 100, 80))
             s.add_prompt(1, 15, points=[(60, 50, True)])
             assert encoded == [] and 15 in s.objects[1].pending
-            image = s._call(s._embedding, 15)
+            image = s.features.call(s.features.embedding, 15)
             with torch.no_grad():
                 expected = tiny_model.frame_memory(image, s.objects[1].pending[15], from_points=True).stored()
             encoded.clear()
@@ -407,10 +407,10 @@ def test_clicks_on_a_slice_share_its_bank_attention(ct_volume, tiny_model):
             s.add_prompt(1, 15, box=(30, 30, 80, 70))
             s.add_prompt(1, 15, points=[(50, 50, True)])
             s.add_prompt(2, 15, points=[(60, 50, True)])
-            kept = s._bank_attended[15]
-            s._bank_attended.clear()  # the same click, attention computed afresh
+            kept = s.features._bank_attended[15]
+            s.features._bank_attended.clear()  # the same click, attention computed afresh
             s.add_prompt(3, 15, points=[(60, 50, True)])
-            fresh = s._bank_attended[15]
+            fresh = s.features._bank_attended[15]
             logits = [s.objects[i].logits[15] for i in (2, 3)]
     finally:
         del tiny_model.attend_memory
@@ -450,11 +450,11 @@ def test_precompute_chooses_bank_entries_and_attends_the_scrolled_to_slice(ct_vo
                 Session(ct_volume, tiny_model, device="cpu", bank=bank) as cold:
             ahead.precompute(14, radius=2)
             ahead.wait_idle()
-            assert sorted(ahead._bank_choice) == [12, 13, 14, 15, 16, 17]
-            for index, choice in ahead._bank_choice.items():
-                assert choice == int(bank.select(ahead.cache.get(index, "cpu").features, k=1)[0, 0])
-            assert len(set(ahead._bank_choice.values())) > 1, "the slices do not all pick one entry"
-            assert attended == [1] and 14 in ahead._bank_attended
+            assert sorted(ahead.features._bank_choice) == [12, 13, 14, 15, 16, 17]
+            for index, choice in ahead.features._bank_choice.items():
+                assert choice == int(bank.select(ahead.features.cache.get(index, "cpu").features, k=1)[0, 0])
+            assert len(set(ahead.features._bank_choice.values())) > 1, "the slices do not all pick one entry"
+            assert attended == [1] and 14 in ahead.features._bank_attended
             ahead.add_prompt(1, 14, box=(30, 30, 80, 70))
             assert attended == [1], "the click used the prepared attention"
             cold.add_prompt(1, 14, box=(30, 30, 80, 70))
@@ -469,10 +469,10 @@ def test_session_cache_keeps_the_slice_read_last_as_handed_out(ct_volume, tiny_m
     with Session(ct_volume, tiny_model, axis=2, device="cpu") as s:
         s.precompute(10, radius=1)
         s.wait_idle()
-        first = s.cache.get(10, "cpu")
-        assert s.cache.get(10, "cpu") is first
-        assert s.cache.get(11, "cpu") is not first and s.cache.get(10, "cpu") is not first
-        again = s.cache.get(10, "cpu")
-        s.cache.put(10, again)
-        assert s.cache.get(10, "cpu") is not again
-        assert torch.equal(s.cache.get(10, "cpu").features, again.features)
+        first = s.features.cache.get(10, "cpu")
+        assert s.features.cache.get(10, "cpu") is first
+        assert s.features.cache.get(11, "cpu") is not first and s.features.cache.get(10, "cpu") is not first
+        again = s.features.cache.get(10, "cpu")
+        s.features.cache.put(10, again)
+        assert s.features.cache.get(10, "cpu") is not again
+        assert torch.equal(s.features.cache.get(10, "cpu").features, again.features)

@@ -132,7 +132,7 @@ def test_mrml_warm_up_is_a_job_that_ends_when_the_slices_around_the_view_are_enc
     while logic.jobs.jobs:
         logic.jobs.tick()
     assert job.error is None
-    cache = logic.segmenter.session(2).cache
+    cache = logic.segmenter.session(2).features.cache
     assert all(index in cache for index in range(18, 23))
 
 
@@ -148,14 +148,14 @@ def test_mrml_precision_setting_reaches_the_engine_session_and_the_status_line(l
     logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
     auto = pick_precision("auto", torch.device("cpu"))
     first = logic.segmenter
-    assert first.session(2).precision == auto
+    assert first.session(2).features.precision == auto
     assert logic.prompt_message({2: [15]}) == \
         f"Segmented slice k = 15; tiny-test runs on cpu in {auto} (precision setting: auto)."
     for precision in ("bf16", "fp32"):
         logic.configure(precision=precision)
         assert logic.segmenter is None, "a changed precision closes the segmenter"
         logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
-        assert logic.segmenter is not first and logic.segmenter.session(2).precision == precision
+        assert logic.segmenter is not first and logic.segmenter.session(2).features.precision == precision
         assert logic.prompt_message({}) == \
             f"Nothing changed; tiny-test runs on cpu in {precision} (precision setting: {precision})."
         first = logic.segmenter
@@ -198,9 +198,9 @@ def test_mrml_backend_setting_reaches_the_sessions_with_the_cache_beside_the_wei
     require_module("openvino", "the OpenVINO backend, samed2[cpu]")
     assert EngineSettings().backend == "auto"
     logic.configure(backend="openvino")
-    encoder = logic.segmenter_for(ct, abdomen).session(2).image_encoder
+    encoder = logic.segmenter_for(ct, abdomen).session(2).features.image_encoder
     assert isinstance(encoder, ChosenEncoder) and not encoder.measure
     assert encoder.cache == logic.cache_dir / "openvino" and not encoder.chosen
     logic.configure(backend="torch")
     assert logic.segmenter is None, "a changed backend closes the segmenter"
-    assert logic.segmenter_for(ct, abdomen).session(2).image_encoder is logic.engine_model().image_encoder
+    assert logic.segmenter_for(ct, abdomen).session(2).features.image_encoder is logic.engine_model().image_encoder

@@ -98,7 +98,8 @@ class Segmenter:
         session = next(iter(self._sessions.values()), None)
         if session is None:
             return None
-        return f"on {session.device} in {session.precision} (precision setting: {self._options['precision']})"
+        features = session.features
+        return f"on {features.device} in {features.precision} (precision setting: {self._options['precision']})"
 
     def _resume(self, session, axis) -> None:
         """Replay the scene's prompts into a new session. Slices that already show voxels are
