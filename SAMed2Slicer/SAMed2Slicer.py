@@ -23,7 +23,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from samed2.choices import BACKENDS, DEVICES, EFFECT_NAME, EXPORT_KINDS, PRECISIONS, PRESETS, EngineSettings
-from SAMed2SlicerLib import install, models
+from SAMed2SlicerLib import model_weights
 from SAMed2SlicerLib.geometry import describe_volume
 from SAMed2SlicerLib.logic import EXPORT_SUFFIXES, SAMed2Logic, with_suffix
 from SAMed2SlicerQt.controller import Controller, show_error
@@ -273,7 +273,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        for name in models.model_names(self.logic.cache_dir):
+        for name in model_weights.model_names(self.logic.cache_dir):
             combo.addItem(name)
         combo.currentText = self._parameterNode.model or self.logic.model_name()  # "": the best cached
         combo.blockSignals(wasBlocked)
@@ -281,8 +281,8 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateWeightsStatus(self):
         if self._parameterNode is not None:  # None after a scene close until the module is entered again
-            self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model or self.logic.model_name(),
-                                                                 self.logic.cache_dir)
+            name = self._parameterNode.model or self.logic.model_name()
+            self.ui.weightsStatusLabel.text = model_weights.status_line(name, self.logic.cache_dir)
 
     def onModelChanged(self, name):
         if name and self._parameterNode is not None:
@@ -348,24 +348,11 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExport(self):
         editor = self.ui.segmentEditorWidget
         dicom = EXPORT_FORMATS[self._parameterNode.exportFormat] == DICOM_SEG
-        if dicom and not (self.controller.ensure_ready(dicom=True) and self.dicomPackagesLoaded()):
+        if dicom and not (self.controller.ensure_ready(dicom=True) and self.controller.dicom_packages_loaded()):
             return  # NIfTI and NRRD need no extra packages
         with self.controller.reporting(_("Export")):
             self.ui.exportStatusLabel.text = self.export(editor.sourceVolumeNode(), editor.segmentationNode(),
                                                          self._parameterNode.exportFormat)
-
-    def dicomPackagesLoaded(self):
-        """False (and the offer of a restart) while this process still runs a DICOM package that
-        the installation replaced: Slicer 5.10 imported its own pydicom 2.4 at start-up."""
-        stale = install.stale_modules(install.DICOM_REQUIREMENTS)
-        if not stale:
-            return True
-        if slicer.util.confirmOkCancelDisplay(
-                _("The DICOM packages SAMed-2 needs were installed, but Slicer still runs {stale}: DICOM-SEG export "
-                  "works after a restart. Restart Slicer now? (Save your scene first.)").format(stale=", ".join(stale)),
-                windowTitle=_("SAMed-2 set-up")):
-            slicer.util.restart()
-        return False
 
     def export(self, volume, segmentation, exportFormat):
         """Write the export; returns the line shown under the button. A DICOM-SEG written to a file

@@ -15,7 +15,7 @@ from torch import nn
 from samed2 import backends
 from samed2.backends import ChosenEncoder, ConvertedEncoder, image_encoder, weights_hash
 from samed2.errors import InputError
-from samed2.model_io import mask_box
+from samed2.model_coords import mask_box
 from samed2.session import Session
 from samed2.volume_files import load_volume
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from samed2.choices import PropagationOptions
-from samed2.model_io import mask_box
+from samed2.model_coords import mask_box
 from samed2.session import Session
 from samed2.volume import get_slice
 from samed2_tools.evaluate import (

@@ -7,7 +7,7 @@ from scipy import ndimage
 from samed2.bank import ConfidenceBank
 from samed2.choices import PropagationOptions
 from samed2.errors import InputError
-from samed2.model_io import mask_box, model_scale
+from samed2.model_coords import mask_box, model_scale
 from samed2.session import CLICK_CORRECTION, Session
 from samed2.volume_files import load_volume
 from samed2_tools.evaluate import dice, slice_click

@@ -11,7 +11,7 @@ import torch
 from samed2 import device as device_module
 from samed2.choices import PropagationOptions
 from samed2.errors import InputError
-from samed2.model_io import mask_box
+from samed2.model_coords import mask_box
 from samed2.session import Session
 from samed2.volume_files import load_volume
 

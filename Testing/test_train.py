@@ -21,7 +21,7 @@ from samed2.bank import ConfidenceBank
 from samed2.choices import PropagationOptions
 from samed2.errors import InputError, WeightsError
 from samed2.model import build_model
-from samed2.model_io import logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
+from samed2.model_coords import logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
 from samed2.session import Session
 from samed2.volume_files import load_volume
 from samed2.weights import import_checkpoint, load_weights

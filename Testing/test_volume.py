@@ -16,7 +16,7 @@ from PIL import Image
 from samed2 import presets
 from samed2.choices import ENGINE_PRESETS
 from samed2.errors import InputError
-from samed2.model_io import (
+from samed2.model_coords import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     logits_to_slice,

@@ -16,7 +16,7 @@ import vtk
 from slicer.util import VTKObservationMixin
 
 from samed2.choices import PropagationOptions
-from SAMed2SlicerLib import models
+from SAMed2SlicerLib import model_weights
 from SAMed2SlicerLib.jobs import BackgroundJob
 from SAMed2SlicerLib.logic import LOAD_JOB
 from SAMed2SlicerLib.prompts import ROLE, ROLES, SEGMENTATION_REFERENCE, VOLUME_REFERENCE
@@ -187,7 +187,7 @@ class Interaction(VTKObservationMixin):
         weights in the cache): the first prompt then waits less. Else nothing, silently."""
         if self.installing or self.logic.model_ready() or self.logic.install_plan().needed:
             return
-        if models.is_cached(self.logic.model_name(), self.logic.cache_dir):
+        if model_weights.is_cached(self.logic.model_name(), self.logic.cache_dir):
             self.load_model()
 
     def _loaded(self, job, model):

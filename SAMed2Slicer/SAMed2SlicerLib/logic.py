@@ -16,7 +16,7 @@ import slicer
 from slicer.util import VTKObservationMixin
 
 from samed2.choices import EXPORT_KINDS, EngineSettings, PropagationOptions
-from SAMed2SlicerLib import models
+from SAMed2SlicerLib import model_weights
 from SAMed2SlicerLib.finetune import FINETUNE_JOB
 from SAMed2SlicerLib.geometry import engine_volume, view_axis
 from SAMed2SlicerLib.install import InstallPlan
@@ -40,7 +40,7 @@ class SAMed2Logic(VTKObservationMixin):
     def __init__(self, cache_dir=None):
         VTKObservationMixin.__init__(self)
         self.settings = EngineSettings()
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else models.weights_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else model_weights.weights_cache_dir()
         self.jobs = JobPoller()
         self.segmenter: Optional[Segmenter] = None
         self._segmenter_key = None
@@ -68,14 +68,14 @@ class SAMed2Logic(VTKObservationMixin):
         self.configure(model=name)
 
     def model_name(self) -> str:
-        """The model chosen, or the best one cached when none was (models.default_model)."""
-        return self.settings.model or models.default_model(self.cache_dir)
+        """The model chosen, or the best one cached when none was (model_weights.default_model)."""
+        return self.settings.model or model_weights.default_model(self.cache_dir)
 
     def engine_model(self):
         name = self.model_name()
         if self._model[0] != name:
             self._model = (None, None)
-            self._model = (name, models.load(name, self.cache_dir))
+            self._model = (name, model_weights.load(name, self.cache_dir))
         return self._model[1]
 
     def model_ready(self) -> bool:
@@ -124,7 +124,7 @@ class SAMed2Logic(VTKObservationMixin):
         """Stop the jobs that use the segmenter and free it (its engine sessions and threads)."""
         if self.segmenter is None:
             return
-        self.jobs.cancel(lambda job: job.name not in (models.DOWNLOAD_JOB, LOAD_JOB, FINETUNE_JOB))  # use it
+        self.jobs.cancel(lambda job: job.name not in (model_weights.DOWNLOAD_JOB, LOAD_JOB, FINETUNE_JOB))  # use it
         self.removeObserver(self.segmenter.volume_node, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
                             self._on_volume_changed)
         self.segmenter.close()
@@ -202,10 +202,10 @@ class SAMed2Logic(VTKObservationMixin):
         from samed2.weights import get_checkpoint
 
         checkpoint = get_checkpoint(name or self.model_name())
-        return self.jobs.add(models.download_job(checkpoint, self.cache_dir).start(), on_progress, on_end)
+        return self.jobs.add(model_weights.download_job(checkpoint, self.cache_dir).start(), on_progress, on_end)
 
     def import_weights(self, path) -> Path:
-        return models.import_file(path, self.cache_dir)
+        return model_weights.import_file(path, self.cache_dir)
 
     # ---- export ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import qt
 import slicer
 
-from SAMed2SlicerLib.install import TORCH_VERSION, install_function
+from SAMed2SlicerLib.install import DICOM_REQUIREMENTS, TORCH_VERSION, install_function, stale_modules
 from SAMed2SlicerLib.interaction import INSTALL_FIRST, INSTALLING, Interaction, gui_text
 from SAMed2SlicerLib.jobs import TICK_INTERVAL_MS
 
@@ -103,6 +103,19 @@ class Controller:
         """Install what is missing (asking once); True when the engine (with `dicom`: and
         DICOM-SEG export) can be used. Asked again during an installation: says so, and no."""
         return self.interaction.ensure_ready(self._install, dicom)
+
+    def dicom_packages_loaded(self):
+        """False (and the offer of a restart) while this process still runs a DICOM package that
+        the installation replaced: Slicer 5.10 imported its own pydicom 2.4 at start-up."""
+        stale = stale_modules(DICOM_REQUIREMENTS)
+        if not stale:
+            return True
+        if slicer.util.confirmOkCancelDisplay(
+                f"The DICOM packages SAMed-2 needs were installed, but Slicer still runs {', '.join(stale)}: DICOM-SEG "
+                "export works after a restart. Restart Slicer now? (Save your scene first.)",
+                windowTitle="SAMed-2 set-up"):
+            slicer.util.restart()
+        return False
 
     def _post_install(self):
         """Called from a mouse handler: the installation (minutes, with the event loop pumped by

@@ -20,7 +20,8 @@ from samed2.errors import InputError
 from samed2.model import FrameMemory, ImageFeatures, Prediction, SAM2Model
 from samed2.model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, POSITIVE
 from samed2.model.sam2 import NO_OBJECT_SCORE
-from samed2.model_io import logits_to_slice, model_scale, preprocess_slices, slice_box_to_model, slice_points_to_model
+from samed2.model_coords import (logits_to_slice, model_scale, preprocess_slices, slice_box_to_model,
+                                 slice_points_to_model)
 from samed2.presets import IntensityPreset, default_preset, get_preset
 from samed2.session_state import (SlicePrompts, SliceResult, StackedMemory, StepInput, TrackedObject, grouped,
                                   pad_prompts)

@@ -18,7 +18,7 @@ from samed2.bank import ConfidenceBank
 from samed2.device import autocast, is_out_of_memory, pick_device, pick_precision
 from samed2.embedding_cache import EmbeddingCache, as_stored
 from samed2.model import ImageFeatures, SAM2Model
-from samed2.model_io import preprocess_slices
+from samed2.model_coords import preprocess_slices
 from samed2.worker import BACKGROUND, TorchWorker
 
 log = logging.getLogger(__name__)
