@@ -22,18 +22,18 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from samed2.precisions import BACKENDS, PRECISIONS
-from SAMed2SlicerLib import install, models
+from samed2.choices import BACKENDS, DEVICES, EFFECT_NAME, EXPORT_KINDS, PRECISIONS, PRESETS, EngineSettings
+from SAMed2SlicerLib import model_weights
 from SAMed2SlicerLib.geometry import describe_volume
 from SAMed2SlicerLib.logic import EXPORT_SUFFIXES, SAMed2Logic, with_suffix
-from SAMed2SlicerLib.segmenter import PRESETS
-from SAMed2SlicerLib.segments import EFFECT_NAME
 from SAMed2SlicerQt.controller import Controller, show_error
 from SAMed2SlicerQt.finetune_section import FinetuneSection
 
 HOMEPAGE = "https://github.com/samed2slicer/SlicerSAMed2"
-EXPORT_FORMATS = {"DICOM-SEG file": "DICOM-SEG", "DICOM-SEG into the DICOM database": "DICOM-SEG",
-                  "NIfTI file": "NIfTI", "Slicer segmentation file": "Slicer segmentation"}
+DICOM_SEG, NIFTI, SLICER_SEGMENTATION = EXPORT_KINDS
+ENGINE_DEFAULTS = EngineSettings()
+EXPORT_FORMATS = {"DICOM-SEG file": DICOM_SEG, "DICOM-SEG into the DICOM database": DICOM_SEG,
+                  "NIfTI file": NIFTI, "Slicer segmentation file": SLICER_SEGMENTATION}
 TO_DATABASE = "DICOM-SEG into the DICOM database"
 PATH_FIELDS = {"dicomFolder": "dicomFolderPathLineEdit", "exportPath": "exportPathLineEdit"}
 EFFECT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SegmentEditorSAMed2Lib",
@@ -100,11 +100,11 @@ class SAMed2SlicerParameterNode:
     """Module settings saved with the scene (prompts, segments and effect settings are saved
     in their own nodes)."""
 
-    model: str = models.DEFAULT_MODEL
-    device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
-    preset: Annotated[str, Choice(list(PRESETS))] = "auto"
-    precision: Annotated[str, Choice(list(PRECISIONS))] = "auto"
-    backend: Annotated[str, Choice(list(BACKENDS))] = "auto"
+    model: str = ENGINE_DEFAULTS.model
+    device: Annotated[str, Choice(list(DEVICES))] = ENGINE_DEFAULTS.device
+    preset: Annotated[str, Choice(list(PRESETS))] = ENGINE_DEFAULTS.preset
+    precision: Annotated[str, Choice(list(PRECISIONS))] = ENGINE_DEFAULTS.precision
+    backend: Annotated[str, Choice(list(BACKENDS))] = ENGINE_DEFAULTS.backend
     exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = next(iter(EXPORT_FORMATS))
     # Plain strings, bound to their path fields by the widget: the wrapper's Path connector shows
     # an unset Path() as "."
@@ -273,7 +273,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        for name in models.model_names(self.logic.cache_dir):
+        for name in model_weights.model_names(self.logic.cache_dir):
             combo.addItem(name)
         combo.currentText = self._parameterNode.model or self.logic.model_name()  # "": the best cached
         combo.blockSignals(wasBlocked)
@@ -281,8 +281,8 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateWeightsStatus(self):
         if self._parameterNode is not None:  # None after a scene close until the module is entered again
-            self.ui.weightsStatusLabel.text = models.status_line(self._parameterNode.model or self.logic.model_name(),
-                                                                 self.logic.cache_dir)
+            name = self._parameterNode.model or self.logic.model_name()
+            self.ui.weightsStatusLabel.text = model_weights.status_line(name, self.logic.cache_dir)
 
     def onModelChanged(self, name):
         if name and self._parameterNode is not None:
@@ -347,25 +347,12 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExport(self):
         editor = self.ui.segmentEditorWidget
-        dicom = EXPORT_FORMATS[self._parameterNode.exportFormat] == "DICOM-SEG"
-        if dicom and not (self.controller.ensure_ready(dicom=True) and self.dicomPackagesLoaded()):
+        dicom = EXPORT_FORMATS[self._parameterNode.exportFormat] == DICOM_SEG
+        if dicom and not (self.controller.ensure_ready(dicom=True) and self.controller.dicom_packages_loaded()):
             return  # NIfTI and NRRD need no extra packages
         with self.controller.reporting(_("Export")):
             self.ui.exportStatusLabel.text = self.export(editor.sourceVolumeNode(), editor.segmentationNode(),
                                                          self._parameterNode.exportFormat)
-
-    def dicomPackagesLoaded(self):
-        """False (and the offer of a restart) while this process still runs a DICOM package that
-        the installation replaced: Slicer 5.10 imported its own pydicom 2.4 at start-up."""
-        stale = install.stale_modules(install.DICOM_REQUIREMENTS)
-        if not stale:
-            return True
-        if slicer.util.confirmOkCancelDisplay(
-                _("The DICOM packages SAMed-2 needs were installed, but Slicer still runs {stale}: DICOM-SEG export "
-                  "works after a restart. Restart Slicer now? (Save your scene first.)").format(stale=", ".join(stale)),
-                windowTitle=_("SAMed-2 set-up")):
-            slicer.util.restart()
-        return False
 
     def export(self, volume, segmentation, exportFormat):
         """Write the export; returns the line shown under the button. A DICOM-SEG written to a file
@@ -375,7 +362,7 @@ class SAMed2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         path = self.logic.temporary_seg_path() if toDatabase else self._parameterNode.exportPath or None
         message = self.logic.export(volume, segmentation, kind, path, self._parameterNode.dicomFolder or None,
                                     slicer.dicomDatabase)
-        if kind != "DICOM-SEG" or not (toDatabase or slicer.util.confirmYesNoDisplay(
+        if kind != DICOM_SEG or not (toDatabase or slicer.util.confirmYesNoDisplay(
                 _("Also put the DICOM-SEG into Slicer's DICOM database? From there the DICOM module sends it to a "
                   "PACS."), windowTitle=_("SAMed-2 export"))):
             return message

@@ -15,7 +15,7 @@ from torch import nn
 from samed2 import backends
 from samed2.backends import ChosenEncoder, ConvertedEncoder, image_encoder, weights_hash
 from samed2.errors import InputError
-from samed2.model_io import mask_box
+from samed2.model_coords import mask_box
 from samed2.session import Session
 from samed2.volume_files import load_volume
 
@@ -66,9 +66,9 @@ def test_backend_openvino_masks_match_torch_for_medsam_lite(openvino, lite_model
     for backend in ("torch", "openvino"):
         with Session(volume, lite_model, axis=2, backend=backend, converted_cache=tmp_path) as session:
             masks[backend] = session.add_prompts(k, prompts)
-            features[backend] = session.cache.get(k, CPU).features
-    assert isinstance(session.image_encoder, ChosenEncoder)
-    assert isinstance(session.image_encoder.chosen[(1, 3, 256, 256)], ConvertedEncoder)
+            features[backend] = session.features.cache.get(k, CPU).features
+    assert isinstance(session.features.image_encoder, ChosenEncoder)
+    assert isinstance(session.features.image_encoder.chosen[(1, 3, 256, 256)], ConvertedEncoder)
     assert relative_error(features["openvino"], features["torch"]) < 1e-4
     for obj in (LIVER, SPLEEN):
         a, b = masks["openvino"][obj], masks["torch"][obj]
@@ -222,7 +222,7 @@ from samed2.volume_files import load_volume
 
 model, volume = golden_tiny_model(), load_volume({str(data_dir / "totalseg" / "example_ct_sm.nii.gz")!r})
 with Session(volume, model, axis=2, backend="auto", converted_cache={str(tmp_path)!r}) as session:
-    assert session.image_encoder is model.image_encoder
+    assert session.features.image_encoder is model.image_encoder
     print("mask", session.add_prompt(1, 15, points=[(60, 50, True)]).shape)
 try:
     Session(volume, model, axis=2, backend="openvino", converted_cache={str(tmp_path)!r})

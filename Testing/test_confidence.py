@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from samed2.confidence import IouCalibration, slice_confidence
-from samed2.model_io import mask_box
+from samed2.model_coords import mask_box
 from samed2.session import Session
 from samed2.volume import get_slice
 from samed2_tools.evaluate import confidence_auroc, extent, load_case, run_propagation, slicing_axis

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from samed2.choices import STRATEGIES
 from samed2.errors import InputError
-from samed2.model_io import mask_box
+from samed2.model_coords import mask_box
 from samed2.session import Session
-from samed2.strategy import STRATEGIES, resolve
+from samed2.strategy import resolve
 from samed2.volume import get_slice
 from samed2_tools.cli import main
 from samed2_tools.evaluate import (

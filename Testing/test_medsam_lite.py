@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from samed2.errors import DownloadError, WeightsError
-from samed2.model_io import (
+from samed2.model_coords import (
     letterbox_size,
     logits_to_slice,
     mask_box,

@@ -11,7 +11,8 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from samed2.model_io import mask_box
+from samed2.choices import PropagationOptions
+from samed2.model_coords import mask_box
 from samed2.session import Session
 from samed2.volume import get_slice
 from samed2_tools.evaluate import (
@@ -132,7 +133,7 @@ def clicked_slices(model, case) -> dict:
                 low, high = extent(truth, axis)
                 middle = middle_slice(truth, axis)
                 session.add_prompt(value, middle, box=mask_box(get_slice(truth, axis, middle)))
-                for _ in session.propagate([value], start=low, stop=high):
+                for _ in session.propagate([value], PropagationOptions(start=low, stop=high)):
                     pass
                 others = [k for k in range(low, high + 1) if k != middle]
                 _CLICKED[case][value] = click_each_slice(session, value, truth, others)

@@ -5,8 +5,9 @@ import pytest
 from scipy import ndimage
 
 from samed2.bank import ConfidenceBank
+from samed2.choices import PropagationOptions
 from samed2.errors import InputError
-from samed2.model_io import mask_box, model_scale
+from samed2.model_coords import mask_box, model_scale
 from samed2.session import CLICK_CORRECTION, Session
 from samed2.volume_files import load_volume
 from samed2_tools.evaluate import dice, slice_click
@@ -28,7 +29,8 @@ def test_lite_session_boxes_clicks_and_several_objects_on_one_slice(lite_model, 
         assert session.slice_shape == (101, 122)  # not square: the letterbox geometry matters
         masks = session.add_prompts(k, {LIVER: ((), mask_box(truth[LIVER])), SPLEEN: ((), mask_box(truth[SPLEEN]))})
         assert dice(masks[LIVER], truth[LIVER]) > 0.9 and dice(masks[SPLEEN], truth[SPLEEN]) > 0.9
-        assert k in session.cache and len(session.cache) == 1  # both objects decoded from one embedding
+        cache = session.features.cache
+        assert k in cache and len(cache) == 1  # both objects decoded from one embedding
 
         # clicks go with a box (the model was trained on boxes only); an object with no box and no
         # segmented slice is refused. A negative click beside the liver keeps the box's mask (Dice
@@ -48,7 +50,7 @@ def test_lite_session_encodes_ahead_in_the_background(lite_model, ct_labels):
     with Session(volume, lite_model, axis=2) as session:
         session.precompute(10, radius=2)
         session.wait_idle()
-        assert sorted(i for i in range(volume.num_slices(2)) if i in session.cache) == [8, 9, 10, 11, 12]
+        assert sorted(i for i in range(volume.num_slices(2)) if i in session.features.cache) == [8, 9, 10, 11, 12]
 
 
 def test_lite_session_propagates_by_box_chain_only_and_without_a_bank(lite_model, ct_labels):
@@ -67,7 +69,7 @@ def propagated_liver(session, labels, low, high):
     truth = labels == LIVER
     middle = (low + high) // 2
     session.add_prompt(LIVER, middle, box=mask_box(truth[middle]))
-    for _ in session.propagate([LIVER], start=low, stop=high):
+    for _ in session.propagate([LIVER], PropagationOptions(start=low, stop=high)):
         pass
     return middle
 
@@ -114,7 +116,7 @@ def test_lite_corrected_slice_conditions_the_next_propagation_and_is_never_overw
         middle = propagated_liver(session, labels, 12, 18)
         truth = labels[17] == LIVER
         corrected = session.add_prompt(LIVER, 17, points=[slice_click(session.objects[LIVER].masks[17], truth)])
-        rerun = {r.index: r.mask for r in session.propagate([LIVER], start=12, stop=18)}
+        rerun = {r.index: r.mask for r in session.propagate([LIVER], PropagationOptions(start=12, stop=18))}
 
         assert 17 not in rerun and middle not in rerun
         np.testing.assert_array_equal(session.objects[LIVER].masks[17], corrected)

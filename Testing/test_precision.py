@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from samed2 import device as device_module
+from samed2.choices import PropagationOptions
 from samed2.errors import InputError
-from samed2.model_io import mask_box
+from samed2.model_coords import mask_box
 from samed2.session import Session
 from samed2.volume_files import load_volume
 
@@ -79,9 +80,9 @@ def test_precision_bf16_session_masks_match_fp32(ct_volume, data_dir, trained_mo
     masks = {}
     for precision in ("fp32", "bf16"):
         with Session(ct_volume, model, axis=2, device="cpu", preset="soft_tissue", precision=precision) as session:
-            assert session.precision == precision
+            assert session.features.precision == precision
             session.add_prompt(1, seed, box=box)
-            list(session.propagate([1], start=start, stop=stop, stop_after_absent=0))
+            list(session.propagate([1], PropagationOptions(start=start, stop=stop, stop_after_absent=0)))
             masks[precision] = session.objects[1].masks
     assert torch.bfloat16 in dtypes and torch.float32 in dtypes, "the encoder's products ran in both precisions"
     assert masks["fp32"].keys() == masks["bf16"].keys()

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from samed2.model import build_model, get_config
-from samed2.model_io import preprocess_slices
+from samed2.model_coords import preprocess_slices
 from samed2.presets import get_preset
 
 from conftest import require_module

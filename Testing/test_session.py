@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from samed2.choices import PropagationOptions
 from samed2.errors import InputError
 from samed2.session import Session
 
@@ -35,8 +36,8 @@ def test_session_encodes_fixed_pairs_whatever_the_click_order(ct_volume, tiny_mo
         first.add_prompt(1, 5, box=(30, 30, 80, 70))
         second.add_prompt(1, 4, box=(30, 30, 80, 70))  # encodes (4, 5) too
         second_mask = second.add_prompt(2, 5, box=(30, 30, 80, 70))
-        assert 4 in first.cache and 5 in first.cache
-        a, b = first.cache.get(5, "cpu"), second.cache.get(5, "cpu")
+        assert 4 in first.features.cache and 5 in first.features.cache
+        a, b = first.features.cache.get(5, "cpu"), second.features.cache.get(5, "cpu")
         assert torch.equal(a.features, b.features)
         assert np.array_equal(first.objects[1].masks[5], second_mask)
 
@@ -46,33 +47,33 @@ def test_session_last_odd_slice_is_paired_with_itself(ct_volume, tiny_model):
     with Session(ct_volume, tiny_model, axis=1, device="cpu") as s:  # 101 coronal slices
         assert s.num_slices == 101
         mask = s.add_prompt(1, 100, box=(20, 5, 100, 25))
-        assert calls == [2] and len(s.cache) == 1 and 100 in s.cache
+        assert calls == [2] and len(s.features.cache) == 1 and 100 in s.features.cache
         assert mask.shape == (30, 122)
 
 
 def test_session_cache_honours_its_byte_budget(ct_volume, tiny_model):
     with Session(ct_volume, tiny_model, device="cpu") as probe:
         probe.add_prompt(1, 0, box=(30, 30, 80, 70))
-        per_slice = probe.cache.nbytes // len(probe.cache)
+        per_slice = probe.features.cache.nbytes // len(probe.features.cache)
     budget = int(per_slice * 5.5)
     with Session(ct_volume, tiny_model, device="cpu", cache_bytes=budget) as s:
         s.add_prompt(1, 0, box=(30, 30, 80, 70))  # the cache now knows a slice's size
         s.precompute(15, radius=6)
         s.wait_idle()
-        assert 0 < s.cache.nbytes <= budget
-        cached = set(s.cache._items)
+        assert 0 < s.features.cache.nbytes <= budget
+        cached = set(s.features.cache._items)
         assert {14, 15, 16, 17} <= cached and not cached & {12, 13, 18, 19}, "the nearest whole pairs that fit"
         for index in range(18, 30):
             s.add_prompt(1, index, box=(30, 30, 80, 70))
-            assert s.cache.nbytes <= budget
-        assert set(s.cache._items) <= set(range(24, 30)), "least recently used slices were evicted"
+            assert s.features.cache.nbytes <= budget
+        assert set(s.features.cache._items) <= set(range(24, 30)), "least recently used slices were evicted"
 
 
 def test_session_background_precompute_spares_the_click(session, tiny_model):
     calls = count_encodes(tiny_model)
     session.precompute(20, radius=3)
     session.wait_idle()
-    assert {17, 18, 19, 20, 21, 22, 23} <= set(session.cache._items)
+    assert {17, 18, 19, 20, 21, 22, 23} <= set(session.features.cache._items)
     before = len(calls)
     session.add_prompt(1, 21, points=[(60, 50, True)])
     assert len(calls) == before, "a click on a precomputed slice must not run the encoder"
@@ -120,13 +121,13 @@ def test_session_refuses_bad_prompts(session, prompt, message):
 
 def test_propagation_directions_and_limits(session):
     session.add_prompt(1, 15, box=(20, 20, 100, 80))
-    up = [r.index for r in session.propagate(direction="up", stop=20, stop_after_absent=0)]
+    up = [r.index for r in session.propagate(options=PropagationOptions("up", stop=20, stop_after_absent=0))]
     assert up == [16, 17, 18, 19, 20]
     session.add_prompt(2, 15, box=(20, 20, 100, 80))
-    down = [r.index for r in session.propagate(obj_ids=[2], direction="down", start=11, stop_after_absent=0)]
+    down = [r.index for r in session.propagate([2], PropagationOptions("down", start=11, stop_after_absent=0))]
     assert down == [14, 13, 12, 11]
     session.add_prompt(3, 15, box=(20, 20, 100, 80))
-    both = [r.index for r in session.propagate(obj_ids=[3], stop_after_absent=0)]
+    both = [r.index for r in session.propagate([3], PropagationOptions(stop_after_absent=0))]
     assert sorted(both) == [i for i in range(session.num_slices) if i != 15]
     assert sorted(session.objects[3].masks) == list(range(session.num_slices))  # a mask kept for every slice
 
@@ -136,7 +137,7 @@ def test_propagation_stops_after_absent_slices(ct_volume, tiny_model):
     object_score_says(tiny_model, present=False)
     with Session(ct_volume, tiny_model, axis=2, device="cpu", strategy="track") as session:
         session.add_prompt(1, 15, box=(20, 20, 100, 80))
-        results = list(session.propagate(direction="up", stop_after_absent=2))
+        results = list(session.propagate(options=PropagationOptions("up", stop_after_absent=2)))
     assert [(r.index, r.present) for r in results] == [(16, False), (17, False)]
     assert not any(r.mask.any() for r in results)  # an absent object leaves its slices empty
 
@@ -145,7 +146,7 @@ def test_propagation_runs_until_the_first_run_of_absent_slices(session):
     """Whatever the model says, the walk ends exactly after its first `stop_after_absent` absent slices
     in a row, or at the volume's edge."""
     session.add_prompt(1, 15, box=(20, 20, 100, 80))
-    results = list(session.propagate(direction="up", stop_after_absent=2))
+    results = list(session.propagate(options=PropagationOptions("up", stop_after_absent=2)))
     indices, present = [r.index for r in results], [r.present for r in results]
     assert indices == list(range(16, 16 + len(results)))
     pairs = [i for i in range(1, len(present)) if not present[i - 1] and not present[i]]
@@ -156,7 +157,7 @@ def test_propagation_cancel_keeps_a_consistent_partial_result(session):
     session.add_prompt(1, 5, box=(20, 20, 100, 80))
     cancel = threading.Event()
     seen = []
-    for result in session.propagate(direction="up", stop_after_absent=0, cancel=cancel):
+    for result in session.propagate(options=PropagationOptions("up", stop_after_absent=0), cancel=cancel):
         seen.append(result.index)
         if len(seen) == 3:
             cancel.set()
@@ -168,12 +169,12 @@ def test_propagation_cancel_keeps_a_consistent_partial_result(session):
 
 def test_propagation_corrections_never_overwrite_prompted_or_edited_slices(session):
     session.add_prompt(1, 10, box=(20, 20, 100, 80))
-    list(session.propagate(stop_after_absent=0))
+    list(session.propagate(options=PropagationOptions(stop_after_absent=0)))
     edited = np.zeros(session.slice_shape, dtype=bool)
     edited[30:50, 40:70] = True
     session.set_mask(1, 20, edited)
     corrected = session.add_prompt(1, 14, points=[(50, 50, True)])
-    rerun = [r.index for r in session.propagate(stop_after_absent=0)]
+    rerun = [r.index for r in session.propagate(options=PropagationOptions(stop_after_absent=0))]
     assert 10 not in rerun and 14 not in rerun and 20 not in rerun
     assert rerun, "re-propagation runs from the corrected slices"
     assert np.array_equal(session.objects[1].masks[20], edited)
@@ -193,9 +194,9 @@ def test_session_out_of_memory_halves_the_encoder_batch(ct_volume, tiny_model, c
     with Session(ct_volume, tiny_model, device="cpu", encode_batch=8) as s, caplog.at_level(logging.WARNING):
         s.precompute(10, radius=3)
         s.wait_idle()
-        assert s.encode_batch == 2
+        assert s.features.encode_batch == 2
         assert "retrying" in caplog.text
-        assert len(s.cache) >= 7
+        assert len(s.features.cache) >= 7
 
 
 def test_session_out_of_memory_on_the_device_falls_back_to_cpu(ct_volume, tiny_model, caplog):
@@ -207,9 +208,9 @@ def test_session_out_of_memory_on_the_device_falls_back_to_cpu(ct_volume, tiny_m
         return encode(images, *encoder)
     tiny_model.encode_images = device_full
     with Session(ct_volume, tiny_model, device="cpu") as s, caplog.at_level(logging.WARNING):
-        s.device = torch.device("meta")  # stands for an accelerator whose memory is full
+        s.features.device = torch.device("meta")  # stands for an accelerator whose memory is full
         mask = s.add_prompt(1, 12, box=(20, 20, 100, 80))
-        assert s.device.type == "cpu"
+        assert s.features.device.type == "cpu"
         assert "continuing on the CPU" in caplog.text
         assert mask.shape == s.slice_shape
 
@@ -277,9 +278,10 @@ def test_propagation_tracks_objects_prompted_on_one_slice_in_lockstep(ct_volume,
     with Session(ct_volume, tiny_model, device="cpu") as alone, Session(ct_volume, tiny_model, device="cpu") as together:
         for s in (alone, together):
             s.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
-        expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], start=9, stop=21, stop_after_absent=2)]
+        options = PropagationOptions(start=9, stop=21, stop_after_absent=2)
+        expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], options)]
         calls = count_track_steps(tiny_model)
-        results = list(together.propagate([1, 2], start=9, stop=21, stop_after_absent=2))
+        results = list(together.propagate([1, 2], options))
         del tiny_model.track_step
         seen = {(r.obj_id, r.index) for r in results}
         assert seen == {(r.obj_id, r.index) for r in expected} and len(seen) == len(results)
@@ -295,11 +297,12 @@ def test_propagation_in_lockstep_falls_back_where_memories_differ(ct_volume, tin
     with Session(ct_volume, tiny_model, device="cpu") as alone, Session(ct_volume, tiny_model, device="cpu") as together:
         for s in (alone, together):
             s.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
-            list(s.propagate([1], direction="up", stop=18, stop_after_absent=0))  # only object 1 remembers 16-18
+            list(s.propagate([1], PropagationOptions("up", stop=18, stop_after_absent=0)))  # only object 1: 16-18
             s.add_prompt(1, 15, points=[(70, 60, False)])
-        expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], start=12, stop=18, stop_after_absent=0)]
+        options = PropagationOptions(start=12, stop=18, stop_after_absent=0)
+        expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], options)]
         calls = count_track_steps(tiny_model)
-        results = list(together.propagate([1, 2], start=12, stop=18, stop_after_absent=0))
+        results = list(together.propagate([1, 2], options))
         del tiny_model.track_step
         assert calls == [1] * 6 + [2] * 3, "one by one up to 18, together from 14 down (same memories again)"
         assert sorted((r.obj_id, r.index) for r in results) == sorted((r.obj_id, r.index) for r in expected)
@@ -322,7 +325,7 @@ def fake_tracking(session, present_ids):
 def test_propagation_in_lockstep_objects_stop_on_their_own(session):
     session.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
     batches = fake_tracking(session, present_ids={2})
-    results = list(session.propagate(direction="up", stop=19, stop_after_absent=2))
+    results = list(session.propagate(options=PropagationOptions("up", stop=19, stop_after_absent=2)))
     assert [(r.obj_id, r.index) for r in results] == [(1, 16), (2, 16), (1, 17), (2, 17), (2, 18), (2, 19)]
     assert batches == [[1, 2], [1, 2], [2], [2]]
 
@@ -332,7 +335,7 @@ def test_propagation_in_lockstep_cancels_between_slices(session):
     batches = fake_tracking(session, present_ids={1, 2})
     cancel = threading.Event()
     seen = []
-    for result in session.propagate(direction="up", stop_after_absent=0, cancel=cancel):
+    for result in session.propagate(options=PropagationOptions("up", stop_after_absent=0), cancel=cancel):
         seen.append((result.obj_id, result.index))
         if len(seen) == 3:
             cancel.set()
@@ -348,7 +351,7 @@ def one_entry_bank(ct_volume, tiny_model, index: int = 20):
     with Session(ct_volume, tiny_model, device="cpu") as s:
         s.add_prompt(1, index, box=(20, 20, 100, 80))
         memory = s.frame_memory(1, index)
-        return ConfidenceBank(image_key(s.cache.get(index, "cpu").features), memory.features, memory.pos,
+        return ConfidenceBank(image_key(s.features.cache.get(index, "cpu").features), memory.features, memory.pos,
                               torch.tensor([0.9]))
 
 
@@ -361,8 +364,9 @@ def test_objects_together_as_one_at_a_time_with_the_bank(ct_volume, tiny_model, 
         for obj_id, (points, box) in prompts.items():
             alone.add_prompt(obj_id, 15, points, box)
         together.add_prompts(15, prompts)
-        expected = [r for obj_id in (2, 3) for r in alone.propagate([obj_id], start=12, stop=18, stop_after_absent=0)]
-        results = list(together.propagate([2, 3], start=12, stop=18, stop_after_absent=0))
+        options = PropagationOptions(start=12, stop=18, stop_after_absent=0)
+        expected = [r for obj_id in (2, 3) for r in alone.propagate([obj_id], options)]
+        results = list(together.propagate([2, 3], options))
         assert sorted((r.obj_id, r.index) for r in results) == sorted((r.obj_id, r.index) for r in expected)
         for obj_id, index in [(r.obj_id, r.index) for r in results] + [(2, 15), (3, 15)]:
             assert_same_object(together.objects[obj_id], alone.objects[obj_id], index)
@@ -378,11 +382,11 @@ def test_a_click_runs_no_memory_encoder_propagation_encodes_the_prompted_slice(c
             s.add_prompt(1, 15, box=(20, 20, 100, 80))
             s.add_prompt(1, 15, points=[(60, 50, True)])
             assert encoded == [] and 15 in s.objects[1].pending
-            image = s._call(s._embedding, 15)
+            image = s.features.call(s.features.embedding, 15)
             with torch.no_grad():
                 expected = tiny_model.frame_memory(image, s.objects[1].pending[15], from_points=True).stored()
             encoded.clear()
-            list(s.propagate(start=14, stop=16))
+            list(s.propagate(options=PropagationOptions(start=14, stop=16)))
             assert 15 not in s.objects[1].pending
             assert len(encoded) == 1 + 2, "the prompted slice once, then each tracked slice"
             memory = s.frame_memory(1, 15)
@@ -403,10 +407,10 @@ def test_clicks_on_a_slice_share_its_bank_attention(ct_volume, tiny_model):
             s.add_prompt(1, 15, box=(30, 30, 80, 70))
             s.add_prompt(1, 15, points=[(50, 50, True)])
             s.add_prompt(2, 15, points=[(60, 50, True)])
-            kept = s._bank_attended[15]
-            s._bank_attended.clear()  # the same click, attention computed afresh
+            kept = s.features._bank_attended[15]
+            s.features._bank_attended.clear()  # the same click, attention computed afresh
             s.add_prompt(3, 15, points=[(60, 50, True)])
-            fresh = s._bank_attended[15]
+            fresh = s.features._bank_attended[15]
             logits = [s.objects[i].logits[15] for i in (2, 3)]
     finally:
         del tiny_model.attend_memory
@@ -425,7 +429,7 @@ def test_box_chain_prompts_the_box_of_the_previous_masks_largest_part(ct_volume,
         s.set_mask(1, 15, mask)
         boxes, prompt_tensors = [], s._prompt_tensors
         s._prompt_tensors = lambda prompts: boxes.append(prompts.box) or prompt_tensors(prompts)
-        list(s.propagate([1], direction="up", stop=16, stop_after_absent=0))
+        list(s.propagate([1], PropagationOptions("up", stop=16, stop_after_absent=0)))
     assert boxes[0] == (30, 39.5, 59, 40.5)
 
 
@@ -446,11 +450,11 @@ def test_precompute_chooses_bank_entries_and_attends_the_scrolled_to_slice(ct_vo
                 Session(ct_volume, tiny_model, device="cpu", bank=bank) as cold:
             ahead.precompute(14, radius=2)
             ahead.wait_idle()
-            assert sorted(ahead._bank_choice) == [12, 13, 14, 15, 16, 17]
-            for index, choice in ahead._bank_choice.items():
-                assert choice == int(bank.select(ahead.cache.get(index, "cpu").features, k=1)[0, 0])
-            assert len(set(ahead._bank_choice.values())) > 1, "the slices do not all pick one entry"
-            assert attended == [1] and 14 in ahead._bank_attended
+            assert sorted(ahead.features._bank_choice) == [12, 13, 14, 15, 16, 17]
+            for index, choice in ahead.features._bank_choice.items():
+                assert choice == int(bank.select(ahead.features.cache.get(index, "cpu").features, k=1)[0, 0])
+            assert len(set(ahead.features._bank_choice.values())) > 1, "the slices do not all pick one entry"
+            assert attended == [1] and 14 in ahead.features._bank_attended
             ahead.add_prompt(1, 14, box=(30, 30, 80, 70))
             assert attended == [1], "the click used the prepared attention"
             cold.add_prompt(1, 14, box=(30, 30, 80, 70))
@@ -465,10 +469,10 @@ def test_session_cache_keeps_the_slice_read_last_as_handed_out(ct_volume, tiny_m
     with Session(ct_volume, tiny_model, axis=2, device="cpu") as s:
         s.precompute(10, radius=1)
         s.wait_idle()
-        first = s.cache.get(10, "cpu")
-        assert s.cache.get(10, "cpu") is first
-        assert s.cache.get(11, "cpu") is not first and s.cache.get(10, "cpu") is not first
-        again = s.cache.get(10, "cpu")
-        s.cache.put(10, again)
-        assert s.cache.get(10, "cpu") is not again
-        assert torch.equal(s.cache.get(10, "cpu").features, again.features)
+        first = s.features.cache.get(10, "cpu")
+        assert s.features.cache.get(10, "cpu") is first
+        assert s.features.cache.get(11, "cpu") is not first and s.features.cache.get(10, "cpu") is not first
+        again = s.features.cache.get(10, "cpu")
+        s.features.cache.put(10, again)
+        assert s.features.cache.get(10, "cpu") is not again
+        assert torch.equal(s.features.cache.get(10, "cpu").features, again.features)

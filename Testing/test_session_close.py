@@ -32,19 +32,20 @@ def queue_every_slice(session):
 def test_session_close_drops_queued_encodes_and_returns_at_once(lite_model, ct_volume):
     session = Session(ct_volume, lite_model, axis=2, device="cpu")
     one = queue_every_slice(session)
-    cached = len(session.cache)
-    while len(session.cache) == cached:  # a background encode is running: close mid-queue
+    cached = len(session.features.cache)
+    while len(session.features.cache) == cached:  # a background encode is running: close mid-queue
         time.sleep(0.005)
-    queued_s = one * (session.num_slices - len(session.cache))
+    queued_s = one * (session.num_slices - len(session.features.cache))
     started = time.perf_counter()
     session.close()
     closed_s = time.perf_counter() - started
-    print(f"\nclose with {session.num_slices - len(session.cache)} encodes queued (about {queued_s:.1f} s of work, "
+    queued = session.num_slices - len(session.features.cache)
+    print(f"\nclose with {queued} encodes queued (about {queued_s:.1f} s of work, "
           f"{one * 1000:.0f} ms each): {closed_s * 1000:.0f} ms")
     assert queued_s > 2 * CLOSE_LIMIT_S, "too little queued work to tell a drain from a drop"
     assert closed_s < CLOSE_LIMIT_S
-    assert session._worker.join(timeout=10 * one + 10), "the worker did not stop after its running step"
-    assert len(session.cache) <= cached + 2, "queued encodes ran after the close"
+    assert session.features._worker.join(timeout=10 * one + 10), "the worker did not stop after its running step"
+    assert len(session.features.cache) <= cached + 2, "queued encodes ran after the close"
 
 
 def test_session_refuses_work_after_close(lite_model, ct_volume):

@@ -15,7 +15,8 @@ from test_slicer_logic import (  # noqa: F401 (ct, ct_voxels, views: fixtures)
     world_point,
 )
 
-from samed2.model_io import mask_box, model_scale
+from samed2.choices import PropagationOptions
+from samed2.model_coords import mask_box, model_scale
 from samed2.session import Session
 from samed2_tools.evaluate import slice_click
 from SAMed2SlicerLib.geometry import engine_volume
@@ -40,7 +41,7 @@ def test_mrml_lite_click_corrects_a_propagated_slice_which_the_next_run_keeps(ct
     with Segmenter(ct, segmentation, lite_model, device="cpu") as segmenter:
         align_view(red, 2, (60, 50, 15))
         segmenter.add_box("liver", red, world_point((x0, y0, 15)), world_point((x1, y1, 15)))
-        segmenter.propagate(2, ["liver"], direction="up", start=15, stop=18).wait(timeout_s=300)
+        segmenter.propagate(2, ["liver"], PropagationOptions("up", start=15, stop=18)).wait(timeout_s=300)
         propagated = labelmaps(segmentation, ct)["liver"]
         column, row, positive = click = slice_click(propagated[17].astype(bool), liver[17])
         align_view(red, 2, (column, row, 17))
@@ -53,7 +54,7 @@ def test_mrml_lite_click_corrects_a_propagated_slice_which_the_next_run_keeps(ct
             reference.set_mask(1, 17, propagated[17])  # the clicks correct the slice's mask
             np.testing.assert_array_equal(clicked[17], reference.add_prompt(1, 17, points=[click]))
 
-            segmenter.propagate(2, ["liver"], direction="up", start=15, stop=18).wait(timeout_s=300)
+            segmenter.propagate(2, ["liver"], PropagationOptions("up", start=15, stop=18)).wait(timeout_s=300)
 
             rerun = labelmaps(segmentation, ct)["liver"]
             np.testing.assert_array_equal(rerun[17], clicked[17])

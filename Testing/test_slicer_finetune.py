@@ -8,12 +8,13 @@ import slicer
 from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (pytest fixtures)
 from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, model, segmenter, views, world_point  # noqa: F401
 
+from samed2.choices import PropagationOptions
 from SAMed2SlicerLib.segments import Target, read_slices, write_slices
 
 
 def test_finetune_learns_from_the_prompted_drawn_and_hand_corrected_slices_only(segmenter, ct, abdomen, views):
     segmenter.add_point("liver", views["Red"], world_point(CLICK))  # prompted: slice 15
-    segmenter.propagate(2, direction="both", start=12, stop=19).wait(timeout_s=120)
+    segmenter.propagate(2, options=PropagationOptions("both", start=12, stop=19)).wait(timeout_s=120)
     target = Target(abdomen, "liver", ct, 2)
     written = read_slices(target, range(12, 20))
     assert all(mask.any() for mask in written.values())  # propagation wrote 12-19

@@ -45,7 +45,7 @@ class Front:
     def error(self, text, error=None):
         self.errors.append(text)
 
-    def save_undo(self):
+    def save_state_for_undo(self):  # the undo hook an editor hands over as before_write
         self.undo_saved.append(len(self.status))
 
 
@@ -232,10 +232,10 @@ def test_mrml_a_model_that_fails_to_load_is_reported_with_the_modules_buttons(ca
 
 
 def test_mrml_a_drag_applies_once_at_its_end_with_the_active_editors_undo(layer, front, ct, abdomen, views):
-    layer.click(ct, abdomen, "liver", views["Red"], world_point(CLICK), save_undo=front.save_undo)
+    layer.click(ct, abdomen, "liver", views["Red"], world_point(CLICK), before_write=front.save_state_for_undo)
     assert len(front.undo_saved) == 1
     other_editor = Front()
-    layer.editor_activated(other_editor.save_undo)  # the user went to the other editor
+    layer.editor_activated(other_editor.save_state_for_undo)  # the user went to the other editor
     node = markups.prompt_nodes(abdomen, "liver", markups.INCLUDE)[0]
     before = labelmaps(abdomen, ct)["liver"]
     node.InvokeCustomModifiedEvent(MarkupsNode.PointStartInteractionEvent)

@@ -32,6 +32,7 @@ from test_slicer_logic import (  # noqa: F401 (pytest fixtures)
     world_point,
 )
 
+from samed2.choices import PropagationOptions
 from SAMed2SlicerLib.jobs import TICK_INTERVAL_MS, BackgroundJob, JobPoller
 from SAMed2SlicerLib.segmenter import Segmenter
 
@@ -70,7 +71,7 @@ def propagate_whole_volume(ct, views, model, drive):
     with Segmenter(ct, segmentation, model, device="cpu") as segmenter:
         segmenter.add_point("liver", views["Red"], world_point(CLICK))
         started = time.perf_counter()
-        job = segmenter.propagate(2, ["liver"], direction="both", stop_after_absent=0)
+        job = segmenter.propagate(2, ["liver"], PropagationOptions("both", stop_after_absent=0))
         blocks = drive(job)
         elapsed = time.perf_counter() - started
         assert job.error is None and job.progress().done == ct.GetImageData().GetDimensions()[2] - 1
@@ -135,7 +136,7 @@ def test_slicer_job_that_fails_to_write_reports_once_and_stops():
 
 def test_mrml_deleting_the_segment_mid_propagation_ends_the_run_with_that_error(segmenter, ct, abdomen, views):
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
-    job = segmenter.propagate(2, ["liver"], direction="both", stop_after_absent=0)
+    job = segmenter.propagate(2, ["liver"], PropagationOptions("both", stop_after_absent=0))
     abdomen.GetSegmentation().RemoveSegment("liver")
     with pytest.raises(ValueError, match="segment 'liver' is not in"):
         job.wait(timeout_s=120)

@@ -16,6 +16,7 @@ import torch
 import vtk
 from vtk.util import numpy_support
 
+from samed2.choices import PropagationOptions
 from samed2.errors import InputError
 from samed2.session import Session
 from SAMed2SlicerLib import prompts as markups
@@ -437,7 +438,7 @@ def test_mrml_propagation_fills_the_slices_within_its_limits_and_stops(segmenter
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
     before = labelmaps(abdomen, ct)
 
-    run = segmenter.propagate(2, ["liver"], direction="both", start=12, stop=18)
+    run = segmenter.propagate(2, ["liver"], PropagationOptions("both", start=12, stop=18))
     progress = run.wait(timeout_s=120)
 
     after = labelmaps(abdomen, ct)
@@ -452,7 +453,7 @@ def test_mrml_confidence_per_slice_and_the_view_moved_to_the_least_confident_sli
     from SAMed2SlicerLib.confidence import least_confident
 
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
-    segmenter.propagate(2, ["liver"], direction="both", start=12, stop=18).wait(timeout_s=120)
+    segmenter.propagate(2, ["liver"], PropagationOptions("both", start=12, stop=18)).wait(timeout_s=120)
     confidences = segmenter.confidences("liver", 2)
     assert sorted(confidences) == list(range(12, 19)), "the prompted slice and the six propagated ones"
     assert all(0.0 <= c <= 1.0 for c in confidences.values())
@@ -469,10 +470,10 @@ def test_mrml_propagation_stops_where_the_object_is_absent(ct, abdomen, views, g
         before = labelmaps(abdomen, ct)
         reference = Session(engine_volume(ct), segmenter.model, axis=2, device="cpu")
         reference.add_prompt(1, CLICK[2], points=[expected_slice_coords(CLICK, 2)[1:] + (True,)])
-        expected = [r for r in reference.propagate(direction="up", stop_after_absent=1)]
+        expected = [r for r in reference.propagate(options=PropagationOptions("up", stop_after_absent=1))]
         reference.close()
 
-        progress = segmenter.propagate(2, direction="up", stop_after_absent=1).wait(timeout_s=120)
+        progress = segmenter.propagate(2, options=PropagationOptions("up", stop_after_absent=1)).wait(timeout_s=120)
 
     assert not expected[-1].present and all(r.present for r in expected[:-1])
     assert progress.done == len(expected) < ct.GetImageData().GetDimensions()[2] - CLICK[2] - 1
@@ -484,7 +485,7 @@ def test_mrml_propagation_stops_where_the_object_is_absent(ct, abdomen, views, g
 def test_mrml_propagation_without_a_prompt_in_its_limits_says_so(segmenter, ct, abdomen, views):
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
     before = labelmaps(abdomen, ct)
-    run = segmenter.propagate(2, direction="up", start=20, stop=25)
+    run = segmenter.propagate(2, options=PropagationOptions("up", start=20, stop=25))
     with pytest.raises(InputError, match="no prompted slice between slices 20 and 25"):
         run.wait(timeout_s=60)
     np.testing.assert_array_equal(labelmaps(abdomen, ct)["liver"], before["liver"])
@@ -494,7 +495,7 @@ def test_mrml_propagation_without_a_prompt_in_its_limits_says_so(segmenter, ct, 
 def test_mrml_propagation_cancel_keeps_what_was_written(segmenter, ct, abdomen, views):
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
     before = labelmaps(abdomen, ct)
-    run = segmenter.propagate(2, direction="up", stop_after_absent=0)
+    run = segmenter.propagate(2, options=PropagationOptions("up", stop_after_absent=0))
     with pytest.raises(BusyError, match="propagation is running"):
         segmenter.add_point("liver", views["Red"], world_point((50, 50, 20)))
     while run.poll().done == 0:
@@ -508,7 +509,7 @@ def test_mrml_propagation_cancel_keeps_what_was_written(segmenter, ct, abdomen, 
 
 def test_mrml_repropagation_keeps_hand_corrections_and_earlier_drawings(segmenter, ct, abdomen, views):
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
-    segmenter.propagate(2, direction="both", start=12, stop=19).wait(timeout_s=120)
+    segmenter.propagate(2, options=PropagationOptions("both", start=12, stop=19)).wait(timeout_s=120)
     target = Target(abdomen, "liver", ct, 2)
     corrected = np.zeros(slicer.util.arrayFromVolume(ct).shape[1:], bool)
     corrected[30:45, 40:60] = True
@@ -516,7 +517,7 @@ def test_mrml_repropagation_keeps_hand_corrections_and_earlier_drawings(segmente
     segmenter.add_point("liver", views["Red"], world_point((45, 40, 13)))
     before = labelmaps(abdomen, ct)
 
-    segmenter.propagate(2, direction="both", start=3, stop=19).wait(timeout_s=120)
+    segmenter.propagate(2, options=PropagationOptions("both", start=3, stop=19)).wait(timeout_s=120)
 
     after = labelmaps(abdomen, ct)
     np.testing.assert_array_equal(after["liver"][19], corrected)
@@ -532,7 +533,7 @@ def test_mrml_undo_restores_the_exact_previous_labelmaps(segmenter, ct, abdomen,
     initial = labelmaps(abdomen, ct)
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
     after_click = labelmaps(abdomen, ct)
-    segmenter.propagate(2, direction="both", start=11, stop=19).wait(timeout_s=120)
+    segmenter.propagate(2, options=PropagationOptions("both", start=11, stop=19)).wait(timeout_s=120)
     assert changed_slices(after_click["liver"], labelmaps(abdomen, ct)["liver"], 2)
     assert len(segmenter.undo_stack) == 2, "one step per click, one per propagation run"
 
@@ -549,13 +550,13 @@ def test_mrml_undo_restores_the_exact_previous_labelmaps(segmenter, ct, abdomen,
 def test_mrml_undone_propagation_can_run_again(segmenter, ct, abdomen, views, undo_by):
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
     before = labelmaps(abdomen, ct)["liver"]
-    segmenter.propagate(2, direction="up", stop=18).wait(timeout_s=120)
+    segmenter.propagate(2, options=PropagationOptions("up", stop=18)).wait(timeout_s=120)
     first = labelmaps(abdomen, ct)["liver"]
     if undo_by == "segmenter":
         assert segmenter.undo()
     else:  # the Segment Editor's undo puts the segmentation back behind the segmenter's back
         fill(abdomen, "liver", ct, before)
-    segmenter.propagate(2, direction="up", stop=18).wait(timeout_s=120)
+    segmenter.propagate(2, options=PropagationOptions("up", stop=18)).wait(timeout_s=120)
     np.testing.assert_array_equal(labelmaps(abdomen, ct)["liver"], first)
 
 
@@ -566,7 +567,7 @@ def test_mrml_several_objects_are_several_segments(segmenter, ct, abdomen, views
     before = labelmaps(abdomen, ct)
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
     segmenter.add_point("spleen", views["Red"], world_point((80, 40, 15)))
-    run = segmenter.propagate(2, direction="up", stop=17)
+    run = segmenter.propagate(2, options=PropagationOptions("up", stop=17))
     assert run.wait(timeout_s=120).done == 4
     after = labelmaps(abdomen, ct)
     assert changed_slices(before["liver"], after["liver"], 2) == [15, 16, 17]
@@ -581,7 +582,7 @@ def test_mrml_saved_scene_reopens_with_prompts_and_segments_and_continues(segmen
                                                                           model, tmp_path):
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
     segmenter.add_box("liver", views["Red"], world_point((40, 30, 17)), world_point((90, 80, 17)))
-    segmenter.propagate(2, direction="both", start=13, stop=19).wait(timeout_s=120)
+    segmenter.propagate(2, options=PropagationOptions("both", start=13, stop=19)).wait(timeout_s=120)
     saved = labelmaps(abdomen, ct)
     saved_points = markups.node_points_world(markups.prompt_nodes(abdomen, "liver", markups.INCLUDE)[0])
     segmenter.close()

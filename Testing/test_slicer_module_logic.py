@@ -10,6 +10,7 @@ from dicomseg_checks import assert_dciodvfy_clean
 from slicer_harness import add_slice_views, load_volume, mrml_scene, slicer_app  # noqa: F401 (fixtures)
 from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, segment_voxels, tiny_model, views, world_point  # noqa: F401
 
+from samed2.choices import PropagationOptions
 from samed2.dicomseg import read_seg
 from SAMed2SlicerLib.logic import SAMed2Logic, with_suffix
 
@@ -49,7 +50,7 @@ def test_mrml_script_loads_clicks_propagates_and_exports_dicom_seg_through_the_l
     red, point = red_view_through(volume, 1)
 
     assert logic.click(volume, segmentation, segment_id, red, point) == {2: [1]}
-    job = logic.propagate(volume, segmentation, red, direction="both")
+    job = logic.propagate(volume, segmentation, None, red, PropagationOptions("both"))
     assert logic.jobs.jobs == [job]
     while logic.jobs.jobs:  # what the module's timer does
         logic.jobs.tick()
@@ -79,8 +80,8 @@ def test_mrml_logic_export_says_what_is_missing(logic, data_dir, tmp_path):
 def test_mrml_closing_the_scene_stops_the_run_and_frees_the_segmenter(logic, ct, abdomen, views):
     logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
     ended = []
-    job = logic.propagate(ct, abdomen, views["Red"], ["liver"], on_end=ended.append, direction="both",
-                          stop_after_absent=0)
+    job = logic.propagate(ct, abdomen, ["liver"], views["Red"], PropagationOptions("both", stop_after_absent=0),
+                          on_end=ended.append)
     slicer.mrmlScene.Clear(0)
     assert ended == [job] and job.progress().finished and job.cancelled
     assert logic.segmenter is None and logic.jobs.jobs == []
@@ -116,7 +117,7 @@ def test_mrml_undo_state_is_saved_only_by_actions_that_write(logic, ct, abdomen,
     logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK), before_write=lambda: saved.append("click"))
     assert saved == ["click"]
     assert logic.apply_moved_prompts(before_write=lambda: saved.append("moved")) is None  # nothing moved
-    job = logic.propagate(ct, abdomen, views["Red"], ["liver"], direction="up", stop=18,
+    job = logic.propagate(ct, abdomen, ["liver"], views["Red"], PropagationOptions("up", stop=18),
                           before_write=lambda: saved.append("propagation"))
     job.wait(timeout_s=120)
     assert saved == ["click", "propagation"]
@@ -131,7 +132,7 @@ def test_mrml_warm_up_is_a_job_that_ends_when_the_slices_around_the_view_are_enc
     while logic.jobs.jobs:
         logic.jobs.tick()
     assert job.error is None
-    cache = logic.segmenter.session(2).cache
+    cache = logic.segmenter.session(2).features.cache
     assert all(index in cache for index in range(18, 23))
 
 
@@ -143,18 +144,18 @@ def test_mrml_precision_setting_reaches_the_engine_session_and_the_status_line(l
 
     from samed2.device import pick_precision
 
-    assert logic.settings["precision"] == "auto"
+    assert logic.settings.precision == "auto"
     logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
     auto = pick_precision("auto", torch.device("cpu"))
     first = logic.segmenter
-    assert first.session(2).precision == auto
+    assert first.session(2).features.precision == auto
     assert logic.prompt_message({2: [15]}) == \
         f"Segmented slice k = 15; tiny-test runs on cpu in {auto} (precision setting: auto)."
     for precision in ("bf16", "fp32"):
         logic.configure(precision=precision)
         assert logic.segmenter is None, "a changed precision closes the segmenter"
         logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
-        assert logic.segmenter is not first and logic.segmenter.session(2).precision == precision
+        assert logic.segmenter is not first and logic.segmenter.session(2).features.precision == precision
         assert logic.prompt_message({}) == \
             f"Nothing changed; tiny-test runs on cpu in {precision} (precision setting: {precision})."
         first = logic.segmenter
@@ -166,27 +167,40 @@ def test_mrml_unknown_precision_is_refused_with_the_choices(logic, ct, abdomen, 
     from samed2.errors import InputError
 
     before = segment_voxels(abdomen, "liver", ct)
-    logic.configure(precision="fp16")
     with pytest.raises(InputError, match="unknown precision 'fp16'; choose one of auto, fp32, bf16"):
-        logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+        logic.configure(precision="fp16")
+    assert logic.settings.precision == "auto", "a refused setting leaves the settings as they were"
     assert logic.prompt_nodes() == []
     np.testing.assert_array_equal(segment_voxels(abdomen, "liver", ct), before)
+
+
+def test_mrml_misspelt_setting_is_refused_naming_the_settings(logic, ct, abdomen, views):
+    """configure() takes the names of samed2.choices.EngineSettings only: a typo is an error, not a
+    setting stored and never read."""
+    from samed2.errors import InputError
+
+    logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK))
+    segmenter, settings = logic.segmenter, logic.settings
+    with pytest.raises(InputError, match="unknown setting precison; the settings are model, device, preset, "
+                                         "precision, backend"):
+        logic.configure(precison="bf16")
+    assert logic.settings == settings and logic.segmenter is segmenter, "nothing changed"
 
 
 def test_mrml_backend_setting_reaches_the_sessions_with_the_cache_beside_the_weights(logic, ct, abdomen):
     """The Logic's backend setting ("auto" by default) goes to the engine sessions; converted encoders
     are kept in the Logic's weights cache (nothing is converted before the first encoding)."""
     from samed2.backends import ChosenEncoder
-    from SAMed2SlicerLib.logic import DEFAULT_SETTINGS
+    from samed2.choices import EngineSettings
 
     from conftest import require_module
 
     require_module("openvino", "the OpenVINO backend, samed2[cpu]")
-    assert DEFAULT_SETTINGS["backend"] == "auto"
+    assert EngineSettings().backend == "auto"
     logic.configure(backend="openvino")
-    encoder = logic.segmenter_for(ct, abdomen).session(2).image_encoder
+    encoder = logic.segmenter_for(ct, abdomen).session(2).features.image_encoder
     assert isinstance(encoder, ChosenEncoder) and not encoder.measure
     assert encoder.cache == logic.cache_dir / "openvino" and not encoder.chosen
     logic.configure(backend="torch")
     assert logic.segmenter is None, "a changed backend closes the segmenter"
-    assert logic.segmenter_for(ct, abdomen).session(2).image_encoder is logic.engine_model().image_encoder
+    assert logic.segmenter_for(ct, abdomen).session(2).features.image_encoder is logic.engine_model().image_encoder

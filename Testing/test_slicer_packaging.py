@@ -1,6 +1,7 @@
 """Static checks of the Slicer extension: what CMake ships, what the index is told, what
 the panel uses, and which way the imports go."""
 import ast
+import dataclasses
 import functools
 import json
 import re
@@ -14,6 +15,8 @@ from urllib.parse import urlparse
 
 import pytest
 from PIL import Image
+
+from samed2.choices import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "SAMed2Slicer"
@@ -311,9 +314,7 @@ def test_slicer_panel_settings_are_parameters_that_reach_the_logic():
     assert bound <= class_fields(module, f"{MODULE_NAME}ParameterNode")
     (configure,) = [n for n in ast.walk(module) if isinstance(n, ast.Call)
                     and isinstance(n.func, ast.Attribute) and n.func.attr == "configure"]
-    logic = ast.parse((MODULE_DIR / "SAMed2SlicerLib" / "logic.py").read_text())
-    (defaults,) = [n.value for n in logic.body if isinstance(n, ast.Assign) and n.targets[0].id == "DEFAULT_SETTINGS"]
-    settings = {key.value for key in defaults.keys}
+    settings = {field.name for field in dataclasses.fields(EngineSettings)}
     assert {k.arg for k in configure.keywords} == settings
     assert settings - {"model"} <= bound, "the model combo is filled by the widget; the others are bound"
 

@@ -99,7 +99,7 @@ def test_slicer_settings_chosen_in_the_panel_survive_leaving_and_reentering(pane
         enter(panel)
     assert settings(panel) == CHOSEN, f"Slicer {release}: the settings went back to their first choices"
     assert {name: combos[name].currentText for name in CHOSEN} == CHOSEN
-    assert {k: panel.logic.settings[k] for k in ("device", "preset", "precision")} == {
+    assert {k: getattr(panel.logic.settings, k) for k in ("device", "preset", "precision")} == {
         k: CHOSEN[k] for k in ("device", "preset", "precision")}
 
 
@@ -132,7 +132,7 @@ def test_slicer_panel_follows_a_new_scene(panel, release):
     assert panel.logic.getParameterNode().device == "auto"
     assert bound_widgets(panel)["device"].currentText == "auto"
     bound_widgets(panel)["device"].currentText = "cpu"
-    assert panel.logic.getParameterNode().device == "cpu" and panel.logic.settings["device"] == "cpu"
+    assert panel.logic.getParameterNode().device == "cpu" and panel.logic.settings.device == "cpu"
 
 
 def test_slicer_hidden_panel_survives_a_scene_close(panel):
@@ -340,7 +340,7 @@ def test_slicer_messages_and_job_polling_go_on_after_an_editor_is_deleted(segmen
     editor.delete()
     if slicer_releases.at_least(release, "5.10"):
         assert effect._show not in controller.listeners, f"Slicer {release}: the deleted effect still listens"
-        assert controller.interaction.save_undo is None, "undo still goes to the deleted editor"
+        assert controller.interaction.before_write is None, "undo still goes to the deleted editor"
     go_on.set()
     with caplog.at_level(logging.ERROR):
         while controller._job_timer.isActive():
@@ -350,7 +350,7 @@ def test_slicer_messages_and_job_polling_go_on_after_an_editor_is_deleted(segmen
     undo = controller.interaction._editor_undo()  # what the next write calls first
     if undo is not None:  # 5.6 and 5.8: the deleted editor's, let go once it fails
         undo()
-    assert controller.interaction.save_undo is None
+    assert controller.interaction.before_write is None
     failures = [r for r in caplog.records if "listener failed" in r.getMessage()]
     assert len(failures) == (0 if slicer_releases.at_least(release, "5.10") else 1)
 

@@ -10,9 +10,10 @@ import slicer
 import vtk
 from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, model, segmenter, views, world_point  # noqa: F401
 
+from samed2.choices import EFFECT_NAME, PropagationOptions
 from SAMed2SlicerLib import segments
 from SAMed2SlicerLib.segmenter import WRITE_INTERVAL_S
-from SAMed2SlicerLib.segments import EFFECT_NAME, Target, read_segment, write_slices
+from SAMed2SlicerLib.segments import Target, read_segment, write_slices
 
 from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (pytest fixtures)
 
@@ -147,7 +148,7 @@ def test_mrml_propagation_writes_at_most_every_half_second(segmenter, ct, abdome
     monkeypatch.setattr(segments, "write_slices", lambda target, masks: (writes.append(time.monotonic()),
                                                                          write(target, masks))[1])
     started = time.monotonic()
-    run = segmenter.propagate(2, ["liver"], direction="up", start=12, stop=29, stop_after_absent=0)
+    run = segmenter.propagate(2, ["liver"], PropagationOptions("up", start=12, stop=29, stop_after_absent=0))
     progress = run.wait(timeout_s=300)
     elapsed = time.monotonic() - started
     assert progress.finished and progress.done >= 10

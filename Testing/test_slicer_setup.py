@@ -15,7 +15,7 @@ import pytest
 import slicer
 
 from samed2.weights import CheckpointInfo
-from SAMed2SlicerLib import install, models
+from SAMed2SlicerLib import install, model_weights
 from SAMed2SlicerLib.install import (
     DICOM_REQUIREMENTS,
     ENGINE_REQUIREMENTS,
@@ -152,38 +152,38 @@ def checkpoint(url, name="tiny-test"):
 
 
 def test_mrml_weights_cache_is_under_slicers_cache_folder(slicer_app):
-    assert models.weights_cache_dir() == Path(slicer.app.cachePath) / "SAMed2" / "weights"
+    assert model_weights.weights_cache_dir() == Path(slicer.app.cachePath) / "SAMed2" / "weights"
 
 
 def test_slicer_weights_download_runs_in_the_background_with_progress(server, tmp_path):
     info = checkpoint(server.add("/tiny-test.pt", PAYLOAD))
-    download = models.download_job(info, tmp_path).start()
+    download = model_weights.download_job(info, tmp_path).start()
     progress = download.wait(timeout_s=60)
     assert progress.finished and download.error is None
     assert download.result == tmp_path / "tiny-test.pt" and download.result.read_bytes() == PAYLOAD
     assert progress.done == progress.total == len(PAYLOAD) and progress.fraction == 1.0
-    assert models.status_line("tiny-test", tmp_path).startswith("Ready: tiny-test.pt")
+    assert model_weights.status_line("tiny-test", tmp_path).startswith("Ready: tiny-test.pt")
 
 
 def test_slicer_weights_download_cancel_keeps_the_part_and_resumes(server, tmp_path):
     info = checkpoint(server.add("/tiny-test.pt", PAYLOAD))
-    cancelled = models.download_job(info, tmp_path)
+    cancelled = model_weights.download_job(info, tmp_path)
     cancelled.cancel()
     progress = cancelled.start().wait(timeout_s=60)
     assert progress.finished and progress.cancelled and isinstance(cancelled.error, JobCancelled)
     held = (tmp_path / "tiny-test.pt.part").stat().st_size
     assert 0 < held < len(PAYLOAD)
 
-    resumed = models.download_job(info, tmp_path).start()
+    resumed = model_weights.download_job(info, tmp_path).start()
     resumed.wait(timeout_s=60)
     assert resumed.error is None and resumed.result.read_bytes() == PAYLOAD
     assert server.requests[-1].headers.get("Range") == f"bytes={held}-"
 
 
 def test_slicer_weights_status_lines_say_what_to_do(tmp_path):
-    assert models.status_line("samed2", tmp_path).startswith("Not downloaded")
-    assert "Import" in models.status_line("samed2", tmp_path)
-    assert models.status_line("no-such-model", tmp_path).startswith("Unknown model")
-    assert "samed2" in models.model_names(tmp_path) and not models.is_cached("samed2", tmp_path)
+    assert model_weights.status_line("samed2", tmp_path).startswith("Not downloaded")
+    assert "Import" in model_weights.status_line("samed2", tmp_path)
+    assert model_weights.status_line("no-such-model", tmp_path).startswith("Unknown model")
+    assert "samed2" in model_weights.model_names(tmp_path) and not model_weights.is_cached("samed2", tmp_path)
     (tmp_path / "latest_epoch_0217.pth.part").write_bytes(b"x" * 10)
-    assert models.status_line("samed2", tmp_path).startswith("Partly downloaded")
+    assert model_weights.status_line("samed2", tmp_path).startswith("Partly downloaded")

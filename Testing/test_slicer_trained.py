@@ -16,6 +16,7 @@ from test_slicer_logic import (  # noqa: F401 (pytest fixtures)
 )
 from trained_model import LIVER, build_trained_model, trained_model  # noqa: F401 (pytest fixture)
 
+from samed2.choices import PropagationOptions
 from SAMed2SlicerLib.segmenter import Segmenter
 
 CLICK_SLICE, FIRST, LAST = 15, 5, 25  # the liver spans every axial slice of example_ct_sm
@@ -41,7 +42,8 @@ def test_mrml_propagation_with_the_trained_model_fills_the_liver_between_the_lim
 
     with Segmenter(ct, segmentation, build_trained_model(trained_model), device="cpu") as segmenter:
         assert segmenter.add_point("liver", views["Red"], world_point((i, j, CLICK_SLICE))) == {2: [CLICK_SLICE]}
-        progress = segmenter.propagate(2, direction="both", start=FIRST, stop=LAST).wait(timeout_s=600)
+        options = PropagationOptions("both", start=FIRST, stop=LAST)
+        progress = segmenter.propagate(2, options=options).wait(timeout_s=600)
 
     voxels = segment_voxels(segmentation, "liver", ct).astype(bool)
     assert progress.done == LAST - FIRST, "every slice between the limits but the clicked one, and no more"

@@ -18,9 +18,10 @@ import SimpleITK as sitk
 import torch
 
 from samed2.bank import ConfidenceBank
+from samed2.choices import PropagationOptions
 from samed2.errors import InputError, WeightsError
 from samed2.model import build_model
-from samed2.model_io import logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
+from samed2.model_coords import logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
 from samed2.session import Session
 from samed2.volume_files import load_volume
 from samed2.weights import import_checkpoint, load_weights
@@ -423,7 +424,7 @@ def test_trained_model_propagates_the_liver_through_memory_from_one_box(trained_
     liver = sitk.GetArrayFromImage(sitk.ReadImage(str(LABELS))) == LIVER
     with Session(volume, model, axis=2, device="cpu", strategy="track") as session:
         session.add_prompt(1, 15, box=mask_box(liver[15]))
-        tracked = sorted(r.index for r in session.propagate(stop_after_absent=0))
+        tracked = sorted(r.index for r in session.propagate(options=PropagationOptions(stop_after_absent=0)))
         mask = session.mask_volume(1)
     per_slice = [dice(mask[k], liver[k]) for k in range(volume.num_slices(2))]
     print(f"\nliver propagated from one box: Dice {dice(mask, liver):.3f}, per slice {np.round(per_slice, 2).tolist()}")
@@ -448,7 +449,8 @@ def test_box_chain_follows_the_left_kidney_to_its_end(trained_model):
     with Session(volume, model, axis=2, device="cpu", bank=ConfidenceBank.load(trained_model.bank)) as session:
         assert session.strategy == "box-chain"
         session.add_prompt(1, middle, box=mask_box(kidney[middle]))
-        results = {r.index: r.mask for r in session.propagate(direction="up", stop=last, stop_after_absent=0)}
+        up = PropagationOptions("up", stop=last, stop_after_absent=0)
+        results = {r.index: r.mask for r in session.propagate(options=up)}
     per_slice = [dice(results[k], kidney[k]) for k in range(middle + 1, last + 1)]
     print(f"\nleft kidney from slice {middle} to its end ({last}): Dice per slice {np.round(per_slice, 2)}")
     assert sorted(results) == list(range(middle + 1, last + 1))

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from samed2 import presets
+from samed2.choices import ENGINE_PRESETS
 from samed2.errors import InputError
-from samed2.model_io import (
+from samed2.model_coords import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     logits_to_slice,
@@ -422,6 +423,13 @@ def test_volume_custom_window_and_bad_presets():
         presets.percentile_preset(99, 1)
     with pytest.raises(InputError, match="soft_tissue"):
         presets.get_preset("abdomen")
+
+
+def test_every_engine_preset_name_is_a_preset(ct_volume):
+    """samed2.choices.ENGINE_PRESETS, what the engine's options offer, are the presets get_preset knows."""
+    assert set(presets.CT_WINDOWS) | {"mr", "auto"} == set(ENGINE_PRESETS)
+    for name in ENGINE_PRESETS:
+        presets.get_preset(name, ct_volume.array).apply(ct_volume.array[:1])
 
 
 @pytest.mark.parametrize("values, message", [

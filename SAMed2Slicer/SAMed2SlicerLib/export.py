@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from samed2.choices import EFFECT_NAME
 from samed2.labelmap import LabelMap, write_labelmap
 from samed2.terminology import Code, SegmentAttributes, SegMetadata
 from samed2.volume import Volume
 from SAMed2SlicerLib.geometry import local_ijk_to_ras, volume_to_array
 from SAMed2SlicerLib.segments import read_segment
 
-ALGORITHM_NAME = "SAMed-2"
 GENERIC_TISSUE = "85756007"  # SNOMED CT "Tissue", the type Slicer gives every new segment
 
 
@@ -107,7 +107,7 @@ def export_dicom_seg(segmentation_node, volume_node, dicom_folder, out_path, onl
 
     return export_seg(segment_labelmaps(segmentation_node, volume_node, only), dicom_folder, out_path,
                       metadata=seg_metadata(segmentation_node, only), fractional=fractional,
-                      algorithm_type="SEMIAUTOMATIC", algorithm_name=ALGORITHM_NAME,
+                      algorithm_type="SEMIAUTOMATIC", algorithm_name=EFFECT_NAME,
                       algorithm_version=algorithm_version)
 
 

@@ -141,7 +141,7 @@ def start(logic, volume_node, segmentation_node, segment_id: str, slice_node, na
     axis = segmenter.axis_of_view(slice_node) if slice_node is not None else max(by_axis, key=lambda a: len(by_axis[a]))
     slices = by_axis[axis]
     mask = read_segment(segmentation_node, segment_id, volume_node)
-    preset = logic.settings["preset"] if logic.settings["preset"] != "view" else "auto"
+    preset = logic.settings.preset if logic.settings.preset != "view" else "auto"
     job = finetune_job(engine_volume(volume_node), mask, slices, axis, logic.model_name(), name,
                        logic.cache_dir, replace, preset, case=volume_node.GetName())
 

@@ -6,7 +6,6 @@ scene load restores, and deleted ones), undo through the editor the user is in, 
 user messages. No Qt: each front end gives it a timer, a way to show messages and errors, and
 turns its widgets' events into these calls.
 """
-import dataclasses
 import logging
 import re
 from contextlib import contextmanager
@@ -16,7 +15,8 @@ import slicer
 import vtk
 from slicer.util import VTKObservationMixin
 
-from SAMed2SlicerLib import models
+from samed2.choices import PropagationOptions
+from SAMed2SlicerLib import model_weights
 from SAMed2SlicerLib.jobs import BackgroundJob
 from SAMed2SlicerLib.logic import LOAD_JOB
 from SAMed2SlicerLib.prompts import ROLE, ROLES, SEGMENTATION_REFERENCE, VOLUME_REFERENCE
@@ -93,7 +93,7 @@ class Interaction(VTKObservationMixin):
         self.installing = False
         self.run: Optional[BackgroundJob] = None  # the propagation going on
         self.loading: Optional[BackgroundJob] = None  # the model load going on
-        self.save_undo: Optional[Callable] = None  # the active editor's saveStateForUndo
+        self.before_write: Optional[Callable] = None  # the active editor's saveStateForUndo
         self._waiting = []  # (then, failed) of the actions made while the model loads
         self._moved_during_run = False
         self._dragged = set()  # IDs of prompt nodes a drag is moving
@@ -187,7 +187,7 @@ class Interaction(VTKObservationMixin):
         weights in the cache): the first prompt then waits less. Else nothing, silently."""
         if self.installing or self.logic.model_ready() or self.logic.install_plan().needed:
             return
-        if models.is_cached(self.logic.model_name(), self.logic.cache_dir):
+        if model_weights.is_cached(self.logic.model_name(), self.logic.cache_dir):
             self.load_model()
 
     def _loaded(self, job, model):
@@ -223,15 +223,15 @@ class Interaction(VTKObservationMixin):
 
     # ---- prompts ---------------------------------------------------------------------------
 
-    def click(self, volume, segmentation, segment_id, slice_node, point_ras, positive=True, save_undo=None):
-        self._prompt("Segmenting the clicked slice", save_undo, self.logic.click, volume, segmentation,
+    def click(self, volume, segmentation, segment_id, slice_node, point_ras, positive=True, before_write=None):
+        self._prompt("Segmenting the clicked slice", before_write, self.logic.click, volume, segmentation,
                      segment_id, slice_node, point_ras, positive)
 
-    def box(self, volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, save_undo=None):
-        self._prompt("Segmenting the box", save_undo, self.logic.box, volume, segmentation, segment_id,
+    def box(self, volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, before_write=None):
+        self._prompt("Segmenting the box", before_write, self.logic.box, volume, segmentation, segment_id,
                      slice_node, corner_ras, opposite_ras)
 
-    def _prompt(self, action, save_undo, add, volume, segmentation, segment_id, *where):
+    def _prompt(self, action, before_write, add, volume, segmentation, segment_id, *where):
         """A prompt: after the model is loaded (in the background, with the first slices
         encoded), the segment's slice is written; the editor's undo state is saved just before
         (never for a prompt that is refused or writes nothing)."""
@@ -239,19 +239,20 @@ class Interaction(VTKObservationMixin):
             self.notify(INSTALLING)
             return
         if not self.logic.model_ready():
-            self.load_model(lambda: self._encode_then(action, save_undo, add, volume, segmentation, segment_id,
+            self.load_model(lambda: self._encode_then(action, before_write, add, volume, segmentation, segment_id,
                                                       *where))
             return
         with self.reporting(action):
             with self._own_writes():
-                written = add(volume, segmentation, segment_id, *where, before_write=save_undo or self._editor_undo())
+                written = add(volume, segmentation, segment_id, *where,
+                              before_write=before_write or self._editor_undo())
             self.watch_prompts()
             self._say_written(written, segmentation, volume, segment_id)
 
-    def _encode_then(self, action, save_undo, add, volume, segmentation, segment_id, slice_node, *where):
+    def _encode_then(self, action, before_write, add, volume, segmentation, segment_id, slice_node, *where):
         """The first prompt after a model load: encode its slices in the background, then prompt."""
         def prompt(job=None):
-            self._prompt(action, save_undo, add, volume, segmentation, segment_id, slice_node, *where)
+            self._prompt(action, before_write, add, volume, segmentation, segment_id, slice_node, *where)
 
         warm_up = None
         try:
@@ -389,8 +390,9 @@ class Interaction(VTKObservationMixin):
 
     # ---- propagation -----------------------------------------------------------------------
 
-    def propagate(self, volume, segmentation, segment_ids, slice_node, options, save_undo=None):
-        """Start a run; `options`: a samed2.choices.PropagationOptions."""
+    def propagate(self, volume, segmentation, segment_ids, slice_node, options=PropagationOptions(), before_write=None):
+        """Start a run of the segments along the axis `slice_node` cuts, as `options` say;
+        `before_write` (default: the active editor's undo) runs before its first write."""
         if self.installing:
             self.notify(INSTALLING)
             return None
@@ -398,13 +400,13 @@ class Interaction(VTKObservationMixin):
             self.notify(CLICK_FIRST)
             return None
         if not self.logic.model_ready():
-            self.load_model(lambda: self.propagate(volume, segmentation, segment_ids, slice_node, options, save_undo))
+            self.load_model(lambda: self.propagate(volume, segmentation, segment_ids, slice_node, options,
+                                                   before_write))
             return None
         with self.reporting("Propagation"):
-            self.run = self.logic.propagate(volume, segmentation, slice_node, segment_ids,
-                                            before_write=save_undo or self._editor_undo(),
-                                            on_progress=self._on_progress, on_end=self._on_propagated,
-                                            **dataclasses.asdict(options))
+            self.run = self.logic.propagate(volume, segmentation, segment_ids, slice_node, options,
+                                            before_write or self._editor_undo(),
+                                            on_progress=self._on_progress, on_end=self._on_propagated)
             self._polling()
             self.notify(PROPAGATING, self.run.progress())
             return self.run
@@ -430,29 +432,29 @@ class Interaction(VTKObservationMixin):
 
     # ---- the editor the user is in, undo -----------------------------------------------------
 
-    def editor_activated(self, save_undo) -> None:
+    def editor_activated(self, before_write) -> None:
         """The SAMed-2 effect of an editor became active: moved prompts save their undo state in
         that editor's history (the one whose Undo the user sees)."""
-        self.save_undo = save_undo
+        self.before_write = before_write
 
-    def editor_deactivated(self, save_undo) -> None:
-        if self.save_undo == save_undo:
-            self.save_undo = None
+    def editor_deactivated(self, before_write) -> None:
+        if self.before_write == before_write:
+            self.before_write = None
 
     def _editor_undo(self) -> Optional[Callable]:
         """The active editor's undo, for a write. An editor deleted with the effect active (Slicer
         5.6 and 5.8 call neither deactivate() nor cleanup() then) raises: it is forgotten and the
         write goes on, as with no editor."""
-        save_undo = self.save_undo
-        if save_undo is None:
+        before_write = self.before_write
+        if before_write is None:
             return None
 
         def save():
             try:
-                save_undo()
+                before_write()
             except Exception:
                 log.exception("the editor's undo state could not be saved (the editor is gone?); it is forgotten")
-                self.editor_deactivated(save_undo)
+                self.editor_deactivated(before_write)
         return save
 
     def undo(self, undo=None) -> Optional[bool]:

@@ -15,7 +15,8 @@ import numpy as np
 import slicer
 from slicer.util import VTKObservationMixin
 
-from SAMed2SlicerLib import models
+from samed2.choices import EXPORT_KINDS, EngineSettings, PropagationOptions
+from SAMed2SlicerLib import model_weights
 from SAMed2SlicerLib.finetune import FINETUNE_JOB
 from SAMed2SlicerLib.geometry import engine_volume, view_axis
 from SAMed2SlicerLib.install import InstallPlan
@@ -23,10 +24,8 @@ from SAMed2SlicerLib.jobs import BackgroundJob, JobPoller
 from SAMed2SlicerLib.prompts import prompt_nodes
 from SAMed2SlicerLib.segmenter import Segmenter
 
-DEFAULT_SETTINGS = {"model": models.DEFAULT_MODEL, "device": "auto", "preset": "auto", "precision": "auto",
-                    "backend": "auto"}
 LOAD_JOB = "model load"
-EXPORT_SUFFIXES = {"DICOM-SEG": ".dcm", "NIfTI": ".nii.gz", "Slicer segmentation": ".seg.nrrd"}
+EXPORT_SUFFIXES = dict(zip(EXPORT_KINDS, (".dcm", ".nii.gz", ".seg.nrrd")))
 
 
 def written_message(written) -> str:
@@ -40,8 +39,8 @@ class SAMed2Logic(VTKObservationMixin):
 
     def __init__(self, cache_dir=None):
         VTKObservationMixin.__init__(self)
-        self.settings = dict(DEFAULT_SETTINGS)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else models.weights_cache_dir()
+        self.settings = EngineSettings()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else model_weights.weights_cache_dir()
         self.jobs = JobPoller()
         self.segmenter: Optional[Segmenter] = None
         self._segmenter_key = None
@@ -55,10 +54,12 @@ class SAMed2Logic(VTKObservationMixin):
         """What is missing for segmenting (with `dicom`: and for DICOM-SEG export)."""
         return InstallPlan.for_this_python(dicom=dicom)
 
-    def configure(self, **settings) -> None:
-        """Change model, device, preset, precision or backend; the next action makes a new segmenter."""
-        if any(self.settings.get(k) != v for k, v in settings.items()):
-            self.settings.update(settings)
+    def configure(self, **changes) -> None:
+        """Change model, device, preset, precision or backend (an unknown setting or value is an
+        InputError naming the valid ones); after a change the next action makes a new segmenter."""
+        settings = self.settings.replace(**changes)
+        if settings != self.settings:
+            self.settings = settings
             self.close_segmenter()
 
     def use_model(self, name, model) -> None:
@@ -67,14 +68,14 @@ class SAMed2Logic(VTKObservationMixin):
         self.configure(model=name)
 
     def model_name(self) -> str:
-        """The model chosen, or the best one cached when none was (models.default_model)."""
-        return self.settings["model"] or models.default_model(self.cache_dir)
+        """The model chosen, or the best one cached when none was (model_weights.default_model)."""
+        return self.settings.model or model_weights.default_model(self.cache_dir)
 
     def engine_model(self):
         name = self.model_name()
         if self._model[0] != name:
             self._model = (None, None)
-            self._model = (name, models.load(name, self.cache_dir))
+            self._model = (name, model_weights.load(name, self.cache_dir))
         return self._model[1]
 
     def model_ready(self) -> bool:
@@ -87,7 +88,7 @@ class SAMed2Logic(VTKObservationMixin):
         from samed2.device import pick_device, pick_precision
 
         self.engine_model()
-        pick_precision(self.settings["precision"], pick_device(self.settings["device"]))
+        pick_precision(self.settings.precision, pick_device(self.settings.device))
 
     def view_slice_index(self, volume_node, slice_node) -> int:
         """The volume slice a slice view shows (through the view's centre), from the geometry
@@ -102,7 +103,7 @@ class SAMed2Logic(VTKObservationMixin):
         """The Segmenter for this volume and segmentation with the current settings."""
         if volume is None or segmentation is None:
             raise ValueError("choose a source volume and a segmentation in the segment editor first")
-        key = (volume.GetID(), segmentation.GetID(), tuple(sorted(self.settings.items())))
+        key = (volume.GetID(), segmentation.GetID(), self.settings)
         if self.segmenter is not None and key == self._segmenter_key:
             return self.segmenter
         if self.install_plan().needed:
@@ -111,9 +112,10 @@ class SAMed2Logic(VTKObservationMixin):
         self.close_segmenter()
         from samed2.backends import converted_cache
 
-        self.segmenter = Segmenter(volume, segmentation, self.engine_model(), device=self.settings["device"],
-                                   preset=self.settings["preset"], precision=self.settings["precision"],
-                                   backend=self.settings["backend"], converted_cache=converted_cache(self.cache_dir))
+        settings = self.settings
+        self.segmenter = Segmenter(volume, segmentation, self.engine_model(), device=settings.device,
+                                   preset=settings.preset, precision=settings.precision, backend=settings.backend,
+                                   converted_cache=converted_cache(self.cache_dir))
         self._segmenter_key = key
         self.addObserver(volume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._on_volume_changed)
         return self.segmenter
@@ -122,7 +124,7 @@ class SAMed2Logic(VTKObservationMixin):
         """Stop the jobs that use the segmenter and free it (its engine sessions and threads)."""
         if self.segmenter is None:
             return
-        self.jobs.cancel(lambda job: job.name not in (models.DOWNLOAD_JOB, LOAD_JOB, FINETUNE_JOB))  # use it
+        self.jobs.cancel(lambda job: job.name not in (model_weights.DOWNLOAD_JOB, LOAD_JOB, FINETUNE_JOB))  # use it
         self.removeObserver(self.segmenter.volume_node, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent,
                             self._on_volume_changed)
         self.segmenter.close()
@@ -176,12 +178,12 @@ class SAMed2Logic(VTKObservationMixin):
 
     # ---- background jobs -------------------------------------------------------------------
 
-    def propagate(self, volume, segmentation, slice_node, segment_ids=None, on_progress=None, on_end=None,
-                  **options) -> BackgroundJob:
-        """Propagate along the axis `slice_node` cuts; `options` are Segmenter.propagate's
-        (direction, start, stop, stop_after_absent, before_write). The job is polled by `jobs`."""
+    def propagate(self, volume, segmentation, segment_ids, slice_node, options=PropagationOptions(), before_write=None,
+                  on_progress=None, on_end=None) -> BackgroundJob:
+        """Propagate the segments (None: every prompted one) along the axis `slice_node` cuts, as
+        `options` say (Segmenter.propagate). The job is polled by `jobs`."""
         segmenter = self.segmenter_for(volume, segmentation)
-        job = segmenter.propagate(segmenter.axis_of_view(slice_node), segment_ids, **options)
+        job = segmenter.propagate(segmenter.axis_of_view(slice_node), segment_ids, options, before_write)
         return self.jobs.add(job, on_progress, on_end)
 
     def warm_up(self, volume, segmentation, slice_node, on_end=None) -> Optional[BackgroundJob]:
@@ -200,10 +202,10 @@ class SAMed2Logic(VTKObservationMixin):
         from samed2.weights import get_checkpoint
 
         checkpoint = get_checkpoint(name or self.model_name())
-        return self.jobs.add(models.download_job(checkpoint, self.cache_dir).start(), on_progress, on_end)
+        return self.jobs.add(model_weights.download_job(checkpoint, self.cache_dir).start(), on_progress, on_end)
 
     def import_weights(self, path) -> Path:
-        return models.import_file(path, self.cache_dir)
+        return model_weights.import_file(path, self.cache_dir)
 
     # ---- export ----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import numpy as np
 import slicer
 
+from samed2.choices import PROMPT_TOOLS
 from SAMed2SlicerLib.geometry import slice_to_ras
 
 ROLE = "SAMed2.Role"
@@ -23,8 +24,7 @@ SEGMENT = "SAMed2.SegmentID"
 AXIS = "SAMed2.Axis"
 SEGMENTATION_REFERENCE = "SAMed2Segmentation"
 VOLUME_REFERENCE = "SAMed2Volume"
-INCLUDE, EXCLUDE, BOX = "include", "exclude", "box"
-ROLES = (INCLUDE, EXCLUDE, BOX)
+INCLUDE, EXCLUDE, BOX = ROLES = PROMPT_TOOLS  # a prompt markup's role is the tool that placed it
 AXIS_NAMES = ("i", "j", "k")
 COLORS = {INCLUDE: (0.1, 0.9, 0.2), EXCLUDE: (0.95, 0.15, 0.15), BOX: (1.0, 0.85, 0.1)}
 LABELS = {INCLUDE: "+", EXCLUDE: "-", BOX: "box"}

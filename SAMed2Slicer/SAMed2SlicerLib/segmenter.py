@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from samed2.choices import SESSION_BACKEND, SESSION_PRECISION, PropagationOptions
 from samed2.errors import InputError
 from samed2.presets import ct_window
 from SAMed2SlicerLib.geometry import engine_volume, view_axis
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 CACHE_BYTES_PER_AXIS = 1024 ** 3
 WRITE_INTERVAL_S = 0.5
 """Propagation writes its slices at most this often (each write rebuilds the segment's 3D surface)."""
-PRESETS = ("auto", "view", "soft_tissue", "lung", "bone", "brain", "liver", "mr")
-"""Intensity presets offered: the engine's, plus "view" (the window/level Slicer displays)."""
 
 
 class BusyError(RuntimeError):
@@ -51,14 +50,13 @@ class Segmenter:
     """Prompts -> engine -> segments, for one volume and one segmentation.
 
     `model` is an engine model (samed2.model / samed2.weights.load_model); `device`, `preset`,
-    `precision`, `backend`, `converted_cache`, `strategy` and `bank` go to each engine Session (precision
-    "fp32" and backend "torch" unless asked, as the Session's; the module's Logic asks for its settings,
-    "auto" by default).
+    `precision`, `backend`, `converted_cache`, `strategy` and `bank` go to each engine Session (with the
+    Session's defaults, samed2.choices; the module's Logic passes its EngineSettings).
     """
 
     def __init__(self, volume_node, segmentation_node, model, device="auto", preset="auto",
-                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy=None, bank=None, precision="fp32", backend="torch",
-                 converted_cache=None):
+                 cache_bytes=CACHE_BYTES_PER_AXIS, strategy=None, bank=None, precision=SESSION_PRECISION,
+                 backend=SESSION_BACKEND, converted_cache=None):
         check_editable(segmentation_node)
         self.volume_node = volume_node
         self.segmentation_node = segmentation_node
@@ -100,7 +98,8 @@ class Segmenter:
         session = next(iter(self._sessions.values()), None)
         if session is None:
             return None
-        return f"on {session.device} in {session.precision} (precision setting: {self._options['precision']})"
+        features = session.features
+        return f"on {features.device} in {features.precision} (precision setting: {self._options['precision']})"
 
     def _resume(self, session, axis) -> None:
         """Replay the scene's prompts into a new session. Slices that already show voxels are
@@ -262,12 +261,12 @@ class Segmenter:
 
     # ---- propagation ----------------------------------------------------------------------
 
-    def propagate(self, axis, segment_ids=None, direction="both", start=None, stop=None, stop_after_absent=3,
-                  before_write=None):
+    def propagate(self, axis, segment_ids=None, options=PropagationOptions(), before_write=None):
         """Start propagating along `axis` from the prompted (and hand-corrected) slices, for the
-        given segments (default: every segment prompted on that axis). Returns the running
-        BackgroundJob: poll() it from the main thread, or wait() for it. One undo step;
-        `before_write()` runs on the polling thread before the run's first write."""
+        given segments (default: every segment prompted on that axis), as `options` (a
+        samed2.choices.PropagationOptions) say. Returns the running BackgroundJob: poll() it from the
+        main thread, or wait() for it. One undo step; `before_write()` runs on the polling thread
+        before the run's first write."""
         self._require_idle()
         self._catch_up_with_undo()
         step = EditStep("propagation", before_write)
@@ -280,7 +279,7 @@ class Segmenter:
         targets = {self.object_id(s): self.target(s, axis) for s in segment_ids}
 
         def work(job):
-            walk = session.propagate(list(targets), direction, start, stop, stop_after_absent, job.cancel_event)
+            walk = session.propagate(list(targets), options, job.cancel_event)
             for done, result in enumerate(walk, 1):
                 job.emit(result)
                 job.advance(done, index=result.index)
@@ -306,7 +305,7 @@ class Segmenter:
             finally:
                 self.undo_stack.push(step)
 
-        total = sum(self._expected_slices(s, axis, direction, start, stop) for s in segment_ids)
+        total = sum(self._expected_slices(s, axis, options) for s in segment_ids)
         self._run = BackgroundJob("propagation", work, consume, finish, total).start()
         return self._run
 
@@ -336,14 +335,15 @@ class Segmenter:
         return [index for index, mask in sorted(content.items()) if mask.any() and (
             index in prompted or index not in written or not np.array_equal(np.packbits(mask), written[index]))]
 
-    def _expected_slices(self, segment_id, axis, direction, start, stop) -> int:
+    def _expected_slices(self, segment_id, axis, options) -> int:
         """At most how many slices a run computes for one segment (for the progress bar)."""
         last = self.volume.num_slices(axis) - 1
+        start, stop = options.start, options.stop
         low, high = sorted((0 if start is None else start, last if stop is None else stop))
         seeds = [i for i in self._applied.get((segment_id, axis), {}) if low <= i <= high] or [low]
-        if direction == "up":
+        if options.direction == "up":
             return high - min(seeds)
-        if direction == "down":
+        if options.direction == "down":
             return max(seeds) - low
         return high - low + 1 - len(seeds)
 

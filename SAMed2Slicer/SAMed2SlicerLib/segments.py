@@ -26,12 +26,12 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from samed2.choices import EFFECT_NAME
 from samed2.volume import slice_selector
 from SAMed2SlicerLib.geometry import volume_to_array, world_from_node
 
 UNDO_DEPTH = 20
 KEEP, CLEAR = 255, 0
-EFFECT_NAME = "SAMed-2"
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,4 @@
-"""The Qt side of the SAMed-2 module: the controller shared by the panel and the Segment Editor
-effect, and the effect itself. Only this package and SAMed2Slicer.py import qt."""
+"""The Qt side of the SAMed-2 module: the controller the panel and the Segment Editor effect share
+(timers, dialogs, the install prompt around SAMed2SlicerLib.interaction) and the panel's fine-tuning
+section. The effect itself is in SegmentEditorSAMed2Lib/; only these, SAMed2Slicer.py and the effect
+import qt."""

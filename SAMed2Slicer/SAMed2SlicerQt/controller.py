@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import qt
 import slicer
 
-from SAMed2SlicerLib.install import TORCH_VERSION, install_function
+from SAMed2SlicerLib.install import DICOM_REQUIREMENTS, TORCH_VERSION, install_function, stale_modules
 from SAMed2SlicerLib.interaction import INSTALL_FIRST, INSTALLING, Interaction, gui_text
 from SAMed2SlicerLib.jobs import TICK_INTERVAL_MS
 
@@ -104,6 +104,19 @@ class Controller:
         DICOM-SEG export) can be used. Asked again during an installation: says so, and no."""
         return self.interaction.ensure_ready(self._install, dicom)
 
+    def dicom_packages_loaded(self):
+        """False (and the offer of a restart) while this process still runs a DICOM package that
+        the installation replaced: Slicer 5.10 imported its own pydicom 2.4 at start-up."""
+        stale = stale_modules(DICOM_REQUIREMENTS)
+        if not stale:
+            return True
+        if slicer.util.confirmOkCancelDisplay(
+                f"The DICOM packages SAMed-2 needs were installed, but Slicer still runs {', '.join(stale)}: DICOM-SEG "
+                "export works after a restart. Restart Slicer now? (Save your scene first.)",
+                windowTitle="SAMed-2 set-up"):
+            slicer.util.restart()
+        return False
+
     def _post_install(self):
         """Called from a mouse handler: the installation (minutes, with the event loop pumped by
         pip's output) starts after the handler has returned, once."""
@@ -147,17 +160,17 @@ class Controller:
 
     # ---- prompts ---------------------------------------------------------------------------
 
-    def click(self, volume, segmentation, segment_id, slice_node, point_ras, positive, save_undo):
+    def click(self, volume, segmentation, segment_id, slice_node, point_ras, positive, before_write):
         if self.interaction.needs_install():
             return self._post_install()
         with slicer.util.WaitCursor():
-            self.interaction.click(volume, segmentation, segment_id, slice_node, point_ras, positive, save_undo)
+            self.interaction.click(volume, segmentation, segment_id, slice_node, point_ras, positive, before_write)
 
-    def box(self, volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, save_undo):
+    def box(self, volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, before_write):
         if self.interaction.needs_install():
             return self._post_install()
         with slicer.util.WaitCursor():
-            self.interaction.box(volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, save_undo)
+            self.interaction.box(volume, segmentation, segment_id, slice_node, corner_ras, opposite_ras, before_write)
 
     def _settle(self, apply_moved_prompts):
         self._markup_timer.start()  # restarted by each change; its timeout applies them once settled
@@ -179,11 +192,11 @@ class Controller:
 
     # ---- propagation -----------------------------------------------------------------------
 
-    def propagate(self, volume, segmentation, segment_ids, slice_node, options, save_undo):
+    def propagate(self, volume, segmentation, segment_ids, slice_node, options, before_write):
         """Start a run; `options`: a samed2.choices.PropagationOptions."""
         if not self.ensure_ready():
             return
-        self.interaction.propagate(volume, segmentation, segment_ids, slice_node, options, save_undo)
+        self.interaction.propagate(volume, segmentation, segment_ids, slice_node, options, before_write)
 
     def cancel(self):
         self.interaction.cancel()

@@ -16,16 +16,15 @@ import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-from samed2.choices import PropagationOptions
-from SAMed2SlicerLib.prompts import hovered_prompt
+from samed2.choices import DIRECTIONS, EFFECT_NAME, STOP_AFTER_ABSENT, PropagationOptions
+from SAMed2SlicerLib.prompts import BOX, COLORS, EXCLUDE, INCLUDE, hovered_prompt
 from SAMed2SlicerQt.controller import Controller
 
 EFFECT_SOURCE = os.path.abspath(__file__).replace("\\", "/")
 MODULE_DIR = os.path.dirname(os.path.dirname(EFFECT_SOURCE))
 DEFAULT_VIEW = "Red"
-DEFAULTS = (("Tool", "include"), ("Direction", "both"), ("FirstSlice", -1), ("LastSlice", -1),
-            ("StopAfterAbsent", 3), ("AllSegments", 0))
-BOX_COLOR = (1.0, 0.85, 0.1)
+DEFAULTS = (("Tool", INCLUDE), ("Direction", DIRECTIONS[0]), ("FirstSlice", -1), ("LastSlice", -1),
+            ("StopAfterAbsent", STOP_AFTER_ABSENT), ("AllSegments", 0))
 
 
 class BoxDrag:
@@ -47,7 +46,7 @@ class BoxDrag:
         mapper.SetInputData(polydata)
         self.actor = vtk.vtkActor2D()
         self.actor.SetMapper(mapper)
-        self.actor.GetProperty().SetColor(*BOX_COLOR)
+        self.actor.GetProperty().SetColor(*COLORS[BOX])
         self.actor.GetProperty().SetLineWidth(2)
         self.effect.addActor2D(view_widget, self.actor)
 
@@ -67,7 +66,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     """SAMed-2 prompts and propagation for the selected segment."""
 
     def __init__(self, scriptedEffect):
-        scriptedEffect.name = "SAMed-2"
+        scriptedEffect.name = EFFECT_NAME
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
@@ -111,7 +110,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.ui.cancelButton.connect("clicked()", self.onCancel)
 
     def _tool_buttons(self):
-        return {"include": self.ui.includeButton, "exclude": self.ui.excludeButton, "box": self.ui.boxButton}
+        return {INCLUDE: self.ui.includeButton, EXCLUDE: self.ui.excludeButton, BOX: self.ui.boxButton}
 
     def _set_tool(self, tool):
         self.scriptedEffect.setParameter("Tool", tool)
@@ -224,10 +223,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         point = self.xyToRas(xy, view_widget)
         self._prompt_view = view_widget.mrmlSliceNode()
         tool = self.scriptedEffect.parameter("Tool")
-        if tool == "box":
+        if tool == BOX:
             self._drag = BoxDrag(self.scriptedEffect, view_widget, xy, point)
             return True
-        positive = tool == "include"
+        positive = tool == INCLUDE
         Controller.get().click(volume, segmentation, segment_id, self._prompt_view, point, positive,
                                self._save_state_for_undo)
         return True

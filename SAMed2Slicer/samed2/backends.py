@@ -24,7 +24,7 @@ from torch import nn
 import samed2
 from samed2.errors import InputError
 from samed2.files import atomic_write
-from samed2.precisions import BACKENDS
+from samed2.choices import BACKENDS, check_choice
 from samed2.weights.cache import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,7 @@ def openvino_version() -> Optional[str]:
 
 
 def check_backend(name: str) -> None:
-    if name not in BACKENDS:
-        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    check_choice("backend", name, BACKENDS)
 
 
 def converted_cache(weights_cache=None) -> Path:

@@ -5,7 +5,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from samed2.model_io import mask_box
+from samed2.model_coords import mask_box
 
 BAND_PERCENTILES = (10, 90)
 

@@ -4,6 +4,11 @@ engine, the Slicer module and its effect, the web page and the command line read
 `EngineSettings` is what makes a segmenter (model, device, intensity preset, precision, backend);
 `PropagationOptions` is how one propagation run goes. Both check their values when made, so a
 misspelt setting fails where it is written, naming the valid ones.
+
+The precision and the backend have two defaults, on purpose: the module's Logic and both GUIs use
+EngineSettings ("auto": chosen by a measurement on the user's machine), while an engine `Session` or a
+`Segmenter` made in Python without them runs SESSION_PRECISION on SESSION_BACKEND, the same on every
+machine (scripts, tests, the evaluation).
 """
 import dataclasses
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ PROMPT_TOOLS = ("include", "exclude", "box")
 EXPORT_KINDS = ("DICOM-SEG", "NIfTI", "Slicer segmentation")
 STOP_AFTER_ABSENT = 3  # propagation stops after this many slices without the object; 0 = never
 EFFECT_NAME = "SAMed-2"  # the Segment Editor effect, and the DICOM-SEG algorithm name
+SESSION_PRECISION, SESSION_BACKEND = "fp32", "torch"  # a Session's defaults (see above)
 
 
 def check_choice(kind: str, value, valid) -> None:

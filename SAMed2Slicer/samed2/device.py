@@ -6,18 +6,16 @@ import time
 
 import torch
 
-from samed2.precisions import PRECISIONS
+from samed2.choices import PRECISIONS, check_choice, check_device
 
 log = logging.getLogger(__name__)
-DEVICE_NAMES = ("auto", "cuda", "mps", "cpu")
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """"auto" = CUDA, else Apple MPS, else CPU; an explicit device that is absent is an error."""
     from samed2.errors import InputError
 
-    if name not in DEVICE_NAMES and not name.startswith("cuda:"):
-        raise InputError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_NAMES)}")
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -69,10 +67,7 @@ def synchronize(device: torch.device) -> None:
 def pick_precision(name: str, device: torch.device) -> str:
     """"auto" = bf16 where the device has native bf16 and it measures at least 1.2x faster, else fp32;
     "fp32" and "bf16" as asked (bf16 runs everywhere, slowly where it is not native)."""
-    from samed2.errors import InputError
-
-    if name not in PRECISIONS:
-        raise InputError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    check_choice("precision", name, PRECISIONS)
     if name == "auto":
         if not native_bf16(device):
             return "fp32"

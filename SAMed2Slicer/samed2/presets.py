@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from samed2.choices import ENGINE_PRESETS, check_choice
 from samed2.errors import InputError
 
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -105,26 +106,20 @@ def percentile_preset(low: float = MR_PERCENTILES[0], high: float = MR_PERCENTIL
                            low_percentile=float(low), high_percentile=float(high))
 
 
-def preset_names() -> list[str]:
-    """Names accepted by :func:`get_preset`."""
-    return [*CT_WINDOWS, "mr", "auto"]
-
-
 def get_preset(name: str, values=None, modality: str | None = None) -> IntensityPreset:
     """A preset by name: a CT window name, ``"mr"`` (percentiles) or ``"auto"``.
 
     ``"auto"`` needs ``values`` (and uses ``modality`` when known): see :func:`default_preset`.
     """
+    check_choice("intensity preset", name, ENGINE_PRESETS)
     if name in CT_WINDOWS:
         width, level = CT_WINDOWS[name]
         return ct_window(width, level, name=name)
     if name == "mr":
         return percentile_preset()
-    if name == "auto":
-        if values is None:
-            raise InputError("the 'auto' intensity preset needs the volume's values to choose a preset")
-        return default_preset(values, modality)
-    raise InputError(f"unknown intensity preset {name!r}; choose one of {', '.join(preset_names())}")
+    if values is None:
+        raise InputError("the 'auto' intensity preset needs the volume's values to choose a preset")
+    return default_preset(values, modality)
 
 
 def default_preset(values, modality: str | None = None) -> IntensityPreset:

@@ -1,131 +1,36 @@
 """The interactive session: prompts on slices, masks, propagation through the volume with memory.
 
 One session = one (volume, slicing axis, model, intensity preset). Coordinates are slice pixels:
-(x, y) = (column, row) of `volume.get_slice(axis, index)` (see samed2.volume). Every torch call runs
-on the session's single worker thread; slice embeddings are cached under a byte budget and encoded
-ahead of the user in the background.
+(x, y) = (column, row) of `volume.get_slice(axis, index)` (see samed2.volume). The slices' image
+features, and the worker thread every torch call runs on, are the session's SliceFeatures
+(samed2.slice_features).
 """
-import logging
 import threading
-from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from samed2.backends import image_encoder
 from samed2.bank import ConfidenceBank
 from samed2.chain import BoxChain, IntensityBand
+from samed2.choices import SESSION_BACKEND, SESSION_PRECISION, STRATEGIES, PropagationOptions, check_choice
 from samed2.confidence import slice_confidence
 from samed2.correction import LocalCorrection
-from samed2.device import autocast, is_out_of_memory, pick_device, pick_precision
-from samed2.embedding_cache import EmbeddingCache, as_stored
 from samed2.errors import InputError
 from samed2.model import FrameMemory, ImageFeatures, Prediction, SAM2Model
-from samed2.model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
+from samed2.model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, POSITIVE
 from samed2.model.sam2 import NO_OBJECT_SCORE
-from samed2.model_io import logits_to_slice, model_scale, preprocess_slices, slice_box_to_model, slice_points_to_model
+from samed2.model_coords import (logits_to_slice, model_scale, preprocess_slices, slice_box_to_model,
+                                 slice_points_to_model)
 from samed2.presets import IntensityPreset, default_preset, get_preset
-from samed2.strategy import NEEDS_BANK, STRATEGIES, resolve
+from samed2.session_state import (SlicePrompts, SliceResult, StackedMemory, StepInput, TrackedObject, grouped,
+                                  pad_prompts)
+from samed2.slice_features import SliceFeatures
+from samed2.strategy import NEEDS_BANK, resolve
 from samed2.volume import Volume, checked_axis, put_slice
-from samed2.worker import BACKGROUND, TorchWorker
 
-log = logging.getLogger(__name__)
-
-DIRECTIONS = ("up", "down", "both")
 DEFAULT_CACHE_BYTES = 1024 ** 3
 CLICK_CORRECTION = LocalCorrection()
-BANK_ATTENDED_SLICES = 16  # slices whose bank-attended features are kept (4 MB each at 1024 px)
-
-
-@dataclass
-class SlicePrompts:
-    points: List[Tuple[float, float, bool]] = field(default_factory=list)  # (x, y, positive)
-    box: Optional[Tuple[float, float, float, float]] = None  # x0, y0, x1, y1
-    # box-only models (MedSAM-Lite), clicks without a box: the chain's box of the slice's mask (or of the
-    # object's nearest segmented slice), which the clicks correct (samed2.correction)
-    mask_box: Optional[Tuple[float, float, float, float]] = None
-
-
-@dataclass
-class TrackedObject:
-    prompts: Dict[int, SlicePrompts] = field(default_factory=dict)
-    cond: Dict[int, FrameMemory] = field(default_factory=dict)  # prompted or hand-edited slices
-    # prompted slices whose memory is not encoded yet: a click runs no memory encoder, propagation does
-    pending: Dict[int, Prediction] = field(default_factory=dict)
-    non_cond: Dict[int, FrameMemory] = field(default_factory=dict)  # propagated slices
-    logits: Dict[int, torch.Tensor] = field(default_factory=dict)  # low-res logits per slice
-    masks: Dict[int, np.ndarray] = field(default_factory=dict)  # bool masks at slice size
-    confidence: Dict[int, float] = field(default_factory=dict)  # samed2.confidence, per slice with a result
-    locked: set = field(default_factory=set)  # hand-edited slices: never recomputed
-    dirty: set = field(default_factory=set)  # prompted since the last propagation
-    reverse: Dict[int, bool] = field(default_factory=dict)  # direction each slice was tracked in
-
-    def fixed(self) -> List[int]:
-        """Slices propagation must not overwrite."""
-        return sorted(set(self.cond) | set(self.pending) | self.locked)
-
-
-@dataclass
-class SliceResult:
-    obj_id: int
-    index: int
-    mask: np.ndarray
-    present: bool
-    confidence: float  # samed2.confidence.slice_confidence
-
-
-@dataclass
-class StepInput:
-    """One object's inputs to a tracking step on a slice."""
-    cond: Dict[int, FrameMemory]
-    non_cond: Dict[int, FrameMemory]
-    reverse: bool = False
-    first: bool = False  # a first prompt on the slice: no frame memory (SAM 2's initial conditioning frame)
-    prompt: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # coords (1, k, 2), labels (1, k)
-    previous: Optional[torch.Tensor] = None  # logits of the slice's earlier prompts
-
-    def key(self):
-        """Steps with equal keys run as one batch."""
-        return (frozenset(self.cond), frozenset(self.non_cond), self.reverse, self.first, self.prompt is None,
-                self.previous is None)
-
-
-class StackedMemory(Mapping):
-    """Memories of several objects for the same frames, read as one batch (stacked when read)."""
-
-    def __init__(self, memories: List[Dict[int, FrameMemory]]):
-        self.memories = memories
-
-    def __getitem__(self, frame: int) -> FrameMemory:
-        return FrameMemory.cat([m[frame] for m in self.memories])
-
-    def __iter__(self):
-        return iter(self.memories[0])
-
-    def __len__(self):
-        return len(self.memories[0])
-
-
-def grouped(items, key) -> List[list]:
-    """Items with equal keys together, groups in order of first appearance."""
-    groups = {}
-    for item in items:
-        groups.setdefault(key(item), []).append(item)
-    return list(groups.values())
-
-
-def pad_prompts(prompts):
-    """(coords (1, k, 2), labels (1, k)) prompts as one batch, padded as SAM pads (point (0, 0), label -1),
-    and the prompts' lengths (None when all are alike)."""
-    lengths = [labels.shape[1] for _, labels in prompts]
-    longest = max(lengths)
-    coords = torch.cat([F.pad(c, (0, 0, 0, longest - c.shape[1])) for c, _ in prompts])
-    labels = torch.cat([F.pad(lab, (0, longest - lab.shape[1]), value=PAD) for _, lab in prompts])
-    return coords, labels, lengths if len(set(lengths)) > 1 else None
 
 
 def checked_strategy(strategy: Optional[str], model, bank: Optional[ConfidenceBank]) -> str:
@@ -137,40 +42,38 @@ def checked_strategy(strategy: Optional[str], model, bank: Optional[ConfidenceBa
             raise InputError(f"strategy {strategy!r} needs a model with memory; this model propagates by box-chain only")
         return "box-chain"
     strategy = resolve(strategy, bank is not None)
-    if strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    check_choice("strategy", strategy, STRATEGIES)
     if strategy in NEEDS_BANK and bank is None:
         raise InputError(f"strategy {strategy!r} needs SAMed-2's confidence memory bank")
     return strategy
 
 
 class Session:
+    """Interactive segmentation of one volume along one axis: objects prompted with points and boxes on
+    slices, their masks, and propagation from the prompted slices through the volume (SAM 2's memory
+    tracking, SAMed-2's box chain, or both). Each object is tracked with its own memories; objects
+    prompted on the same slices are run together, one batched model call per slice.
+
+    `features` (a SliceFeatures) holds the slices' encodings, the device and the precision that run;
+    `precision` and `backend` default to samed2.choices' SESSION_PRECISION and SESSION_BACKEND.
+    """
+
     def __init__(self, volume: Volume, model: SAM2Model, axis: int = 2, preset=None, device: str = "auto",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, bank: Optional[ConfidenceBank] = None,
-                 strategy: Optional[str] = None, encode_batch: Optional[int] = None, precision: str = "fp32",
-                 backend: str = "torch", converted_cache=None):
-        strategy = checked_strategy(strategy, model, bank)
-        self.volume, self.axis, self.strategy, self.bank = volume, checked_axis(axis), strategy, bank
-        self.device = pick_device(device)
-        self._precision_asked = precision
-        self.precision = pick_precision(precision, self.device)  # "fp32" or "bf16" (autocast)
-        self.model = model.to(self.device).eval()
-        # torch, or OpenVINO on the CPU ("auto": where it measures faster); converted_cache: see samed2.backends
-        self.image_encoder = image_encoder(model.image_encoder, backend, self.device, self.precision, converted_cache)
+                 strategy: Optional[str] = None, encode_batch: Optional[int] = None,
+                 precision: str = SESSION_PRECISION, backend: str = SESSION_BACKEND, converted_cache=None):
+        self.strategy = checked_strategy(strategy, model, bank)
+        self.volume, self.axis, self.model = volume, checked_axis(axis), model
+        self.window = self._resolve_preset(preset).resolve(volume.array)
+        self.features = SliceFeatures(volume, model, self.axis, self.window, device, precision, backend,
+                                      converted_cache, cache_bytes, encode_batch, bank)
         self.image_size = model.image_size
         self.letterbox = model.preprocess == "letterbox"  # MedSAM-Lite keeps the slice's aspect ratio
         self.chain = getattr(model, "box_chain", BoxChain())
         self.calibration = getattr(model, "iou_calibration", None)
         self.num_slices = volume.num_slices(self.axis)
         self.slice_shape = volume.slice_shape(self.axis)
-        self.window = self._resolve_preset(preset).resolve(volume.array)
-        pair = 2 if model.needs_pairs else 1
-        self.encode_batch = max(pair, encode_batch or (8 if self.device.type == "cuda" else pair))
-        self.cache = EmbeddingCache(cache_bytes)
-        self._bank_attended: "OrderedDict[int, torch.Tensor]" = OrderedDict()
-        self._bank_choice: Dict[int, int] = {}  # slice -> its bank entry, chosen when the slice is encoded
         self.objects: Dict[int, TrackedObject] = {}
-        self._worker = TorchWorker()
 
     def _resolve_preset(self, preset) -> IntensityPreset:
         if isinstance(preset, IntensityPreset):
@@ -180,7 +83,7 @@ class Session:
         return get_preset(preset, self.volume.array, self.volume.modality)
 
     def close(self) -> None:
-        self._worker.close()
+        self.features.close()
 
     def __enter__(self):
         return self
@@ -188,130 +91,14 @@ class Session:
     def __exit__(self, *exc):
         self.close()
 
-    # ---- embeddings -----------------------------------------------------------------------
-
-    def _group(self, index: int) -> List[int]:
-        """Slices encoded together with `index`: SAMed-2's fixed pair (2p, 2p+1), else a batch of one."""
-        if not self.model.needs_pairs:
-            return [index]
-        first = index - index % 2
-        return [first, min(first + 1, self.num_slices - 1)]
-
-    def _slice_image(self, index: int) -> np.ndarray:
-        return self.window.apply(self.volume.get_slice(self.axis, index))
-
-    def _encode(self, indices: List[int]) -> List[ImageFeatures]:
-        """Encode slices; on device out-of-memory retry in smaller batches, then on the CPU."""
-        try:
-            return self._encode_now(indices)
-        except RuntimeError as exc:
-            if not is_out_of_memory(exc):
-                raise
-            pair = 2 if self.model.needs_pairs else 1
-            if len(indices) <= pair:
-                if self.device.type == "cpu":
-                    raise
-                self._fall_back_to_cpu()
-                return self._encode_now(indices)
-            half = max(pair, len(indices) // 2 // pair * pair)
-            self.encode_batch = half
-            log.warning("out of memory encoding %d slices on %s: retrying %d at a time",
-                        len(indices), self.device, half)
-            return self._encode(indices[:half]) + self._encode(indices[half:])
-
-    def _encode_now(self, indices: List[int]) -> List[ImageFeatures]:
-        normalize = "imagenet" if self.model.preprocess == "imagenet" else "none"
-        images = preprocess_slices([self._slice_image(i) for i in indices], self.image_size, normalize,
-                                       letterbox=self.letterbox)
-        with torch.no_grad(), self._autocast():
-            features = self.model.encode_images(images.to(self.device), self.image_encoder)
-        return [features.select(slice(n, n + 1)) for n in range(len(indices))]
-
-    def _autocast(self):
-        return autocast(self.device, self.precision)
-
-    def _fall_back_to_cpu(self) -> None:
-        log.warning("out of memory on %s: continuing on the CPU (slower)", self.device)
-        self._bank_attended.clear()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        self.device = torch.device("cpu")
-        self.precision = pick_precision(self._precision_asked, self.device)
-        self.model.to(self.device)
-        self.encode_batch = 2 if self.model.needs_pairs else 1
-
-    def _call(self, fn, *args):
-        """Run a job on the worker; a device out-of-memory moves the session to the CPU and retries."""
-        return self._worker.run(self._guarded, fn, *args)
-
-    def _guarded(self, fn, *args):
-        try:
-            return fn(*args)
-        except RuntimeError as exc:
-            if not is_out_of_memory(exc) or self.device.type == "cpu":
-                raise
-            self._fall_back_to_cpu()
-            return fn(*args)
-
-    def _embedding(self, index: int) -> ImageFeatures:
-        """Cached features of one slice (encoding its group now if needed). Worker thread only."""
-        cached = self.cache.get(index, self.device)
-        if cached is not None:
-            return cached
-        group = self._group(index)
-        features = self._encode(group)
-        self._remember(group, features)
-        return as_stored(features[group.index(index)])
-
-    def _remember(self, indices: List[int], features: List[ImageFeatures]) -> None:
-        """Cache encoded slices and, with a bank, choose each one's entry (from the features as the cache
-        gives them back): one pass over the bank's keys for the whole batch."""
-        for i, f in zip(indices, features):
-            self.cache.put(i, f)
-        if self.bank is not None and len(self.bank):
-            stored = as_stored(torch.cat([f.features for f in features]))
-            self._bank_choice.update(zip(indices, self.bank.select(stored, k=1)[:, 0].tolist()))
-
-    def _encode_ahead(self, groups: List[List[int]]) -> None:
-        todo = [i for group in groups if any(g not in self.cache for g in group) for i in group]
-        for start in range(0, len(todo), self.encode_batch):
-            batch = todo[start: start + self.encode_batch]
-            self._remember(batch, self._encode(batch))
-
-    def _attend_bank_ahead(self, index: int) -> None:
-        with torch.no_grad(), self._autocast():
-            self._bank_conditioned(index, self._embedding(index))
-
     def precompute(self, center: int, radius: int = 4) -> None:
-        """Encode slices around `center` in the background, nearest first, in whole encoder groups,
-        no more than the cache can hold (so the nearest are not evicted by farther ones). With a bank,
-        `center`'s bank attention is computed too, so a first click there is a decoder run."""
+        """Encode the slices around `center` in the background (SliceFeatures.precompute)."""
         self._check_index(center)
-        order = sorted(range(max(0, center - radius), min(self.num_slices, center + radius + 1)),
-                       key=lambda i: abs(i - center))
-        groups, room = [], self._cache_room()
-        for i in order:
-            group = self._group(i)
-            if group in groups:
-                continue
-            room -= len(set(group))
-            if room < 0:
-                break
-            groups.append(group)
-        per_job = max(1, self.encode_batch // len(groups[0])) if groups else 1
-        for start in range(0, len(groups), per_job):
-            self._worker.submit(self._encode_ahead, groups[start: start + per_job], priority=BACKGROUND)
-            if start == 0 and self.bank is not None:  # right after the slice's own group
-                self._worker.submit(self._attend_bank_ahead, center, priority=BACKGROUND)
-
-    def _cache_room(self) -> int:
-        """How many slices the cache holds (unknown until one was cached: then assume all)."""
-        if not self.cache.item_bytes:
-            return self.num_slices
-        return self.cache.budget_bytes // self.cache.item_bytes
+        self.features.precompute(center, radius)
 
     def wait_idle(self) -> None:
-        self._worker.drain()
+        """Wait until the background work (precompute) is done."""
+        self.features.wait_idle()
 
     # ---- prompts --------------------------------------------------------------------------
 
@@ -340,7 +127,7 @@ class Session:
         objs = {obj_id: self._object(obj_id) for obj_id in merged}
         for obj_id, slice_prompts in merged.items():
             objs[obj_id].prompts[index] = slice_prompts
-        return self._call(self._predict_prompted, objs, index, replace)
+        return self.features.call(self._predict_prompted, objs, index, replace)
 
     def _merged_prompts(self, obj_id: int, index: int, points, box, replace: bool) -> SlicePrompts:
         """The object's prompts on the slice with these added (checked; the object is not changed)."""
@@ -385,17 +172,17 @@ class Session:
                                            self.letterbox)
             coords += xy.reshape(-1, 2).tolist()
             labels += [POSITIVE if p[2] else NEGATIVE for p in prompts.points]
-        return (torch.tensor([coords], dtype=torch.float32, device=self.device),
-                torch.tensor([labels], dtype=torch.int32, device=self.device))
+        return (torch.tensor([coords], dtype=torch.float32, device=self.features.device),
+                torch.tensor([labels], dtype=torch.int32, device=self.features.device))
 
     def _predict_prompted(self, objs: Dict[int, TrackedObject], index: int, restart: bool) -> Dict[int, np.ndarray]:
-        image = self._embedding(index)
+        image = self.features.embedding(index)
         self._encode_pending([obj for obj in objs.values() if index in obj.non_cond])  # tracked: reads memory
         corrected = {obj_id: self._corrected_by_clicks(obj, index, image) for obj_id, obj in objs.items()
                      if obj.prompts[index].mask_box is not None}
         decoded = {obj_id: obj for obj_id, obj in objs.items() if obj_id not in corrected}
         steps = [self._prompted_step(obj, index, restart) for obj in decoded.values()]
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.features.autocast():
             outputs = self._track(index, image, steps, encode_memory=False)
         masks = {}
         for (obj_id, obj), (pred, _) in zip(decoded.items(), outputs):
@@ -421,7 +208,7 @@ class Session:
             pred, _ = self._track_batch(index, image, [step], encode_memory=False)[0]
             return (logits_to_slice(pred.low_res_masks.float().cpu(), self.slice_shape, self.letterbox)[0, 0] > 0).numpy()
 
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.features.autocast():
             if current is None or not current.any():
                 mask = decode(prompts.mask_box, prompts.points)
             else:
@@ -455,8 +242,8 @@ class Session:
         if like.prompt is not None:
             points, labels, lengths = pad_prompts([s.prompt for s in steps])
         previous = None if like.previous is None else torch.cat([s.previous for s in steps])
-        conditioned = self._bank_conditioned(index, image) if like.first else None
-        extra = self._bank_memory(index, image) if not like.first and self.strategy == "hybrid" else None
+        conditioned = self.features.bank_conditioned(index, image) if like.first else None
+        extra = self.features.bank_memory(index, image) if not like.first and self.strategy == "hybrid" else None
         pred, memory = self.model.track_step(
             index, image.expand(n), StackedMemory([s.cond for s in steps]), StackedMemory([s.non_cond for s in steps]),
             self.num_slices, points, labels, prev_mask_logits=previous, reverse=like.reverse,
@@ -469,7 +256,7 @@ class Session:
         """The stored memory of an object's prompted, hand-edited or tracked slice (encoded now if pending)."""
         obj = self.objects[obj_id]
         if index in obj.pending:
-            self._call(self._encode_pending, [obj])
+            self.features.call(self._encode_pending, [obj])
         memory = obj.cond.get(index) or obj.non_cond.get(index)
         if memory is None:
             raise InputError(f"object {obj_id} has no result on slice {index}")
@@ -479,33 +266,10 @@ class Session:
         """Encode the memories of prompted slices, which tracking reads. Worker thread only."""
         for obj in objs:
             for index, pred in list(obj.pending.items()):
-                with torch.no_grad(), self._autocast():
-                    memory = self.model.frame_memory(self._embedding(index), pred, from_points=True)
+                with torch.no_grad(), self.features.autocast():
+                    memory = self.model.frame_memory(self.features.embedding(index), pred, from_points=True)
                 obj.cond[index] = memory.stored()
                 del obj.pending[index]
-
-    def _bank_conditioned(self, index: int, image: ImageFeatures) -> Optional[torch.Tensor]:
-        """A slice's features after attending to its bank entry (SAMed-2's image mode), kept for the
-        slice's next clicks: they depend on the slice and the bank only. None without a bank."""
-        if self.bank is None or len(self.bank) == 0:
-            return None
-        if index in self._bank_attended:
-            self._bank_attended.move_to_end(index)
-            return self._bank_attended[index]
-        attended = self.model.conditioned_features(index, image, {}, {}, self.num_slices, is_init_cond_frame=True,
-                                                   extra_memory=self._bank_memory(index, image))
-        self._bank_attended[index] = attended
-        while len(self._bank_attended) > BANK_ATTENDED_SLICES:
-            self._bank_attended.popitem(last=False)
-        return attended
-
-    def _bank_memory(self, index: int, image: ImageFeatures):
-        """SAMed-2's bank memory for one slice: its best entry by similarity + confidence."""
-        if self.bank is None or len(self.bank) == 0:
-            return None
-        if index not in self._bank_choice:
-            self._bank_choice[index] = int(self.bank.select(image.features, k=1)[0, 0])
-        return self.bank.memory(torch.tensor([[self._bank_choice[index]]]), self.device)
 
     def _store(self, obj: TrackedObject, index: int, pred: Prediction) -> np.ndarray:
         present = bool((pred.object_score_logits > 0).all())
@@ -525,7 +289,7 @@ class Session:
         if mask.shape != self.slice_shape:
             raise InputError(f"mask shape {mask.shape} does not match the slice shape {self.slice_shape}")
         obj = self._object(obj_id)
-        self._call(self._condition_on_mask, obj, index, mask)
+        self.features.call(self._condition_on_mask, obj, index, mask)
         obj.masks[index] = mask.copy()
         obj.confidence[index] = 1.0
         obj.locked.add(index)
@@ -533,8 +297,8 @@ class Session:
         obj.prompts.pop(index, None)
 
     def _condition_on_mask(self, obj: TrackedObject, index: int, mask: np.ndarray) -> None:
-        image = self._embedding(index)
-        with torch.no_grad(), self._autocast():
+        image = self.features.embedding(index)
+        with torch.no_grad(), self.features.autocast():
             pred = self._mask_as_output(image, mask)
             memory = self.model.frame_memory(image, pred, from_points=False)
         obj.non_cond.pop(index, None)
@@ -545,7 +309,7 @@ class Session:
     def _mask_as_output(self, image: ImageFeatures, mask: np.ndarray) -> Prediction:
         """A slice-size mask as the model's output for the slice."""
         big = preprocess_slices([mask.astype(np.float32)], self.image_size, letterbox=self.letterbox)[:, :1] > 0.5
-        return self.model.mask_as_output(image, big.to(self.device))
+        return self.model.mask_as_output(image, big.to(self.features.device))
 
     def clear_slice(self, obj_id: int, index: int) -> None:
         """Forget the prompts, edits and result of one slice of an object."""
@@ -557,32 +321,30 @@ class Session:
 
     # ---- propagation ----------------------------------------------------------------------
 
-    def propagate(self, obj_ids=None, direction: str = "both", start: Optional[int] = None,
-                  stop: Optional[int] = None, stop_after_absent: int = 3,
+    def propagate(self, obj_ids=None, options: PropagationOptions = PropagationOptions(),
                   cancel: Optional[threading.Event] = None) -> Iterator[SliceResult]:
         """Propagate from the prompted slices, streaming each slice's result as it is computed.
 
         Runs from the slices prompted since the last propagation (all prompted slices the first
-        time) outward, up to the limits [start, stop], the next prompted or hand-edited slice (half
-        way to it when going both ways), or `stop_after_absent` consecutive slices where the object
-        is predicted absent. `cancel` is checked between slices; results so far are kept.
+        time) outward in `options.direction`, up to the limits [options.start, options.stop], the next
+        prompted or hand-edited slice (half way to it when going both ways), or `options.stop_after_absent`
+        consecutive slices where the object is predicted absent. `cancel` is checked between slices;
+        results so far are kept.
         Objects with the same walks (prompted on the same slices) are tracked together, one batched
         model call per slice, so their results interleave slice by slice.
         """
-        if direction not in DIRECTIONS:
-            raise InputError(f"unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
-        low, high = self._limits(start, stop)
+        low, high = self._limits(options.start, options.stop)
         ids = list(self.objects) if obj_ids is None else list(obj_ids)
         for obj_id in ids:
             obj = self.objects.get(obj_id)
             if obj is None or not any(low <= f <= high for f in obj.fixed()):
                 raise InputError(f"object {obj_id} has no prompted slice between slices {low} and {high} "
                                  "to propagate from")
-        walks = {obj_id: self._walks(self.objects[obj_id], direction, low, high) for obj_id in ids}
+        walks = {obj_id: self._walks(self.objects[obj_id], options.direction, low, high) for obj_id in ids}
         for group in grouped(ids, lambda obj_id: tuple(walks[obj_id])):  # objects with the same walks in lockstep
             objs = {obj_id: self.objects[obj_id] for obj_id in group}
             for walk in walks[group[0]]:
-                yield from self._run_walk(objs, walk, stop_after_absent, cancel)
+                yield from self._run_walk(objs, walk, options.stop_after_absent, cancel)
                 if cancel is not None and cancel.is_set():
                     return
             for obj in objs.values():
@@ -627,7 +389,7 @@ class Session:
         for index in range(seed + step, last + step, step):
             if not active or (cancel is not None and cancel.is_set()):
                 return
-            results = self._call(self._track_slice, list(active.values()), index, step,
+            results = self.features.call(self._track_slice, list(active.values()), index, step,
                                  [bands[obj_id] for obj_id in active])
             for obj_id, (mask, present, confidence) in zip(list(active), results):
                 yield SliceResult(obj_id, index, mask, present, confidence)
@@ -647,10 +409,9 @@ class Session:
         """Track objects onto a slice: each one's (mask, present, confidence)."""
         reverse = step < 0
         self._encode_pending(objs)
-        image = self._embedding(index)
-        if 0 <= index + step < self.num_slices and index + step not in self.cache:
-            self._worker.submit(self._encode_ahead, [self._group(index + step)], priority=BACKGROUND)
-        with torch.no_grad(), self._autocast():
+        image = self.features.embedding(index)
+        self.features.encode_soon(index + step)
+        with torch.no_grad(), self.features.autocast():
             if self.strategy == "box-chain":
                 outputs = [self._box_chain_step(obj, index, step, image) for obj in objs]
             else:
@@ -688,7 +449,7 @@ class Session:
         boxes = [] if previous is None else self.chain.boxes(previous, scale)
         if not boxes:
             pred = self.model.mask_as_output(image, torch.zeros(1, 1, self.image_size, self.image_size,
-                                                                  device=self.device))
+                                                                  device=self.features.device))
             return pred, self.model.frame_memory(image, pred, from_points=False)
         steps = [StepInput({}, {}, first=True, prompt=self._prompt_tensors(SlicePrompts(box=box))) for box in boxes]
         outputs = self._track_batch(index, image, steps)

@@ -1,4 +1,4 @@
-"""Propagation strategies (README, "Python"), importable without torch for command lines and GUIs.
+"""The propagation strategies (their names: samed2.choices.STRATEGIES) and which one a session uses.
 
 - "track": SAM 2's memory tracking (conditioning frames, recent memories, object pointers);
 - "box-chain": SAMed-2's image mode, each slice prompted with the box of the previous slice's mask,
@@ -10,7 +10,6 @@ box-chain where a confidence bank is loaded, track (the only strategy without on
 """
 from typing import Optional
 
-STRATEGIES = ("track", "box-chain", "hybrid")
 NEEDS_BANK = ("box-chain", "hybrid")
 DEFAULT_WITH_BANK = "box-chain"
 DEFAULT_WITHOUT_BANK = "track"

@@ -24,7 +24,7 @@ Conventions used by the whole engine and by the Slicer logic:
 Bad input raises :class:`~samed2.errors.InputError` with a message that says what is wrong:
 2D or 4D images, multi-component pixels, empty volumes, volumes above ``MAX_VOXELS`` (unless
 ``max_voxels=None``), singular matrices, oblique views, points outside the volume. Reading files
-is :mod:`samed2.volume_files`, the model's input and output :mod:`samed2.model_io`; constant
+is :mod:`samed2.volume_files`, the model's input and output :mod:`samed2.model_coords`; constant
 volumes and NaN/inf voxels are handled by :mod:`samed2.presets`.
 
 Needs numpy and SimpleITK only (no torch): the Slicer logic imports it at start-up.

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
 from samed2 import __version__
+from samed2.choices import EFFECT_NAME
 from samed2.dicomseg.source import Report, SourceSeries, load_series
 from samed2.errors import DicomError, InputError
 from samed2.files import atomic_output
@@ -78,7 +79,7 @@ class _SegmentSpec:
 def export_seg(labels: LabelMap | str | Path | Sequence[LabelMap | str | Path], dicom: SourceSeries | str | Path,
                out: str | Path, *, series_uid: str | None = None, metadata: SegMetadata | str | Path | None = None,
                fractional: bool = False, only: Collection[int] | None = None,
-               algorithm_type: str = "SEMIAUTOMATIC", algorithm_name: str = "SAMed-2",
+               algorithm_type: str = "SEMIAUTOMATIC", algorithm_name: str = EFFECT_NAME,
                algorithm_version: str | None = None) -> ExportReport:
     """Write a DICOM Segmentation of `labels` on the series in `dicom` to `out`.
 

@@ -11,7 +11,7 @@ import torch
 from samed2.backends import ChosenEncoder, ConvertedEncoder, image_encoder, openvino_version
 from samed2.device import autocast, native_bf16
 from samed2.model import build_model
-from samed2.model_io import logits_to_slice, preprocess_slices, slice_box_to_model
+from samed2.model_coords import logits_to_slice, preprocess_slices, slice_box_to_model
 from samed2_tools.bench.common import MIN_IOU, SAMED2, Bench, Measure, Row, mask_iou, median
 from samed2_tools.bench.engine_rows import our_click
 from samed2_tools.bench.phantom import liver_box, phantom_slice, sized_model, soft_tissue

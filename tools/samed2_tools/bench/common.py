@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from samed2.device import synchronize
-from samed2.model_io import logits_to_slice, preprocess_slices, slice_points_to_model
+from samed2.model_coords import logits_to_slice, preprocess_slices, slice_points_to_model
 from samed2_tools.bench.phantom import liver_point, liver_slice, phantom_slice, soft_tissue
 
 SAMED2 = "samed2"

@@ -10,7 +10,7 @@ from samed2.bank import ConfidenceBank, image_key
 from samed2.device import native_bf16, precision_probe
 from samed2.embedding_cache import as_stored
 from samed2.model import ImageFeatures, SAM2Model, build_model
-from samed2.model_io import logits_to_slice, preprocess_slices, slice_box_to_model
+from samed2.model_coords import logits_to_slice, preprocess_slices, slice_box_to_model
 from samed2_tools.bench.common import GB, SAMED2, Bench, Measure, Row, click_target, mask_iou, median
 from samed2_tools.bench.phantom import liver_box, phantom_slice, random_bank, sized_model, soft_tissue
 

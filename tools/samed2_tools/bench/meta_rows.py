@@ -8,6 +8,7 @@ from typing import List
 import numpy as np
 import torch
 
+from samed2.choices import PropagationOptions
 from samed2.device import autocast
 from samed2.errors import BenchError
 from samed2.model import SAM2Model
@@ -101,7 +102,7 @@ def propagation_row(b: Bench, model: SAM2Model, meta, tmp: Path) -> Row:
     volume, preset = Volume(frames, np.eye(4)), ct_window(255.0, 127.5)  # uint8 / 255, as Meta reads them
     with Session(volume, model, axis=2, preset=preset, device=str(b.device), precision=b.precision) as session:
         our_masks = [session.add_prompt(1, 0, box=box)]
-        our_steps = session.propagate([1], direction="up", stop_after_absent=0)
+        our_steps = session.propagate([1], PropagationOptions("up", stop_after_absent=0))
         times = {"meta": [], "ours": []}
         parts = {"meta": PartTimes(meta, b.clock), "ours": PartTimes(model, b.clock)}
         for _ in range(1, b.settings.frames):

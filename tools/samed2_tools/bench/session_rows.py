@@ -6,6 +6,7 @@ from typing import List
 
 import numpy as np
 
+from samed2.choices import PropagationOptions
 from samed2.device import pick_device
 from samed2.embedding_cache import EmbeddingCache
 from samed2.session import DEFAULT_CACHE_BYTES, Session
@@ -56,11 +57,11 @@ def tracked_bytes(session: Session, obj_id: int) -> tuple:
 def cache_keeps_budget(session: Session) -> bool:
     """The session's cache is within its budget, and a cache with room for 4.5 of its embeddings
     keeps exactly the 4 most recent when given all of them."""
-    cached = [i for i in range(session.num_slices) if i in session.cache]
-    small = EmbeddingCache(int(session.cache.item_bytes * 4.5))
+    cached = [i for i in range(session.num_slices) if i in session.features.cache]
+    small = EmbeddingCache(int(session.features.cache.item_bytes * 4.5))
     for i in cached:
-        small.put(i, session.cache.get(i, "cpu"))
-    return (session.cache.nbytes <= session.cache.budget_bytes and small.nbytes <= small.budget_bytes
+        small.put(i, session.features.cache.get(i, "cpu"))
+    return (session.features.cache.nbytes <= session.features.cache.budget_bytes and small.nbytes <= small.budget_bytes
             and len(small) == min(4, len(cached)))
 
 
@@ -82,13 +83,13 @@ def measure_session(settings: Settings, device_name: str, precision: str) -> dic
         out.update(scroll_then_click(session, model, clock, clicks, settings.precompute_radius))
         cold = center - 2 * (settings.precompute_radius + 4)
         out["cold_click_s"], _ = clock.time(session.add_prompt, 2, cold, [(*liver_point(shape), True)])
-        steps = list(session.propagate([1], direction="up", stop=center + settings.propagate_slices,
-                                       stop_after_absent=0))
+        options = PropagationOptions("up", stop=center + settings.propagate_slices, stop_after_absent=0)
+        steps = list(session.propagate([1], options))
         session.wait_idle()
         out["peak_rss_bytes"] = peak_rss_bytes()
         out["state_bytes"], out["state_slices"] = tracked_bytes(session, 1)
-        out.update(cache_bytes=session.cache.nbytes, cache_budget=session.cache.budget_bytes,
-                   cached_slices=len(session.cache), slices=session.num_slices, propagated=len(steps),
+        out.update(cache_bytes=session.features.cache.nbytes, cache_budget=session.features.cache.budget_bytes,
+                   cached_slices=len(session.features.cache), slices=session.num_slices, propagated=len(steps),
                    cache_ok=cache_keeps_budget(session))
     return out
 

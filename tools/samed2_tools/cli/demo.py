@@ -80,7 +80,7 @@ def _segment_liver(model, series_dir: Path, out: Path, args) -> None:
     box = (corners[0][1], corners[0][2], corners[1][1], corners[1][2])
     with Session(volume, model, axis=axis, preset="soft_tissue", device=args.device) as session:
         session.add_prompt(1, index, box=box)
-        for _ in tqdm(session.propagate(direction="both"), desc="propagating", unit="slice"):
+        for _ in tqdm(session.propagate(), desc="propagating", unit="slice"):
             pass
         mask = session.mask_volume(1)
         picture = session.window.apply(volume.get_slice(axis, index))

@@ -4,8 +4,7 @@ import sys
 from pathlib import Path
 
 from samed2.errors import InputError
-from samed2.precisions import BACKENDS, PRECISIONS
-from samed2.strategy import STRATEGIES
+from samed2.choices import BACKENDS, DEVICES, ENGINE_PRESETS, PRECISIONS, STRATEGIES
 
 
 def add_precision_option(parser) -> None:
@@ -38,9 +37,8 @@ def add_model_options(parser) -> None:
     parser.add_argument("--strategy", choices=STRATEGIES,
                         help="propagation strategy (default: box-chain with --bank, else track; MedSAM-Lite: "
                              "box-chain only)")
-    parser.add_argument("--preset", default="auto",
-                        help="intensity preset: auto, soft_tissue, lung, bone, brain, liver, mr")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--preset", default="auto", choices=ENGINE_PRESETS, help="intensity preset")
+    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
     add_precision_option(parser)
     add_backend_option(parser)
     parser.add_argument("--cache-dir", help="weights cache (default: $SAMED2_CACHE or ~/.cache/samed2)")

@@ -6,6 +6,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from samed2.choices import EFFECT_NAME
 from samed2_tools.cli.options import add_dicomweb_options
 
 DICOM_HELP = "folder of the source DICOM series, or its DICOMweb URL (http(s)://HOST/PREFIX/studies/S/series/S)"
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
     export.add_argument("--name", action="append", type=_label_name, default=[], metavar="LABEL=NAME",
                         help="name a label, e.g. 5=liver (repeatable); known names get SNOMED CT codes and colours")
     export.add_argument("--algorithm-type", choices=["SEMIAUTOMATIC", "AUTOMATIC"], default="SEMIAUTOMATIC")
-    export.add_argument("--algorithm-name", default="SAMed-2")
+    export.add_argument("--algorithm-name", default=EFFECT_NAME)
     export.add_argument("--algorithm-version", metavar="TEXT",
                         help="what made the masks, e.g. the weights' name and SHA-256 (default: the samed2 version)")
     export.add_argument("--repaired-series-out", type=Path, metavar="DIR",

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samed2.choices import DIRECTIONS, STOP_AFTER_ABSENT, PropagationOptions
 from samed2.errors import InputError
 from samed2_tools.cli.options import add_dicomweb_options, add_model_options, model_and_bank
 
@@ -25,9 +26,9 @@ def register(sub) -> None:
                    help="coordinate space of --point/--box (voxel = continuous i, j, k)")
     p.add_argument("--axis", default="auto", choices=["auto", "0", "1", "2"],
                    help="voxel axis to slice along; auto = the one closest to the axial (Z) direction")
-    p.add_argument("--propagate", default="both", choices=["up", "down", "both", "none"])
+    p.add_argument("--propagate", default=DIRECTIONS[0], choices=[*DIRECTIONS, "none"])
     p.add_argument("--range", metavar="A:B", help="propagate only between slices A and B (inclusive)")
-    p.add_argument("--stop-after-absent", type=int, default=3,
+    p.add_argument("--stop-after-absent", type=int, default=STOP_AFTER_ABSENT,
                    help="stop after this many slices without the object (0: never)")
     add_model_options(p)
     add_dicomweb_options(p)
@@ -140,8 +141,8 @@ def segment(volume, model, axis, prompts, args, bank=None):
             log.info("slice %d: %d voxels", index, int(mask.sum()))
         if args.propagate != "none":
             low, high = _limits(args.range)
-            steps = session.propagate(direction=args.propagate, start=low, stop=high,
-                                      stop_after_absent=args.stop_after_absent)
+            options = PropagationOptions(args.propagate, low, high, args.stop_after_absent)
+            steps = session.propagate(options=options)
             with logging_redirect_tqdm():
                 for _ in tqdm(steps, desc="propagating", unit="slice"):
                     pass

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
-from samed2.model_io import IMAGENET_MEAN, IMAGENET_STD, preprocess_slices
+from samed2.model_coords import IMAGENET_MEAN, IMAGENET_STD, preprocess_slices
 from samed2_tools.train.augment import augment_clip
 from samed2_tools.train.volumes import CaseVolume
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from samed2.model import LiteMedSAM
-from samed2.model_io import logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
+from samed2.model_coords import logits_to_slice, mask_box, preprocess_slices, slice_box_to_model
 from samed2_tools.train.clip import BankCandidates
 from samed2_tools.train.data import clip_rng, training_slice
 from samed2_tools.train.losses import SegmentationLoss, dice_score

@@ -12,7 +12,6 @@ import slicer
 from SAMed2SlicerLib.jobs import BackgroundJob, JobCancelled
 
 CACHE_SUBFOLDER = ("SAMed2", "weights")
-DEFAULT_MODEL = ""  # the best model cached (default_model)
 DOWNLOAD_JOB = "weights download"
 
 
