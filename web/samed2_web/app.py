@@ -22,7 +22,7 @@ from vtkmodules.vtkCommonCore import vtkCommand
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 from samed2.choices import DEVICES
-from samed2.errors import Samed2Error
+from samed2.errors import InputError, Samed2Error
 from samed2.weights import cached_checkpoint, list_weights
 from samed2_web.confidence_strip import ConfidenceStrip
 from samed2_web.finetune_panel import FinetunePanel
@@ -89,7 +89,7 @@ class SAMed2WebApp(TrameApp):
         expose_scene(self.slicer_app)
         self.logic = SAMed2Logic(cache_dir=cache_dir)
         self.logic.configure(device=device, model=model or self.logic.model_name())
-        cached_checkpoint(self.logic.settings["model"], cache_dir)  # a missing model stops the start (WeightsError)
+        cached_checkpoint(self.logic.settings.model, cache_dir)  # a missing model stops the start (WeightsError)
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(VIEW_LAYOUTS)
@@ -180,8 +180,8 @@ class SAMed2WebApp(TrameApp):
                          segment_name=self.segment(first).GetName(),
                          segment_color=hex_color(self.segment(first).GetColor()),
                          model=self.logic.model_name(), models=cached_models(self.logic.cache_dir),
-                         device=settings["device"], devices=available_devices(), preset=settings["preset"],
-                         backend=settings["backend"], view_layouts=list(VIEW_LAYOUTS))
+                         device=settings.device, devices=available_devices(), preset=settings.preset,
+                         backend=settings.backend, view_layouts=list(VIEW_LAYOUTS))
         publish(self.state, **vars(page))
 
     def _actions(self) -> PageActions:
@@ -233,7 +233,7 @@ class SAMed2WebApp(TrameApp):
     @change("model", "device", "preset", "backend")
     def _on_settings(self, model, device, preset, backend, **_):
         chosen = {"model": model, "device": device, "preset": preset, "backend": backend}
-        previous = {name: self.logic.settings[name] for name in chosen}
+        previous = {name: getattr(self.logic.settings, name) for name in chosen}
         if chosen == previous:
             return
         self._clear_error()
@@ -245,7 +245,13 @@ class SAMed2WebApp(TrameApp):
             self._list_models()
             self.interaction.load_model()
 
-        self.logic.configure(**chosen)
+        try:
+            self.logic.configure(**chosen)
+        except InputError as error:  # a value the page does not offer, set by a script
+            self._report(error=str(error))
+            with self.state:
+                publish(self.state, **previous)
+            return
         self.interaction.load_model(then=self._on_model_ready, failed=keep_previous)
 
     def _on_model_ready(self):
@@ -255,8 +261,8 @@ class SAMed2WebApp(TrameApp):
         with self.state:
             self.state.mode = start_mode(self.logic.engine_model())
             self.state.title = self._title()
-        self._report(f"Segmenting with {self.logic.model_name()} on {settings['device']}, preset "
-                     f"{settings['preset']}: the next prompt uses them.")
+        self._report(f"Segmenting with {self.logic.model_name()} on {settings.device}, preset "
+                     f"{settings.preset}: the next prompt uses them.")
 
     def _list_models(self, *_):
         """The cached models, read again whenever the model menu opens."""
