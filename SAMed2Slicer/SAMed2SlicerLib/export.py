@@ -52,7 +52,8 @@ def segment_labelmaps(segmentation_node, volume_node, only=None):
     for segment_id in segment_ids(segmentation_node, only):
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
         image = grid.to_sitk(read_segment(segmentation_node, segment_id, volume_node).astype(np.uint8))
-        maps.append(LabelMap(image, {1: segment.GetName()}, {1: _rgb(segment)}, source=f"segment '{segment.GetName()}'"))
+        name = segment.GetName()
+        maps.append(LabelMap(image, {1: name}, {1: _rgb(segment)}, source=f"segment '{name}'"))
     return maps
 
 

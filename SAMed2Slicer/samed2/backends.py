@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 import samed2
+from samed2.choices import BACKENDS, check_choice
 from samed2.errors import InputError
 from samed2.files import atomic_write
-from samed2.choices import BACKENDS, check_choice
 from samed2.weights.cache import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)

@@ -77,7 +77,8 @@ def letterbox_size(shape, image_size: int) -> tuple[int, int]:
     return int(int(shape[0]) * scale + 0.5), int(int(shape[1]) * scale + 0.5)
 
 
-def logits_to_slice(low_res_logits: torch.Tensor, slice_shape: tuple[int, int], letterbox: bool = False) -> torch.Tensor:
+def logits_to_slice(low_res_logits: torch.Tensor, slice_shape: tuple[int, int],
+                    letterbox: bool = False) -> torch.Tensor:
     """Upsample mask logits (N, C, h, w), e.g. the decoder's 256x256, straight to the slice
     size (N, C, H, W): bilinear, ``align_corners=False``, as SAM 2's postprocessing does
     (with ``letterbox``, the slice's part of the logits, as SAM 1 crops them).

@@ -20,11 +20,23 @@ from samed2.errors import InputError
 from samed2.model import FrameMemory, ImageFeatures, Prediction, SAM2Model
 from samed2.model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, POSITIVE
 from samed2.model.sam2 import NO_OBJECT_SCORE
-from samed2.model_coords import (logits_to_slice, model_scale, preprocess_slices, slice_box_to_model,
-                                 slice_points_to_model)
+from samed2.model_coords import (
+    logits_to_slice,
+    model_scale,
+    preprocess_slices,
+    slice_box_to_model,
+    slice_points_to_model,
+)
 from samed2.presets import IntensityPreset, default_preset, get_preset
-from samed2.session_state import (SlicePrompts, SliceResult, StackedMemory, StepInput, TrackedObject, grouped,
-                                  pad_prompts)
+from samed2.session_state import (
+    SlicePrompts,
+    SliceResult,
+    StackedMemory,
+    StepInput,
+    TrackedObject,
+    grouped,
+    pad_prompts,
+)
 from samed2.slice_features import SliceFeatures
 from samed2.strategy import NEEDS_BANK, resolve
 from samed2.volume import Volume, checked_axis, put_slice
@@ -39,7 +51,8 @@ def checked_strategy(strategy: Optional[str], model, bank: Optional[ConfidenceBa
         if bank is not None:
             raise InputError("a confidence bank needs a model with memory (SAMed-2); this model has none")
         if strategy not in (None, "box-chain"):
-            raise InputError(f"strategy {strategy!r} needs a model with memory; this model propagates by box-chain only")
+            raise InputError(f"strategy {strategy!r} needs a model with memory; "
+                             "this model propagates by box-chain only")
         return "box-chain"
     strategy = resolve(strategy, bank is not None)
     check_choice("strategy", strategy, STRATEGIES)
@@ -206,7 +219,8 @@ class Session:
         def decode(box, points) -> np.ndarray:
             step = StepInput({}, {}, first=True, prompt=self._prompt_tensors(SlicePrompts(list(points), box)))
             pred, _ = self._track_batch(index, image, [step], encode_memory=False)[0]
-            return (logits_to_slice(pred.low_res_masks.float().cpu(), self.slice_shape, self.letterbox)[0, 0] > 0).numpy()
+            logits = logits_to_slice(pred.low_res_masks.float().cpu(), self.slice_shape, self.letterbox)
+            return (logits[0, 0] > 0).numpy()
 
         with torch.no_grad(), self.features.autocast():
             if current is None or not current.any():

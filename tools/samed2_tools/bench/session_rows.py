@@ -79,7 +79,8 @@ def measure_session(settings: Settings, device_name: str, precision: str) -> dic
         out["precompute_s"], _ = clock.time(lambda: (session.precompute(center, settings.precompute_radius),
                                                      session.wait_idle()))
         # object 1 is propagated below; 3 and 4 are new objects on the neighbouring slices
-        clicks = [(obj_id, center + offset, [(*liver_point(shape), True)]) for obj_id, offset in ((1, 0), (3, -1), (4, 1))]
+        point = [(*liver_point(shape), True)]
+        clicks = [(obj_id, center + offset, point) for obj_id, offset in ((1, 0), (3, -1), (4, 1))]
         out.update(scroll_then_click(session, model, clock, clicks, settings.precompute_radius))
         cold = center - 2 * (settings.precompute_radius + 4)
         out["cold_click_s"], _ = clock.time(session.add_prompt, 2, cold, [(*liver_point(shape), True)])

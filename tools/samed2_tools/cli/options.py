@@ -3,8 +3,8 @@ import json
 import sys
 from pathlib import Path
 
-from samed2.errors import InputError
 from samed2.choices import BACKENDS, DEVICES, ENGINE_PRESETS, PRECISIONS, STRATEGIES
+from samed2.errors import InputError
 
 
 def add_precision_option(parser) -> None:
