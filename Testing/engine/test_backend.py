@@ -19,8 +19,8 @@ from samed2.model_io import mask_box
 from samed2.session import Session
 from samed2.volume_files import load_volume
 
-from conftest import require_module
-from trained_model import build_trained_model, trained_model  # noqa: F401 (fixture)
+from suite import require_module
+from trained_model import build_trained_model
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
 CPU = torch.device("cpu")
@@ -214,8 +214,8 @@ def test_backend_everything_works_without_openvino(data_dir, tmp_path):
     script = f"""
 import sys
 sys.modules["openvino"] = None  # import openvino now raises ImportError
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-from conftest import golden_tiny_model
+sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+from suite import golden_tiny_model
 from samed2.errors import InputError
 from samed2.session import Session
 from samed2.volume_files import load_volume

@@ -222,7 +222,8 @@ def test_bank_load_keeps_one_copy_of_the_keys_in_the_kernel_chosen_here(tmp_path
     assert bank.keys.dtype == torch.float16, "imported and saved keys are half precision"
     bank.save(tmp_path / "bank.safetensors")
     loaded = ConfidenceBank.load(tmp_path / "bank.safetensors")
-    assert loaded.kernel == bank_module.fastest_kernel(bank.keys.shape[1], "cpu") and loaded.keys.dtype == loaded.kernel.dtype
+    assert loaded.kernel == bank_module.fastest_kernel(bank.keys.shape[1], "cpu")
+    assert loaded.keys.dtype == loaded.kernel.dtype
     assert torch.equal(loaded.keys, bank.keys.to(loaded.kernel.dtype))
     query = torch.randn(2, 8, 8, 8)
     assert torch.equal(loaded.select(query), float32_choice(loaded, query, 2))
@@ -297,6 +298,7 @@ def test_bank_index_choice_is_the_float32_choice_reading_few_keys(monkeypatch):
 def test_bank_index_follows_updates():
     bank = ConfidenceBank.empty(key_dim=16 * 64, mem_shape=(4, 8, 8), capacity=3)
     for i in range(5):
-        bank.update(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.tensor([float(i)]), torch.randn(1, 16, 8, 8))
+        bank.update(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.tensor([float(i)]),
+                    torch.randn(1, 16, 8, 8))
         assert torch.equal(bank.index_rows, bank.index.rows(bank.keys, bank.kernel.dtype))
     assert len(bank) == 3

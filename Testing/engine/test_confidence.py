@@ -17,12 +17,13 @@ from samed2.volume import get_slice
 from samed2_tools.evaluate import confidence_auroc, extent, load_case, run_propagation, slicing_axis
 from SAMed2SlicerLib.confidence import least_confident, level, strip_cells
 
-from conftest import DATA
+from suite import DATA
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
 RIGHT_KIDNEY = 2  # ends at slice 18 of 30: the chain has an end to find
 # Structures neither the stop rule nor the calibration saw (README, "MedSAM-Lite accuracy": checked on)
-CHECKED_ON = {("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz"): [1, 3, 5, 7, 19, 31, 63, 79, 87, 89, 117],
+CHECKED_ON = {("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz"):
+              [1, 3, 5, 7, 19, 31, 63, 79, 87, 89, 117],
               ("dcmqi/ct-3slice", "dcmqi/liver_seg.nrrd"): [1],
               ("pyradiomics/brain1_image.nrrd", "pyradiomics/brain1_label.nrrd"): [1]}
 MEASURED_AUROC = 0.751  # README; asserted >= measured - 0.03

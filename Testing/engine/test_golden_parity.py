@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from samed2.bank import ConfidenceBank, image_key
 from samed2.model import ImageFeatures
 
-from conftest import GOLDEN, golden_tiny_model
 from parity_helpers import parity_error
+from suite import GOLDEN, golden_tiny_model
 
 # The golden README does not list the tracking box; this is the box whose corner-point prompt
 # reproduces `track.0.*` (recovered by fitting the prompt to the vector, residual ~1e-10).
@@ -117,7 +117,8 @@ def test_golden_vector_matches(key, vectors, computed):
 
 @pytest.mark.parametrize("weight, untouched", [
     ("sam_mask_decoder.output_upscaling.0.weight", "enc."),  # the mask decoder: masks change
-    ("image_encoder.trunk.blocks.0.adapter.linear_down.weight", "update."),  # the temporal adapter: everything downstream
+    # the temporal adapter: everything downstream
+    ("image_encoder.trunk.blocks.0.adapter.linear_down.weight", "update."),
 ])
 def test_golden_parity_fails_when_a_weight_is_perturbed(golden_model, vectors, weight, untouched):
     """The comparison notices a model that differs by one perturbed weight tensor: every output that

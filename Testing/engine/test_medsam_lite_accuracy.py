@@ -25,7 +25,7 @@ from samed2_tools.evaluate import (
     slicing_axis,
 )
 
-from conftest import DATA
+from suite import DATA
 
 MARGIN = 0.02
 PER_SLICE_OBJECT = 10_000  # the object the per-slice boxes go to (apart from the propagated one)

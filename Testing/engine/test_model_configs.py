@@ -45,7 +45,7 @@ def test_checkpoint_samed2_is_sam2_small_plus_adapters_and_fusion():
 
 def test_cached_dense_position_encoding_follows_loaded_weights():
     """The prompt encoder's grid encoding is cached per click; loading other weights must refresh it."""
-    from conftest import golden_tiny_config
+    from suite import golden_tiny_config
 
     model = build_model(golden_tiny_config())
     encoder = model.sam_prompt_encoder
@@ -60,7 +60,7 @@ def test_cached_dense_position_encoding_follows_loaded_weights():
 
 
 def test_cached_dense_position_encoding_works_for_a_model_built_in_inference_mode():
-    from conftest import golden_tiny_config
+    from suite import golden_tiny_config
 
     with torch.inference_mode():
         encoder = build_model(golden_tiny_config()).sam_prompt_encoder
@@ -106,7 +106,7 @@ def test_decoder_cross_attention_folding_equals_the_plain_computation():
 def test_hiera_position_embedding_is_kept_until_its_parameters_change():
     from samed2.model import build_model
 
-    from conftest import golden_tiny_config
+    from suite import golden_tiny_config
 
     trunk = build_model(golden_tiny_config()).image_encoder.trunk
     with torch.no_grad():

@@ -14,7 +14,7 @@ from samed2.model_io import mask_box
 from samed2.session import Session
 from samed2.volume_files import load_volume
 
-from trained_model import build_trained_model, trained_model  # noqa: F401 (fixture)
+from trained_model import build_trained_model
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
 CPU = torch.device("cpu")
@@ -39,7 +39,8 @@ def test_precision_refuses_an_unknown_name():
 
 def test_precision_bf16_measurement_times_a_real_product():
     assert all(seconds > 0 for seconds in device_module.precision_probe(CPU))
-    assert device_module.native_bf16(CPU) == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert device_module.native_bf16(CPU) == native
 
 
 def test_precision_bf16_keeps_no_copy_of_the_weights():

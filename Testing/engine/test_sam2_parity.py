@@ -19,8 +19,8 @@ from samed2.model import build_model, get_config
 from samed2.model_io import preprocess_slices
 from samed2.presets import get_preset
 
-from conftest import require_module
 from parity_helpers import TOLERANCE, max_abs_diff, parity_error
+from suite import require_module
 
 sam2_build = require_module("sam2.build_sam", "Meta's sam2, installed by .ci/install")
 
@@ -70,7 +70,8 @@ def frames_dir(data_dir, tmp_path_factory):
     window = get_preset("soft_tissue")
     for t, k in enumerate(range(12, 16)):
         pixels = (window.apply(ct[k]) * 255).astype(np.uint8)
-        Image.fromarray(pixels).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)).save(folder / f"{t:05d}.jpg", quality=95)
+        image = Image.fromarray(pixels).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE))
+        image.save(folder / f"{t:05d}.jpg", quality=95)
     return folder
 
 

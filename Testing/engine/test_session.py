@@ -10,7 +10,7 @@ import torch
 from samed2.errors import InputError
 from samed2.session import Session
 
-from conftest import object_score_says
+from suite import object_score_says
 
 
 @pytest.fixture
@@ -247,7 +247,8 @@ def assert_same_object(a, b, index):
 
 
 def test_add_prompts_decodes_objects_together_as_one_at_a_time(ct_volume, tiny_model):
-    with Session(ct_volume, tiny_model, device="cpu") as alone, Session(ct_volume, tiny_model, device="cpu") as together:
+    with (Session(ct_volume, tiny_model, device="cpu") as alone,
+          Session(ct_volume, tiny_model, device="cpu") as together):
         for prompts in (SEVERAL, REFINE):  # the second round refines with the first round's logits
             expected = {obj_id: alone.add_prompt(obj_id, 15, points, box) for obj_id, (points, box) in prompts.items()}
             calls = count_track_steps(tiny_model)
@@ -274,7 +275,8 @@ def test_add_prompts_refuses_bad_input_and_changes_nothing(session):
 
 
 def test_propagation_tracks_objects_prompted_on_one_slice_in_lockstep(ct_volume, tiny_model):
-    with Session(ct_volume, tiny_model, device="cpu") as alone, Session(ct_volume, tiny_model, device="cpu") as together:
+    with (Session(ct_volume, tiny_model, device="cpu") as alone,
+          Session(ct_volume, tiny_model, device="cpu") as together):
         for s in (alone, together):
             s.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
         expected = [r for obj_id in (1, 2) for r in alone.propagate([obj_id], start=9, stop=21, stop_after_absent=2)]
@@ -292,7 +294,8 @@ def test_propagation_tracks_objects_prompted_on_one_slice_in_lockstep(ct_volume,
 
 
 def test_propagation_in_lockstep_falls_back_where_memories_differ(ct_volume, tiny_model):
-    with Session(ct_volume, tiny_model, device="cpu") as alone, Session(ct_volume, tiny_model, device="cpu") as together:
+    with (Session(ct_volume, tiny_model, device="cpu") as alone,
+          Session(ct_volume, tiny_model, device="cpu") as together):
         for s in (alone, together):
             s.add_prompts(15, {obj_id: SEVERAL[obj_id] for obj_id in (1, 2)})
             list(s.propagate([1], direction="up", stop=18, stop_after_absent=0))  # only object 1 remembers 16-18

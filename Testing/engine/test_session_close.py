@@ -11,7 +11,7 @@ import pytest
 
 from samed2.session import Session
 
-from conftest import DATA, REPO
+from suite import DATA, REPO
 
 CLOSE_LIMIT_S = 2.0  # before the fix: 30 s, then an abort at exit
 

@@ -31,8 +31,8 @@ from samed2.weights import (
 from samed2.weights.cache import read_manifest
 from samed2_tools.cli import main as cli_main
 
-from conftest import golden_tiny_config
 from http_server import FileServer
+from suite import golden_tiny_config
 
 # ---------------------------------------------------------------- fixtures and helpers
 
@@ -267,7 +267,8 @@ def test_download_without_published_hash_refuses_another_architecture(server, ca
                plain_sam2)
     data = plain_sam2.read_bytes()
     entry = checkpoint_entry(server.add("/o.pt", data), data, config=tiny_config, size=None, sha256=None)
-    with pytest.raises(DownloadError, match=r"not a usable test-ckpt checkpoint.*missing keys: image_encoder.trunk.blocks.0.adapter"):
+    missing = r"not a usable test-ckpt checkpoint.*missing keys: image_encoder.trunk.blocks.0.adapter"
+    with pytest.raises(DownloadError, match=missing):
         download(entry, cache)
     assert list(cache.iterdir()) == []
 
@@ -420,7 +421,8 @@ def test_import_never_overwrites_a_registry_file_under_a_custom_name(tiny_checkp
 
 
 @pytest.mark.parametrize("given_name", ["tiny_model.pt", "test-ckpt.pt"], ids=["file-name", "checkpoint-name"])
-def test_import_recognises_a_registry_file_by_its_name(monkeypatch, tmp_path, tiny_checkpoint, tiny_config, cache, given_name):
+def test_import_recognises_a_registry_file_by_its_name(monkeypatch, tmp_path, tiny_checkpoint, tiny_config, cache,
+                                                       given_name):
     entry = checkpoint_entry("https://example.invalid/t.pt", b"", config=tiny_config, filename="tiny_model.pt",
                              size=None, sha256=None)
     monkeypatch.setitem(REGISTRY, "test-ckpt", entry)
@@ -445,7 +447,8 @@ def test_a_file_put_in_the_cache_by_hand_is_verified_by_loading(monkeypatch, tin
 
 
 def test_missing_weights_name_the_download_and_import_commands(cache):
-    with pytest.raises(WeightsError, match=r"samed2 weights download samed2.*samed2 weights import /path/to/latest_epoch_0217.pth"):
+    commands = r"samed2 weights download samed2.*samed2 weights import /path/to/latest_epoch_0217.pth"
+    with pytest.raises(WeightsError, match=commands):
         cached_checkpoint("samed2", cache)
     with pytest.raises(WeightsError, match="unknown checkpoint 'nope'"):
         cached_checkpoint("nope", cache)

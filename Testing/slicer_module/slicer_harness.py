@@ -7,9 +7,9 @@ wiring once per process: a scene, the application logic, the module logics
 under its Slicer module name) and scene bundle (.mrb) I/O. It then sets
 `slicer.mrmlScene`, `slicer.app` and `slicer.modules.<name>`.
 
-Use in a test module:
+Use in a test module (the `slicer_app` and `mrml_scene` fixtures are in conftest.py):
 
-    from slicer_harness import load_volume, mrml_scene, slicer_app  # noqa: F401 (fixtures)
+    from slicer_harness import load_volume
 
     def test_mrml_something(mrml_scene):
         volume = load_volume(path)
@@ -29,12 +29,11 @@ import tempfile
 import types
 from pathlib import Path
 
-import pytest
 import slicer
 
 # Slicer puts a scripted module's directory on sys.path, so SAMed2SlicerLib and the
 # bundled samed2 engine import as top-level packages; tests import them the same way.
-MODULE_DIR = Path(__file__).resolve().parents[1] / "SAMed2Slicer"
+MODULE_DIR = Path(__file__).resolve().parents[2] / "SAMed2Slicer"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
@@ -190,17 +189,3 @@ def add_slice_views():
         node.SetOrientation(orientation)
         views[name] = node
     return views
-
-
-@pytest.fixture(scope="session")
-def slicer_app():
-    """The started slicer-core (a SlicerCore), shared by the whole test session."""
-    return start()
-
-
-@pytest.fixture
-def mrml_scene(slicer_app):
-    """slicer.mrmlScene, emptied before and after the test (singletons are reset)."""
-    slicer_app.scene.Clear(0)
-    yield slicer_app.scene
-    slicer_app.scene.Clear(0)

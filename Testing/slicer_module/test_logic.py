@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import slicer
 import vtk
-from dicomseg_checks import assert_dciodvfy_clean
-from slicer_harness import add_slice_views, load_volume, mrml_scene, slicer_app  # noqa: F401 (fixtures)
-from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, segment_voxels, tiny_model, views, world_point  # noqa: F401
 
 from samed2.dicomseg import read_seg
 from SAMed2SlicerLib.logic import SAMed2Logic, with_suffix
+
+from ct_scene import CLICK, segment_voxels, tiny_model, world_point
+from dicomseg_checks import assert_dciodvfy_clean
+from slicer_harness import add_slice_views, load_volume
 
 
 @pytest.fixture
@@ -111,7 +112,8 @@ def test_mrml_undo_state_is_saved_only_by_actions_that_write(logic, ct, abdomen,
 
     saved = []
     with pytest.raises(InputError):
-        logic.click(ct, abdomen, "liver", views["Red"], world_point((-50, 50, 15)), before_write=lambda: saved.append(1))
+        logic.click(ct, abdomen, "liver", views["Red"], world_point((-50, 50, 15)),
+                    before_write=lambda: saved.append(1))
     assert saved == []
     logic.click(ct, abdomen, "liver", views["Red"], world_point(CLICK), before_write=lambda: saved.append("click"))
     assert saved == ["click"]
@@ -179,7 +181,7 @@ def test_mrml_backend_setting_reaches_the_sessions_with_the_cache_beside_the_wei
     from samed2.backends import ChosenEncoder
     from SAMed2SlicerLib.logic import DEFAULT_SETTINGS
 
-    from conftest import require_module
+    from suite import require_module
 
     require_module("openvino", "the OpenVINO backend, samed2[cpu]")
     assert DEFAULT_SETTINGS["backend"] == "auto"

@@ -4,16 +4,6 @@ click on a propagated slice refines that slice, the next propagation runs from i
 saved scene with such a click resumes."""
 import numpy as np
 import pytest
-from test_slicer_logic import (  # noqa: F401 (ct, ct_voxels, views: fixtures)
-    add_segmentation,
-    align_view,
-    changed_slices,
-    ct,
-    ct_voxels,
-    labelmaps,
-    views,
-    world_point,
-)
 
 from samed2.model_io import mask_box, model_scale
 from samed2.session import Session
@@ -21,7 +11,7 @@ from samed2_tools.evaluate import slice_click
 from SAMed2SlicerLib.geometry import engine_volume
 from SAMed2SlicerLib.segmenter import Segmenter
 
-from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (fixtures)
+from ct_scene import add_segmentation, align_view, changed_slices, labelmaps, world_point
 
 LIVER = 5
 
@@ -33,7 +23,7 @@ def liver(data_dir):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "totalseg" / "example_seg.nii.gz"))) == LIVER
 
 
-def test_mrml_lite_click_corrects_a_propagated_slice_which_the_next_run_keeps(ct, views, lite_model, liver):  # noqa: F811
+def test_mrml_lite_click_corrects_a_propagated_slice_which_the_next_run_keeps(ct, views, lite_model, liver):
     segmentation = add_segmentation(ct, "liver")
     red = views["Red"]
     x0, y0, x1, y1 = mask_box(liver[15])

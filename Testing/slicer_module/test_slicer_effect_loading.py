@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "SAMed2Slicer"
 EFFECT_BASE = "AbstractScriptedSegmentEditorEffect"
 
@@ -70,7 +70,8 @@ result = {"class": class_name, "found": found is not None}
 if found is not None:
     scripted_effect = types.SimpleNamespace()
     instance = found(scripted_effect)  # qSlicerScriptedUtils instantiates it with the C++ effect
-    result.update(name=getattr(scripted_effect, "name", None), base=issubclass(found, AbstractScriptedSegmentEditorEffect),
+    result.update(name=getattr(scripted_effect, "name", None),
+                  base=issubclass(found, AbstractScriptedSegmentEditorEffect),
                   clone_finds_it=find_effect_class(source, loader)[1] is found)
 print(json.dumps(result))
 '''

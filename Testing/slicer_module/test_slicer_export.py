@@ -10,8 +10,6 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import slicer
-from dicomseg_checks import assert_dciodvfy_clean, on_grid, series_grid
-from slicer_harness import load_volume, mrml_scene, slicer_app  # noqa: F401 (pytest fixtures)
 
 from samed2.dicomseg import read_seg
 from samed2.labelmap import read_labelmap
@@ -23,6 +21,9 @@ from SAMed2SlicerLib.export import (
     parse_terminology,
     staged_series,
 )
+
+from dicomseg_checks import assert_dciodvfy_clean, on_grid, series_grid
+from slicer_harness import load_volume
 
 LIVER_TERM = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
               "~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^")

@@ -5,10 +5,10 @@ The model is the golden tiny SAMed-2 (random weights; see test_slicer_logic): on
 """
 import numpy as np
 import slicer
-from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (pytest fixtures)
-from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, model, segmenter, views, world_point  # noqa: F401
 
 from SAMed2SlicerLib.segments import Target, read_slices, write_slices
+
+from ct_scene import CLICK, world_point
 
 
 def test_finetune_learns_from_the_prompted_drawn_and_hand_corrected_slices_only(segmenter, ct, abdomen, views):

@@ -7,16 +7,10 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
-from slicer_harness import (  # noqa: F401 (pytest fixtures)
-    MODULE_LOGIC_CLASSES,
-    load_scene,
-    load_volume,
-    mrml_scene,
-    save_scene,
-    slicer_app,
-)
 
 from SAMed2SlicerLib.geometry import describe_volume, volume_to_array
+
+from slicer_harness import MODULE_LOGIC_CLASSES, load_scene, load_volume, save_scene
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -7,16 +7,6 @@ import numpy as np
 import pytest
 import slicer
 from safetensors.torch import save_file
-from test_slicer_logic import (  # noqa: F401 (fixtures)
-    CLICK,
-    abdomen,
-    ct,
-    ct_voxels,
-    labelmaps,
-    model,
-    views,
-    world_point,
-)
 
 from samed2.choices import PropagationOptions
 from samed2.errors import WeightsError
@@ -28,7 +18,8 @@ from SAMed2SlicerLib.interaction import Interaction, gui_text
 from SAMed2SlicerLib.jobs import BackgroundJob, JobPoller
 from SAMed2SlicerLib.logic import LOAD_JOB, SAMed2Logic
 
-from slicer_harness import load_scene, mrml_scene, save_scene, slicer_app  # noqa: F401 (fixtures)
+from ct_scene import CLICK, labelmaps, world_point
+from slicer_harness import load_scene, save_scene
 
 MarkupsNode = slicer.vtkMRMLMarkupsNode
 
@@ -171,7 +162,7 @@ def test_mrml_a_failing_listener_is_dropped_and_the_run_still_ends(layer, front,
 @pytest.fixture
 def cached_logic(mrml_scene, model, tmp_path):
     """A Logic whose model is in its weights cache, not loaded yet (as after Slicer starts)."""
-    from conftest import golden_tiny_config
+    from suite import golden_tiny_config
 
     weights = tmp_path / "tiny.safetensors"
     save_file(model.state_dict(), str(weights))

@@ -18,22 +18,11 @@ import time
 
 import numpy as np
 import pytest
-from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (pytest fixtures)
-from test_slicer_logic import (  # noqa: F401 (pytest fixtures)
-    CLICK,
-    abdomen,
-    add_segmentation,
-    ct,
-    ct_voxels,
-    model,
-    segment_voxels,
-    segmenter,
-    views,
-    world_point,
-)
 
 from SAMed2SlicerLib.jobs import TICK_INTERVAL_MS, BackgroundJob, JobPoller
 from SAMed2SlicerLib.segmenter import Segmenter
+
+from ct_scene import CLICK, add_segmentation, segment_voxels, world_point
 
 LIBC = ctypes.PyDLL(ctypes.util.find_library("c"))  # PyDLL: the GIL stays held during calls
 MAX_SLOWDOWN = 1.5  # the bound; measured here: see the README's "Slicer's main thread"
@@ -101,7 +90,8 @@ def test_mrml_propagation_keeps_its_pace_while_slicers_main_thread_idles(ct, abd
     most_cpu = max(cpu for _, cpu in ticks)
     report = (f"free main thread {min(f[0] for f in free):.2f} s, Slicer-like {min(s[0] for s in slicer_like):.2f} s "
               f"(x{slowdown:.2f}); GUI blocks: median {1000 * median_block:.0f} ms, longest "
-              f"{1000 * max(wall for wall, _ in ticks):.0f} ms, most main-thread CPU in one tick {1000 * most_cpu:.0f} ms")
+              f"{1000 * max(wall for wall, _ in ticks):.0f} ms, "
+              f"most main-thread CPU in one tick {1000 * most_cpu:.0f} ms")
     print(report)
     assert slowdown <= MAX_SLOWDOWN, report
     assert median_block <= MAX_GUI_BLOCK_S and most_cpu <= MAX_GUI_BLOCK_S, report

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "SAMed2Slicer"
 MODULE_NAME = "SAMed2Slicer"
 NOT_SHIPPED_DIRS = {"__pycache__"}
@@ -338,7 +338,8 @@ def test_engine_and_tools_import_absolutely():
     """One import style: `from samed2.x import y` everywhere, never `from .x import y`."""
     packages = [MODULE_DIR / "samed2", REPO / "tools" / "samed2_tools"]
     offenders = sorted(str(p.relative_to(REPO)) for package in packages for p in package.rglob("*.py")
-                       if any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(ast.parse(p.read_text()))))
+                       if any(isinstance(node, ast.ImportFrom) and node.level
+                              for node in ast.walk(ast.parse(p.read_text()))))
     assert offenders == []
 
 

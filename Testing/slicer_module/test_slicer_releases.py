@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import slicer
+
 import slicer_releases
 from slicer_releases import RELEASES, QComboBox, SegmentEditorWidget
-
-from slicer_harness import slicer_app  # noqa: F401 (pytest fixture)
 
 CHOSEN = {"device": "cpu", "preset": "lung", "precision": "fp32", "backend": "torch", "exportFormat": "NIfTI file"}
 RELOADED = ("SAMed2Slicer", "SAMed2SlicerQt", "SAMed2SlicerQt.controller", "SegmentEditorSAMed2Lib",
@@ -36,7 +35,7 @@ def forget_module_nodes(scene):
 
 
 @pytest.fixture(params=RELEASES)
-def release(request, monkeypatch, slicer_app):  # noqa: F811
+def release(request, monkeypatch, slicer_app):
     forget_module_nodes(slicer_app.scene)
     slicer_releases.install(request.param, monkeypatch, slicer_app)
     for name in RELOADED:  # imported again under this release's qt and slicer modules

@@ -8,19 +8,18 @@ import numpy as np
 import pytest
 import slicer
 import vtk
-from test_slicer_logic import CLICK, abdomen, ct, ct_voxels, model, segmenter, views, world_point  # noqa: F401
 
 from SAMed2SlicerLib import segments
 from SAMed2SlicerLib.segmenter import WRITE_INTERVAL_S
 from SAMed2SlicerLib.segments import EFFECT_NAME, Target, read_segment, write_slices
 
-from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (pytest fixtures)
+from ct_scene import CLICK, world_point
 
 SHAPE = (6, 40, 50)  # k, j, i
 
 
 @pytest.fixture
-def scene(mrml_scene):  # noqa: F811
+def scene(mrml_scene):
     voxels = np.tile(np.arange(SHAPE[2], dtype=np.int16) * 10, (SHAPE[0], SHAPE[1], 1))  # i * 10
     volume = slicer.util.addVolumeFromArray(voxels, name="ct")
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
@@ -140,7 +139,7 @@ def test_slicer_a_write_that_only_adds_converts_the_3d_surface_once(scene):
     assert surface.GetBounds()[5] > 3  # the surface reaches slice 4
 
 
-def test_mrml_propagation_writes_at_most_every_half_second(segmenter, ct, abdomen, views, monkeypatch):  # noqa: F811
+def test_mrml_propagation_writes_at_most_every_half_second(segmenter, ct, abdomen, views, monkeypatch):
     """Each write rebuilds the 3D surface: propagation batches its slices (WRITE_INTERVAL_S)."""
     segmenter.add_point("liver", views["Red"], world_point(CLICK))
     writes, write = [], segments.write_slices

@@ -29,7 +29,6 @@ from SAMed2SlicerLib.install import (
 from SAMed2SlicerLib.jobs import JobCancelled
 
 from http_server import FileServer
-from slicer_harness import slicer_app  # noqa: F401 (pytest fixture)
 
 PAYLOAD = os.urandom(300_000)  # a few 64 KiB chunks: the first one lands before a cancel
 

@@ -4,19 +4,11 @@ propagation both ways within limits fills exactly the slices in the limits, each
 liver, and stops there."""
 import numpy as np
 import SimpleITK as sitk
-from slicer_harness import mrml_scene, slicer_app  # noqa: F401 (pytest fixtures)
-from test_slicer_logic import (  # noqa: F401 (pytest fixtures)
-    add_segmentation,
-    align_view,
-    ct,
-    ct_voxels,
-    segment_voxels,
-    views,
-    world_point,
-)
-from trained_model import LIVER, build_trained_model, trained_model  # noqa: F401 (pytest fixture)
 
 from SAMed2SlicerLib.segmenter import Segmenter
+
+from ct_scene import add_segmentation, align_view, segment_voxels, world_point
+from trained_model import LIVER, build_trained_model
 
 CLICK_SLICE, FIRST, LAST = 15, 5, 25  # the liver spans every axial slice of example_ct_sm
 
@@ -33,7 +25,7 @@ def inner_voxel(mask_2d):
 
 
 def test_mrml_propagation_with_the_trained_model_fills_the_liver_between_the_limits(
-        ct, views, trained_model, data_dir):  # noqa: F811
+        ct, views, trained_model, data_dir):
     liver = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "totalseg" / "example_seg.nii.gz"))) == LIVER
     i, j = inner_voxel(liver[CLICK_SLICE])
     segmentation = add_segmentation(ct, "liver")

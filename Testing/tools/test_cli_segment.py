@@ -23,7 +23,8 @@ def test_session_cli_segment_writes_a_label_map_on_the_input_grid(checkpoint, da
     source, written = sitk.ReadImage(str(image)), sitk.ReadImage(str(tmp_path / "mask.nrrd"))
     assert written.GetSize() == source.GetSize()
     assert np.allclose(written.GetDirection(), source.GetDirection())
-    assert np.allclose(written.GetOrigin(), source.GetOrigin()) and np.allclose(written.GetSpacing(), source.GetSpacing())
+    assert np.allclose(written.GetOrigin(), source.GetOrigin())
+    assert np.allclose(written.GetSpacing(), source.GetSpacing())
     mask = sitk.GetArrayFromImage(written)
     assert not mask[:15].any() and not mask[20:].any(), "nothing written outside the prompted slice and the range"
     assert (tmp_path / "mask.png").stat().st_size > 1000

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
+from samed2.weights import import_checkpoint
+
 from http_server import FileServer
 from lite_reference import wheel
-from samed2.weights import import_checkpoint
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]  # the console script users type
 LIVER = 5

@@ -13,10 +13,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import require_module
 from dicomseg_checks import assert_dciodvfy_clean
 from http_server import FileServer
 from orthanc_server import ORTHANC, Orthanc, TlsProxy, free_port, self_signed_certificate
+from suite import require_module
 
 require_module("dicomweb_client", "DICOMweb (the dicom extra)")
 if not Path(ORTHANC).exists():
@@ -25,10 +25,11 @@ if not Path(ORTHANC).exists():
         pytest.fail(why, pytrace=False)
     pytest.skip(why, allow_module_level=True)
 
-from samed2.dicomseg import load_series, write_repaired_series
-from samed2.errors import DicomError, InputError
-from samed2_tools import dicomweb
-from samed2_tools.cli import main
+# imported once the checks above have passed (samed2_tools.dicomweb needs dicomweb_client)
+from samed2.dicomseg import load_series, write_repaired_series  # noqa: E402
+from samed2.errors import DicomError, InputError  # noqa: E402
+from samed2_tools import dicomweb  # noqa: E402
+from samed2_tools.cli import main  # noqa: E402
 
 SAMED2 = str(Path(sys.executable).with_name("samed2"))
 USERS = {"alice": "wonderland-7f3c9e1d"}
@@ -187,7 +188,8 @@ def test_dicomweb_401_says_what_to_do_and_never_shows_the_credential(locked, rep
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAMED2_DICOMWEB")}
     env.update(credentials, NETRC=str(tmp_path / "no-netrc"))
     labelmap = str(data_dir / "totalseg" / "example_seg_dicom.nii.gz")
-    run = subprocess.run([SAMED2, "-v", "export-seg", "--labels", labelmap, "--only", "5", "--dicom", series_url(locked, repaired), "--out", str(tmp_path / "seg.dcm")],
+    run = subprocess.run([SAMED2, "-v", "export-seg", "--labels", labelmap, "--only", "5",
+                          "--dicom", series_url(locked, repaired), "--out", str(tmp_path / "seg.dcm")],
                          check=False, capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 2
     assert "refused the search for series" in run.stderr and "(401 Unauthorized)" in run.stderr

@@ -34,8 +34,8 @@ from samed2_tools.evaluate import (
     surface_dice,
 )
 
-from conftest import DATA, golden_tiny_config
-from trained_model import LIVER, build_trained_model, trained_model  # noqa: F401 (fixture)
+from suite import DATA, golden_tiny_config
+from trained_model import LIVER, build_trained_model
 
 CT = DATA / "totalseg" / "example_ct_sm.nii.gz"
 SEG = DATA / "totalseg" / "example_seg.nii.gz"

@@ -22,7 +22,7 @@ from samed2_tools.train.options import LITE_DEFAULT_PARTS
 from SAMed2SlicerLib.finetune import LOG_EVERY, finetune_job, name_state
 from SAMed2SlicerLib.jobs import JobCancelled
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 MR_IMAGE, MR_LABEL = DATA / "pyradiomics" / "brain1_image.nrrd", DATA / "pyradiomics" / "brain1_label.nrrd"
 CORRECTED = [12, 13, 15, 16]
 OTHERS = [11, 14, 17]

@@ -32,7 +32,7 @@ from samed2_tools.train.prompts import PromptSet, corrective_click, jittered_box
 from samed2_tools.train.startpoint import initial_model, set_trainable
 from samed2_tools.train.volumes import load_case, resolve_labels
 
-from trained_model import (  # noqa: F401
+from trained_model import (
     IMAGE,
     LABELS,
     LEFT_KIDNEY,
@@ -43,7 +43,6 @@ from trained_model import (  # noqa: F401
     fresh_run,
     load_trained,
     shrunk_samed2_config,
-    trained_model,
 )
 
 MICRO_CONFIG = shrunk_samed2_config(image_size=64, embed_dim=16, stages=[1, 1, 2, 1], d_model=32, mem_dim=16,
@@ -163,7 +162,8 @@ def test_train_click_prompts_put_positives_inside_and_negatives_near_outside():
     for (px, py), (nx, ny) in prompts.points:
         assert mask[int(py), int(px)] and not mask[int(ny), int(nx)]
         assert 17 <= ny <= 32 and 2 <= nx <= 47  # near the object: its box grown by a quarter
-    points, labels = PromptSet.from_truth(mask[None], use_box=True, jitter=0, rng=np.random.default_rng(2)).as_points("cpu")
+    prompts = PromptSet.from_truth(mask[None], use_box=True, jitter=0, rng=np.random.default_rng(2))
+    points, labels = prompts.as_points("cpu")
     assert points.tolist() == [[[10.0, 20.0], [39.0, 29.0]]] and labels.tolist() == [[2, 3]]
 
 
@@ -359,7 +359,8 @@ def held_out_box_dice(model, volume, labels, slices, value) -> list:
         first = k - k % 2
         pair = [window.apply(volume.get_slice(2, i)) for i in (first, min(first + 1, volume.num_slices(2) - 1))]
         with torch.no_grad():
-            image = model.encode_images(preprocess_slices(pair, model.image_size)).select(slice(k - first, k - first + 1))
+            image = model.encode_images(preprocess_slices(pair, model.image_size))
+            image = image.select(slice(k - first, k - first + 1))
             corners = slice_box_to_model(mask_box(truth), truth.shape, model.image_size).reshape(1, 2, 2)
             pred, _ = model.track_step(k, image, {}, {}, volume.num_slices(2), corners,
                                        torch.tensor([[2, 3]], dtype=torch.int32), is_init_cond_frame=True)

@@ -2,7 +2,7 @@
 opens the series from its URL, a click on the liver segments it, "Save to PACS" stores the DICOM-SEG on
 the server (read back with QIDO-RS and WADO-RS, checked with dciodvfy) and keeps it in --out; with the
 server stopped, the page says the store failed and where the SEG is kept. Run by test_web.py in the web
-app's environment, like web_e2e.py, whose page helpers it uses."""
+app's environment, like web_e2e.py, with the same page helpers (web_page.py)."""
 import json
 import os
 import re
@@ -18,11 +18,10 @@ from dicomweb_client import DICOMwebClient
 
 from dicomseg_checks import assert_dciodvfy_clean
 from orthanc_server import Orthanc
-from web_e2e import (  # noqa: F401 (browser: fixture)
+from web_page import (
     SERIES,
     TOKEN,
     VIEWPORT,
-    browser,
     click,
     eventually,
     import_model,
@@ -79,7 +78,7 @@ def server(orthanc, out, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(browser, server):  # noqa: F811
+def page(browser, server):
     page = browser.new_context(viewport=VIEWPORT).new_page()
     page.goto(server)
     wait_text(page, ".status", r"Model .* loaded: click on an object")
