@@ -95,6 +95,7 @@ def test_lite_segment_report_lists_every_slice_with_its_confidence(lite_file, da
     assert "least confident slice" in run.stdout
 
 
+@pytest.mark.slow
 def test_lite_confidence_flags_bad_slices_on_structures_it_was_not_tuned_on(lite_model):
     results = []
     for (image, label), values in CHECKED_ON.items():

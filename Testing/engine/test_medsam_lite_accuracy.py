@@ -27,6 +27,7 @@ from samed2_tools.evaluate import (
 
 from suite import DATA
 
+pytestmark = pytest.mark.slow  # MedSAM-Lite over every case: minutes
 MARGIN = 0.02
 PER_SLICE_OBJECT = 10_000  # the object the per-slice boxes go to (apart from the propagated one)
 

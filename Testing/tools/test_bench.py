@@ -61,6 +61,7 @@ def rows_by_id(report) -> dict:
     return {row["id"]: row for row in report["rows"]}
 
 
+@pytest.mark.slow
 def test_bench_quick_reports_every_row_and_the_machine(quick_run):
     _, report = quick_run
     assert [row["id"] for row in report["rows"]] == ROW_IDS
@@ -71,6 +72,7 @@ def test_bench_quick_reports_every_row_and_the_machine(quick_run):
     assert report["wall_s"] > 0
 
 
+@pytest.mark.slow
 def test_bench_ratios_are_positive_numbers(quick_run):
     _, report = quick_run
     for row in report["rows"]:
@@ -82,6 +84,7 @@ def test_bench_ratios_are_positive_numbers(quick_run):
         assert row["ours"]["unit"] in ("s", "slices/s", "GB") and row["target"] and row["ratio_meaning"]
 
 
+@pytest.mark.slow
 def test_bench_results_follow_from_the_rows_figures(quick_run):
     _, report = quick_run
     for row in report["rows"]:
@@ -93,6 +96,7 @@ def test_bench_results_follow_from_the_rows_figures(quick_run):
             assert row["passed"] is verdict(row), row["id"]
 
 
+@pytest.mark.slow
 def test_bench_prints_the_table_with_every_row(quick_run):
     run, report = quick_run
     header = run.stdout.splitlines()[0]
@@ -102,6 +106,7 @@ def test_bench_prints_the_table_with_every_row(quick_run):
     assert "Machine: " in run.stdout and report["machine"]["cpu"] in run.stdout
 
 
+@pytest.mark.slow
 def test_bench_facts_that_are_not_timings(quick_run):
     _, report = quick_run
     rows = rows_by_id(report)

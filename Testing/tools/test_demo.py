@@ -44,6 +44,7 @@ def served_sample(server, data_dir) -> str:
     return url.rsplit("/", 1)[0] + "/"
 
 
+@pytest.mark.slow
 def test_demo_runs_the_main_job_end_to_end(demo_cache, data_dir, tmp_path):
     out = tmp_path / "out"
     with FileServer() as server:
@@ -63,6 +64,7 @@ def test_demo_runs_the_main_job_end_to_end(demo_cache, data_dir, tmp_path):
     assert check.returncode == 0 and "Error" not in check.stderr + check.stdout
 
 
+@pytest.mark.slow
 def test_demo_falls_back_to_medsam_lite_when_samed2_cannot_be_downloaded(demo_cache, data_dir, tmp_path):
     env = dict(os.environ, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
                NO_PROXY="127.0.0.1")  # the internet is refused at once; the local sample server is not

@@ -370,6 +370,7 @@ def copied_box_dice(truth: np.ndarray) -> float:
     return dice(copied, truth)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_eval_strategy_cvpr25_on_the_trained_model(strategy, strategy_results, ct_case):
     results = strategy_results[strategy]
@@ -381,6 +382,7 @@ def test_eval_strategy_cvpr25_on_the_trained_model(strategy, strategy_results, c
         assert result.row()["dsc_auc"] == pytest.approx(auc([s.dsc for s in result.click_steps]))
 
 
+@pytest.mark.slow
 def test_the_default_strategy_is_the_measured_best(strategy_results):
     """With a bank, the default strategy is the one with the best mean DSC_AUC over liver and kidneys on
     the test-trained model (ties within 0.05 count as equal)."""

@@ -287,6 +287,7 @@ def first_moments(run_dir: Path) -> list:
     return [state[i]["exp_avg"] for i in sorted(state)]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_train_like_one_process_accumulating_two(micro_files, tmp_path):
     """Two DDP processes average their gradients (AdamW's first moment, linear in the gradient, equals
     that of one process accumulating two micro-batches; a sum would double it). Clipping is off, as
@@ -407,6 +408,7 @@ def test_trained_model_segments_held_out_slices_from_a_box(trained_model):
     assert all(means[v] >= fill[v] + 0.08 for v in TRAINED_LABELS)
 
 
+@pytest.mark.slow
 def test_the_recipe_trains_a_model_that_beats_filling_the_box():
     """The recipe (trained_model.py) trained afresh on this machine reaches the bounds that every
     training seed tried reached (README, "The test-trained model": seeds 0-4); a different CPU
