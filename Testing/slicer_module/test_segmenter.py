@@ -1,4 +1,4 @@
-"""The Slicer logic (SAMed2SlicerLib) on real MRML with slicer-core and the real CT: prompts
+"""The Segmenter (SAMed2SlicerLib.segmenter) on real MRML with slicer-core and the real CT: prompts
 made in the red, yellow and green views of a rotated, flipped, anisotropic volume under a
 transform; clicks that write one slice of the selected segment only; propagation, undo,
 corrections, and scene bundles that resume.
