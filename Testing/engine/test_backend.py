@@ -56,6 +56,7 @@ def entries(cache: Path) -> list:
 
 # ---- the real encoders ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_backend_openvino_masks_match_torch_for_medsam_lite(openvino, lite_model, data_dir, tmp_path):
     """MedSAM-Lite's TinyViT run by OpenVINO (fp32): embeddings within 1e-4 of torch's, box masks IoU >= 0.99."""
     volume = load_volume(data_dir / "totalseg" / "example_ct_sm.nii.gz")
@@ -80,6 +81,7 @@ def test_backend_openvino_masks_match_torch_for_medsam_lite(openvino, lite_model
                    "samed2": key["samed2"]}
 
 
+@pytest.mark.slow
 def test_backend_openvino_matches_torch_for_the_samed2_encoder(openvino, trained_model, tmp_path):
     """SAMed-2's Hiera encoder with its temporal adapter (a slice pair): every output of encode_images."""
     model = build_trained_model(trained_model)

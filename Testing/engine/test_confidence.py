@@ -55,6 +55,7 @@ def _case(image, label):
     return load_case(image, DATA / image, DATA / label)
 
 
+@pytest.mark.slow
 def test_lite_confidence_for_every_slice_with_a_result(lite_model):
     case = _case("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz")
     truth = case.labels == RIGHT_KIDNEY
@@ -76,6 +77,7 @@ def test_lite_confidence_for_every_slice_with_a_result(lite_model):
     assert confidences[last] > 0.5 and min(kept) > 0.5, "confident in the kidney and in its end"
 
 
+@pytest.mark.slow
 def test_lite_segment_report_lists_every_slice_with_its_confidence(lite_file, data_dir, tmp_path):
     from samed2.weights import import_checkpoint
 

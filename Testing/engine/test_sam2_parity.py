@@ -143,6 +143,7 @@ def without_binarising(pair):
     ours.binarize_mask_from_pts = meta.binarize_mask_from_pts_for_mem_enc = True
 
 
+@pytest.mark.slow
 def test_parity_tracking_four_frames(without_binarising, frames_dir):
     """Meta's SAM2VideoPredictor (box on frame 0, propagate) against our track_step, frame by frame."""
     name, ours, meta = without_binarising

@@ -23,6 +23,7 @@ def liver(data_dir):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "totalseg" / "example_seg.nii.gz"))) == LIVER
 
 
+@pytest.mark.slow
 def test_mrml_lite_click_corrects_a_propagated_slice_which_the_next_run_keeps(ct, views, lite_model, liver):
     segmentation = add_segmentation(ct, "liver")
     red = views["Red"]

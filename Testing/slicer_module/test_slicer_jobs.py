@@ -77,6 +77,7 @@ def slicers_main_thread(job):
     return run_like_slicers_main_thread(poller)
 
 
+@pytest.mark.slow
 def test_mrml_propagation_keeps_its_pace_while_slicers_main_thread_idles(ct, abdomen, views, model):
     propagate_whole_volume(ct, views, model, free_main_thread)  # warm-up: first-call costs
     free, slicer_like = [], []

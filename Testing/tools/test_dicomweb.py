@@ -245,6 +245,7 @@ def test_dicomweb_a_seg_series_is_not_an_image_series(orthanc, url, data_dir, ch
     assert not (tmp_path / "mask.nrrd").exists()
 
 
+@pytest.mark.slow
 def test_dicomweb_server_stopped_mid_fetch_fails_the_fetch(tmp_path, repaired, no_credentials):
     server = Orthanc(tmp_path / "orthanc").start()
     try:
@@ -276,6 +277,7 @@ def test_dicomweb_ca_bundle_must_be_a_file(tmp_path):
         dicomweb.open_session(tmp_path / "missing.pem")
 
 
+@pytest.mark.slow
 def test_dicomweb_tls_is_verified_and_a_site_ca_bundle_is_taken(orthanc, url, data_dir, no_credentials, tmp_path,
                                                                capsys):
     server_pem, certificate = self_signed_certificate(tmp_path)
