@@ -77,7 +77,8 @@ def _handler_for(server: FileServer):
             if served is None or served.mode == "404":
                 self._reply(404, b"not found", "text/plain")
             elif served.mode == "quota_page":
-                self._reply(200, b"<html><body>Too many users have viewed or downloaded this file.</body></html>", "text/html")
+                page = b"<html><body>Too many users have viewed or downloaded this file.</body></html>"
+                self._reply(200, page, "text/html")
             elif served.mode == "drive_form" and "uuid" not in query:
                 self._reply(200, _drive_page(url.path, query.get("id", "")), "text/html; charset=utf-8")
             else:
