@@ -1,4 +1,4 @@
-"""Fixtures shared by the tests of every layer (engine/, slicer/, tools/, web/): the samed2 cache, the
+"""Fixtures shared by the tests of every layer (engine/, slicer_module/, tools/, web/): the samed2 cache, the
 shared data, the golden tiny model, the test-trained model and MedSAM-Lite. Plain helpers are in suite.py."""
 import os
 from pathlib import Path
@@ -53,13 +53,6 @@ def checkpoint(tmp_path, tiny_model):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_model.cfg))
     return ["--model", str(path), "--config", str(config)]
-
-
-@pytest.fixture(scope="session")
-def ct_volume(data_dir):
-    from samed2.volume_files import load_volume
-
-    return load_volume(data_dir / "totalseg" / "example_ct_sm.nii.gz")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from samed2.choices import STOP_AFTER_ABSENT, PropagationOptions
 from samed2.errors import InputError
 from samed2_web.state import NAMES, PageState, hex_color, propagation_options, publish, rgb_color
 
-WEB = Path(__file__).resolve().parents[1] / "web" / "samed2_web"
+WEB = Path(__file__).resolve().parents[2] / "web" / "samed2_web"
 
 
 def names_in_page_code(source: str) -> set:
