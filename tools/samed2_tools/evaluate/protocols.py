@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from samed2.choices import PropagationOptions
 from samed2.errors import InputError
 from samed2.model_io import mask_box
 from samed2.volume import Volume, get_slice
@@ -92,7 +93,7 @@ def _prompt_and_propagate(session, obj_id: int, index: int, limits, points=(), b
     """Prompt one slice, re-propagate the object (within `limits`); the seconds it took."""
     start = time.perf_counter()
     session.add_prompt(obj_id, index, points=points, box=box)
-    for _ in session.propagate([obj_id], direction="both", start=limits[0], stop=limits[1]):
+    for _ in session.propagate([obj_id], PropagationOptions("both", start=limits[0], stop=limits[1])):
         pass
     return time.perf_counter() - start
 
