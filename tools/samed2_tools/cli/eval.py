@@ -78,8 +78,8 @@ def evaluate(args, data: list) -> int:
     if not results:
         raise InputError("none of the chosen labels occurs in any case: nothing was evaluated")
     info = {"model": args.model, "config": args.config, "bank": args.bank, "cases": [c.name for c in cases],
-            "device": str(pick_device(args.device)), "precision": pick_precision(args.precision, pick_device(args.device)),
-            "samed2": __version__}
+            "device": str(pick_device(args.device)),
+            "precision": pick_precision(args.precision, pick_device(args.device)), "samed2": __version__}
     for path in write_outputs(results, args.out, settings, info):
         print(f"wrote {path}")
     _print_table(results)

@@ -12,6 +12,7 @@ from samed2.presets import IntensityWindow, get_preset
 from samed2.volume import get_slice
 from samed2_tools.cases import Case, LoadedCase, load_case
 
+
 @dataclass
 class CaseVolume(LoadedCase):
     """One case on one grid: raw voxels, the label values [k, j, i], the resolved intensity window."""
