@@ -11,7 +11,7 @@ import numpy as np
 
 from samed2.choices import PropagationOptions
 from samed2.errors import InputError
-from samed2.model_io import mask_box
+from samed2.model_coords import mask_box
 from samed2.volume import Volume, get_slice
 from samed2_tools.cases import LoadedCase
 from samed2_tools.evaluate.clicks import Click, click_on_slice, corrective_click, extent, middle_slice, slice_click
