@@ -14,7 +14,10 @@ from samed2.confidence import IouCalibration, slice_confidence
 from samed2.model_coords import mask_box
 from samed2.session import Session
 from samed2.volume import get_slice
-from samed2_tools.evaluate import confidence_auroc, extent, load_case, run_propagation, slicing_axis
+from samed2_tools.cases import Case, load_case
+from samed2_tools.evaluate.clicks import extent
+from samed2_tools.evaluate.metrics import confidence_auroc
+from samed2_tools.evaluate.protocols import run_propagation, slicing_axis
 from SAMed2SlicerLib.confidence import least_confident, level, strip_cells
 
 from suite import DATA
@@ -52,7 +55,7 @@ def test_confidence_strip_cells_and_the_least_confident_slice():
 
 @lru_cache(maxsize=None)
 def _case(image, label):
-    return load_case(image, DATA / image, DATA / label)
+    return load_case(Case(image, DATA / image, DATA / label), "evaluation")
 
 
 @pytest.mark.slow

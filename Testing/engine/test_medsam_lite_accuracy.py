@@ -15,16 +15,10 @@ from samed2.choices import PropagationOptions
 from samed2.model_coords import mask_box
 from samed2.session import Session
 from samed2.volume import get_slice
-from samed2_tools.evaluate import (
-    EvalSettings,
-    click_each_slice,
-    dice,
-    evaluate_case,
-    extent,
-    load_case,
-    middle_slice,
-    slicing_axis,
-)
+from samed2_tools.cases import Case, load_case
+from samed2_tools.evaluate.clicks import extent, middle_slice
+from samed2_tools.evaluate.metrics import dice
+from samed2_tools.evaluate.protocols import EvalSettings, click_each_slice, evaluate_case, slicing_axis
 
 from suite import DATA
 
@@ -47,7 +41,7 @@ CASES = {
 
 @lru_cache(maxsize=None)
 def _case(image, label):
-    return load_case(image, DATA / image, DATA / label)
+    return load_case(Case(image, DATA / image, DATA / label), "evaluation")
 
 
 _MEASURED = {}

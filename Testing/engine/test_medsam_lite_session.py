@@ -10,7 +10,8 @@ from samed2.errors import InputError
 from samed2.model_coords import mask_box, model_scale
 from samed2.session import CLICK_CORRECTION, Session
 from samed2.volume_files import load_volume
-from samed2_tools.evaluate import dice, slice_click
+from samed2_tools.evaluate.clicks import slice_click
+from samed2_tools.evaluate.metrics import dice
 
 LIVER, SPLEEN, AORTA = 5, 1, 52
 

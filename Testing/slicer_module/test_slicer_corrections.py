@@ -8,7 +8,7 @@ import pytest
 from samed2.choices import PropagationOptions
 from samed2.model_coords import mask_box, model_scale
 from samed2.session import Session
-from samed2_tools.evaluate import slice_click
+from samed2_tools.evaluate.clicks import slice_click
 from SAMed2SlicerLib.geometry import engine_volume
 from SAMed2SlicerLib.segmenter import Segmenter
 

@@ -15,25 +15,11 @@ from samed2.model_coords import mask_box
 from samed2.session import Session
 from samed2.strategy import resolve
 from samed2.volume import get_slice
+from samed2_tools.cases import Case, list_cases, load_case
 from samed2_tools.cli import main
-from samed2_tools.evaluate import (
-    Click,
-    InteractiveResult,
-    Step,
-    auc,
-    click_on_slice,
-    corrective_click,
-    dice,
-    extent,
-    list_cases,
-    load_case,
-    middle_slice,
-    run_cvpr25,
-    run_propagation,
-    scores,
-    slice_click,
-    surface_dice,
-)
+from samed2_tools.evaluate.clicks import Click, click_on_slice, corrective_click, extent, middle_slice, slice_click
+from samed2_tools.evaluate.metrics import auc, dice, scores, surface_dice
+from samed2_tools.evaluate.protocols import InteractiveResult, Step, run_cvpr25, run_propagation
 
 from suite import DATA, golden_tiny_config
 from trained_model import LIVER, build_trained_model
@@ -178,7 +164,7 @@ def test_eval_box_prompt_is_on_the_median_voxel_slice_with_a_mask_box():
 
 @pytest.fixture(scope="module")
 def ct_case():
-    return load_case("example_ct_sm", CT, SEG)
+    return load_case(Case("example_ct_sm", CT, SEG), "evaluation")
 
 
 def test_eval_cvpr25_session_prompts_box_then_clicks_on_their_slices(ct_case, tiny_model):
@@ -219,7 +205,7 @@ def test_eval_label_map_on_another_grid_is_resampled_onto_the_image(tmp_path, ca
     cropped = sitk.RegionOfInterest(labels, [100, 90, 25], [10, 5, 3])  # keeps physical positions
     sitk.WriteImage(cropped, str(tmp_path / "cropped.nii.gz"))
     with caplog.at_level(logging.WARNING):
-        case = load_case("ct", CT, tmp_path / "cropped.nii.gz")
+        case = load_case(Case("ct", CT, tmp_path / "cropped.nii.gz"), "evaluation")
     assert "is not on the grid of the image of case" in caplog.text
     original = sitk.GetArrayFromImage(labels)
     assert np.array_equal(case.labels[3:28, 5:95, 10:110], original[3:28, 5:95, 10:110])
@@ -316,12 +302,12 @@ def test_eval_lists_cases_from_a_pair_a_csv_or_the_training_folder_layout(tmp_pa
     (tmp_path / "labelsTr").mkdir()
     (tmp_path / "imagesTr" / "ct_0000.nii.gz").symlink_to(CT)
     (tmp_path / "labelsTr" / "ct.nii.gz").symlink_to(SEG)
-    expected = ("ct", tmp_path / "imagesTr" / "ct_0000.nii.gz", tmp_path / "labelsTr" / "ct.nii.gz")
+    expected = Case("ct", tmp_path / "imagesTr" / "ct_0000.nii.gz", tmp_path / "labelsTr" / "ct.nii.gz")
     assert list_cases([str(tmp_path)]) == [expected]
     listing = tmp_path / "cases.csv"
     listing.write_text("image,label\nimagesTr/ct_0000.nii.gz,labelsTr/ct.nii.gz\n")
-    assert [(name, image.resolve()) for name, image, _ in list_cases([str(listing)])] == [("ct_0000", CT.resolve())]
-    assert list_cases([str(CT), str(SEG)]) == [("example_ct_sm", CT, SEG)]
+    assert [(case.name, case.image.resolve()) for case in list_cases([str(listing)])] == [("ct_0000", CT.resolve())]
+    assert list_cases([str(CT), str(SEG)]) == [Case("example_ct_sm", CT, SEG)]
     with pytest.raises(InputError, match="IMAGE LABELMAP"):
         list_cases([str(CT)])
     with pytest.raises(InputError, match="does not exist"):
@@ -339,7 +325,7 @@ def trained(trained_model):
 def cvpr25_with_strategy(strategy, trained, case) -> dict:
     """The cvpr25 protocol on liver and both kidneys; box-chain and hybrid use the model's confidence bank."""
     from samed2.bank import ConfidenceBank
-    from samed2_tools.evaluate import EvalSettings, evaluate_case
+    from samed2_tools.evaluate.protocols import EvalSettings, evaluate_case
 
     model, files = trained
     bank = None

@@ -31,7 +31,7 @@ from samed2_tools.train.checkpoint import checkpoint_path, load_checkpoint, save
 from samed2_tools.train.options import DEFAULT_PARTS
 from samed2_tools.train.prompts import PromptSet, corrective_click, jittered_box, scaled_jitter
 from samed2_tools.train.startpoint import initial_model, set_trainable
-from samed2_tools.train.volumes import load_case, resolve_labels
+from samed2_tools.train.volumes import load_case_volume, resolve_labels
 
 from trained_model import (
     IMAGE,
@@ -116,14 +116,14 @@ def test_train_resamples_a_label_map_stored_on_another_grid_in_physical_space(tm
     assert not np.array_equal(sitk.GetArrayFromImage(mirrored), sitk.GetArrayFromImage(original))
     sitk.WriteImage(mirrored, str(tmp_path / "mirrored.nii.gz"))
     case = find_cases(_csv(tmp_path, IMAGE, tmp_path / "mirrored.nii.gz"))[0]
-    loaded = load_case(case, axis=2, preset="auto")
+    loaded = load_case_volume(case, axis=2, preset="auto")
     np.testing.assert_array_equal(loaded.labels, sitk.GetArrayFromImage(original))
 
     elsewhere = sitk.Image(original)
     elsewhere.SetOrigin([o + 2000.0 for o in original.GetOrigin()])
     sitk.WriteImage(elsewhere, str(tmp_path / "elsewhere.nii.gz"))
     with pytest.raises(InputError, match="does not overlap"):
-        load_case(find_cases(_csv(tmp_path, IMAGE, tmp_path / "elsewhere.nii.gz"))[0], axis=2, preset="auto")
+        load_case_volume(find_cases(_csv(tmp_path, IMAGE, tmp_path / "elsewhere.nii.gz"))[0], axis=2, preset="auto")
 
 
 def _csv(folder: Path, image: Path, label: Path) -> Path:

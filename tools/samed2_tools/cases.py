@@ -1,4 +1,5 @@
-"""Finding the training cases (an image and its label map) and splitting them into train and validation.
+"""The cases (an image and its label map) that training and evaluation read: finding them, splitting them
+into train and validation, loading one with its labels on the image's grid.
 
 Two ways to list cases:
 
@@ -12,6 +13,11 @@ Two ways to list cases:
       DIR/imagesVal/, DIR/labelsVal/   optional: validation cases, same naming
 
 Cases without a given split are divided by case (never by slice) with a seeded shuffle.
+
+A label map whose grid differs from the image's (size, spacing, origin or direction) is resampled
+onto the image grid in physical space (nearest neighbour) with a warning that lists the
+differences; one that does not overlap the image at all is refused. Arrays are never matched
+by index alone.
 """
 from __future__ import annotations
 
@@ -21,7 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from samed2.errors import InputError
+from samed2.labelmap import labels_on_grid, read_labelmap
+from samed2.volume import Volume
+from samed2.volume_files import load_volume
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 LABEL_SUFFIXES = (".seg.nrrd",) + IMAGE_SUFFIXES
@@ -34,6 +45,20 @@ class Case:
     image: Path
     label: Path
     split: Optional[str] = None
+
+
+def list_cases(data: list) -> list[Case]:
+    """The cases of `--data` as `samed2 eval` takes it: [IMAGE, LABELMAP], [CSV file] or [folder]."""
+    paths = [Path(p).expanduser() for p in data]
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"--data: {path} does not exist")
+    if len(paths) == 2:
+        name = paths[0].name if paths[0].is_dir() else paths[0].name.split(".")[0]  # a DICOM folder: whole
+        return [Case(name, paths[0], paths[1])]
+    if len(paths) != 1 or (paths[0].is_file() and paths[0].suffix.lower() != ".csv"):
+        raise InputError("--data takes IMAGE LABELMAP, a .csv file listing cases, or a folder of cases")
+    return find_cases(paths[0])
 
 
 def find_cases(data: str | Path) -> list[Case]:
@@ -132,3 +157,22 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list
         count = min(max(count, 1), len(order) - 1)
     validation = {c.name for c in order[:count]}
     return [c for c in cases if c.name not in validation], [c for c in cases if c.name in validation]
+
+
+@dataclass
+class LoadedCase:
+    name: str
+    volume: Volume
+    labels: np.ndarray  # label values on the volume's grid, [k, j, i]
+    names: dict  # label value -> name, where the label map carries names
+
+
+def load_case(case: Case, use: str) -> LoadedCase:
+    """Read a case's image and label map and put the labels on the image grid; `use` ("training",
+    "evaluation") names what refuses a probability map."""
+    volume = load_volume(case.image)
+    labelmap = read_labelmap(case.label)
+    if labelmap.is_probability:
+        raise InputError(f"{case.label} is a probability map; {use} needs a label map with integer labels")
+    labels = labels_on_grid(labelmap, volume.grid_image(), f"the image of case {case.name}")
+    return LoadedCase(case.name, volume, labels, dict(labelmap.names))

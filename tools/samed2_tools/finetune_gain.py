@@ -133,10 +133,10 @@ _LOADED = {}
 
 def _load(scan: Scan):
     from samed2_tools.cases import Case
-    from samed2_tools.train.volumes import load_case
+    from samed2_tools.train.volumes import load_case_volume
 
     if scan.name not in _LOADED:
-        _LOADED[scan.name] = load_case(Case(scan.name, Path(scan.image), Path(scan.label)), 2, "auto")
+        _LOADED[scan.name] = load_case_volume(Case(scan.name, Path(scan.image), Path(scan.label)), 2, "auto")
     return _LOADED[scan.name]
 
 

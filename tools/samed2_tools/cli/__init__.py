@@ -6,7 +6,7 @@ import sys
 import warnings
 
 # module name -> imported lazily so `samed2 --help` stays fast and light
-_COMMAND_MODULES = ["weights", "seg", "segment", "demo", "bank", "train", "eval", "bench", "web"]
+_COMMAND_MODULES = ["weights", "dicomseg", "segment", "demo", "bank", "train", "eval", "bench", "web"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,7 +61,9 @@ def evaluate(args, data: list) -> int:
     from samed2.backends import converted_cache
     from samed2.device import pick_device, pick_precision
     from samed2.session import checked_strategy
-    from samed2_tools.evaluate import EvalSettings, evaluate_case, list_cases, load_case, write_outputs
+    from samed2_tools.cases import list_cases, load_case
+    from samed2_tools.evaluate.protocols import EvalSettings, evaluate_case
+    from samed2_tools.evaluate.report import write_outputs
 
     cases = list_cases(data)
     model, bank = model_and_bank(args)
@@ -70,14 +72,14 @@ def evaluate(args, data: list) -> int:
                             checked_strategy(args.strategy, model, bank), args.clicks, args.precision, args.backend,
                             str(converted_cache(args.cache_dir)))
     results = []
-    for number, (name, image, label) in enumerate(cases, start=1):
-        log.info("case %d/%d: %s", number, len(cases), name)
-        results += evaluate_case(load_case(name, image, label), model, settings, bank)
+    for number, case in enumerate(cases, start=1):
+        log.info("case %d/%d: %s", number, len(cases), case.name)
+        results += evaluate_case(load_case(case, "evaluation"), model, settings, bank)
     if not results:
         raise InputError("none of the chosen labels occurs in any case: nothing was evaluated")
-    info = {"model": args.model, "config": args.config, "bank": args.bank, "cases": [c[0] for c in cases],
-            "device": str(pick_device(args.device)), "precision": pick_precision(args.precision, pick_device(args.device)),
-            "samed2": __version__}
+    info = {"model": args.model, "config": args.config, "bank": args.bank, "cases": [c.name for c in cases],
+            "device": str(pick_device(args.device)),
+            "precision": pick_precision(args.precision, pick_device(args.device)), "samed2": __version__}
     for path in write_outputs(results, args.out, settings, info):
         print(f"wrote {path}")
     _print_table(results)
@@ -85,7 +87,8 @@ def evaluate(args, data: list) -> int:
 
 
 def _print_table(results: list) -> None:
-    from samed2_tools.evaluate import BAD_SLICE_DICE, summary
+    from samed2_tools.evaluate.metrics import BAD_SLICE_DICE
+    from samed2_tools.evaluate.report import summary
 
     rows = [r.row() for r in results]
     columns = [k for k in ("dsc_auc", "nsd_auc", "dsc_final", "nsd_final", "dsc", "nsd", "slice_dice_mean",

@@ -13,7 +13,7 @@ from samed2_tools.train.data import TrainingClips, training_slice
 from samed2_tools.train.lite import LiteSlices
 from samed2_tools.train.options import MIN_SLICES, TrainOptions
 from samed2_tools.train.validate import ValidationSet
-from samed2_tools.train.volumes import CaseVolume, load_case, resolve_labels
+from samed2_tools.train.volumes import CaseVolume, load_case_volume, resolve_labels
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ def assemble(options: TrainOptions, model) -> RunData:
     train_cases, val_cases = split_cases(find_cases(options.data), options.val_fraction, options.seed)
     if not train_cases:
         raise InputError("every case is marked for validation: nothing to train on")
-    loaded_train = [load_case(c, options.axis, options.preset) for c in train_cases]
-    loaded_val = [load_case(c, options.axis, options.preset) for c in val_cases]
+    loaded_train = [load_case_volume(c, options.axis, options.preset) for c in train_cases]
+    loaded_val = [load_case_volume(c, options.axis, options.preset) for c in val_cases]
     names = {c.name: c.names for c in loaded_train + loaded_val}
     values = resolve_labels(options.labels, names) if options.labels else _all_labels(loaded_train)
     _check_present(values, loaded_train)

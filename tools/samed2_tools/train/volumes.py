@@ -1,37 +1,24 @@
-"""Loading a case for training: the image, its label map on the image's grid, the intensity window, the labels.
-
-A label map whose grid differs from the image's (size, spacing, origin or direction) is resampled
-onto the image grid in physical space (nearest neighbour) with a warning that lists the
-differences; one that does not overlap the image at all is refused. Arrays are never matched
-by index alone.
+"""A case ready for training: loaded (`samed2_tools.cases.load_case`) with its intensity window and
+slicing axis; the label values or names a run asks for.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from samed2.errors import InputError
-from samed2.labelmap import labels_on_grid, read_labelmap
 from samed2.presets import IntensityWindow, get_preset
-from samed2.volume import Volume, get_slice
-from samed2.volume_files import load_volume
-from samed2_tools.cases import Case
-
-log = logging.getLogger(__name__)
+from samed2.volume import get_slice
+from samed2_tools.cases import Case, LoadedCase, load_case
 
 
 @dataclass
-class CaseVolume:
-    """One case on one grid: raw voxels, the resolved intensity window and the label values [k, j, i]."""
+class CaseVolume(LoadedCase):
+    """One case on one grid: raw voxels, the label values [k, j, i], the resolved intensity window."""
 
-    name: str
-    volume: Volume
     window: IntensityWindow
-    labels: np.ndarray
     axis: int
-    names: dict  # label value -> name, where the label map carries names
 
     @property
     def num_slices(self) -> int:
@@ -52,15 +39,13 @@ class CaseVolume:
         return (self.labels == value).any(axis=other)
 
 
-def load_case(case: Case, axis: int, preset: str) -> CaseVolume:
-    """Read a case's image and label map, put the labels on the image grid, resolve the intensity preset."""
-    volume = load_volume(case.image)
-    labelmap = read_labelmap(case.label)
-    if labelmap.is_probability:
-        raise InputError(f"{case.label} is a probability map; training needs a label map with integer labels")
-    labels = labels_on_grid(labelmap, volume.grid_image(), f"the image of case {case.name}")
+def load_case_volume(case: Case, axis: int, preset: str) -> CaseVolume:
+    """Load a case for training and resolve its intensity preset."""
+    loaded = load_case(case, "training")
+    volume = loaded.volume
     window = get_preset(preset, volume.array, volume.modality).resolve(volume.array)
-    return CaseVolume(case.name, volume, window, labels, axis, dict(labelmap.names))
+    return CaseVolume(loaded.name, volume, loaded.labels, loaded.names, window, axis)
+
 
 def resolve_labels(requested: list, labelmaps_names: dict[str, dict[int, str]]) -> list[int]:
     """Label values for the requested values or names, checked against every case's label names.
