@@ -88,6 +88,7 @@ def decoder(session, index):
     return decode
 
 
+@pytest.mark.slow
 def test_lite_correcting_click_edits_a_propagated_slice_around_the_click(lite_model, ct_labels):
     volume, labels = ct_labels
     with Session(volume, lite_model, axis=2) as session:
@@ -111,6 +112,7 @@ def test_lite_correcting_click_edits_a_propagated_slice_around_the_click(lite_mo
         assert count == 0 or changed[int(click[1]), int(click[0])]
 
 
+@pytest.mark.slow
 def test_lite_corrected_slice_conditions_the_next_propagation_and_is_never_overwritten(lite_model, ct_labels):
     volume, labels = ct_labels
     with Session(volume, lite_model, axis=2) as session:

@@ -249,6 +249,7 @@ def test_eval_cli_cvpr25_writes_json_csv_and_plot(tmp_path, tiny_files, ct_case)
     assert (out / "cvpr25.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_eval_cli_cvpr25_runs_its_clicks_with_medsam_lite(tmp_path, lite_file, ct_case):
     """A box-only model: every corrective click is taken (a local correction of its slice), none refused."""
     out = tmp_path / "out"
@@ -260,6 +261,7 @@ def test_eval_cli_cvpr25_runs_its_clicks_with_medsam_lite(tmp_path, lite_file, c
     assert obj["dsc_final"] > 0.8
 
 
+@pytest.mark.slow
 def test_eval_cli_propagation_on_a_csv_with_cached_weights(tmp_path, tiny_model, ct_case):
     import torch
 

@@ -66,6 +66,7 @@ def finetuned(setting):
     return result, encoded, cache
 
 
+@pytest.mark.slow
 def test_finetune_lite_trains_decoder_on_the_listed_slices_only_and_validates_on_the_others(finetuned, lite_model):
     result, encoded, _ = finetuned
     assert result.steps == 4
@@ -130,6 +131,7 @@ def mr_volume_and_tumour():
     return volume, tumour
 
 
+@pytest.mark.slow
 def test_finetune_job_trains_in_its_own_process_and_registers_the_model(setting, mr_volume_and_tumour):
     _, cache = setting
     volume, tumour = mr_volume_and_tumour
@@ -142,6 +144,7 @@ def test_finetune_job_trains_in_its_own_process_and_registers_the_model(setting,
     assert load_model("from-the-page", cache).image_size == 256
 
 
+@pytest.mark.slow
 def test_finetune_job_cancelled_mid_training_registers_nothing(setting, mr_volume_and_tumour):
     _, cache = setting
     volume, tumour = mr_volume_and_tumour

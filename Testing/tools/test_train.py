@@ -244,6 +244,7 @@ def uninterrupted_run(micro_files, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_run_writes_metrics_plot_checkpoint_and_export(uninterrupted_run):
     rows = (uninterrupted_run / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
@@ -256,6 +257,7 @@ def test_train_run_writes_metrics_plot_checkpoint_and_export(uninterrupted_run):
     assert (uninterrupted_run / "straight.bank.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_reaches_the_same_weights(micro_files, uninterrupted_run, tmp_path):
     out = tmp_path / "straight"  # same folder name, so the export has the same name
     args = micro_args(micro_files, out, 24, "--checkpoint-every", "2", "--augment")
