@@ -6,10 +6,7 @@ then the axial view moved a few slices away from the boxed one (where the box is
     PYTHONPATH=Testing .venv-web/bin/python Testing/web/screenshot.py Resources/Screenshot01.png WEIGHTS 4 ArrowLeft
 
 (arguments: output PNG, weights cache, how many slices to move the axial view, and which key)."""
-import re
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,20 +16,9 @@ import web_page as web
 
 out = Path(sys.argv[1])
 cache = Path(sys.argv[2])
-process = subprocess.Popen([str(Path(sys.executable).with_name("samed2")), "web", str(web.SERIES),
-                            "--model", "medsam-lite",
-                            "--cache-dir", str(cache), "--out", str(out.parent), "--port", "0", "--token", web.TOKEN,
-                            "--device", "cpu"], text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-lines = []
-for line in process.stdout:
-    lines.append(line)
-    found = re.search(r"Open in a browser: (\S+)", line)
-    if found:
-        url = found.group(1)
-        break
-else:
+url, process, lines = web.start_page_server(cache, out.parent, "medsam-lite")
+if url is None:
     sys.exit("".join(lines))
-threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True).start()
 try:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=web.CHROMIUM, headless=True, args=web.CHROMIUM_ARGS)

@@ -23,8 +23,6 @@ import json
 import os
 import re
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -51,8 +49,10 @@ from web_page import (
     liver_points_far_apart,
     page_point,
     probe,
+    samed2_web,
     series_row_index,
     shows_volume,
+    start_page_server,
     text,
     view_box,
     view_pixels,
@@ -98,14 +98,6 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("out")
 
 
-def samed2_web(cache, out, model, **popen):
-    """`samed2 web` on the series; model None: the default (the best model cached)."""
-    chosen = [] if model is None else ["--model", model]
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("samed2")), "web", str(SERIES), *chosen, "--cache-dir",
-         str(cache), "--out", str(out), "--port", "0", "--token", TOKEN, "--device", "cpu"], text=True, **popen)
-
-
 @pytest.fixture(scope="module")
 def server(cache, out):
     yield from serve(cache, out, "test-model")
@@ -114,18 +106,10 @@ def server(cache, out):
 def serve(cache, out, model):
     """`samed2 web` on 127.0.0.1 (a free port); yields (page URL, process)."""
     start = time.perf_counter()
-    process = samed2_web(cache, out, model, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url, lines = None, []
-    for line in process.stdout:
-        lines.append(line)
-        found = re.search(r"Open in a browser: (\S+)", line)
-        if found:
-            url = found.group(1)
-            break
+    url, process, lines = start_page_server(cache, out, model)
     assert url is not None, "server did not start:\n" + "".join(lines[-40:])
     assert url.startswith("http://127.0.0.1:") and url.endswith(f"?secret={TOKEN}")
     timings["server start"] = time.perf_counter() - start
-    threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True).start()  # keep the pipe flowing
     try:
         yield url, process
     finally:

@@ -2,6 +2,9 @@
 token they serve, the browser settings, importing a model into a weights cache, reading and driving the
 page, and where the liver is in the series (from its label map)."""
 import re
+import subprocess
+import sys
+import threading
 import time
 from io import BytesIO
 from pathlib import Path
@@ -25,6 +28,29 @@ VIEWPORT = {"width": 1400, "height": 900}
 # difference in the colour (the liver colour 221/130/102: about 45); grey CT (and JPEG's chroma
 # noise, a few levels) stays far below 20.
 SEGMENT_HUE_MARGIN = 20
+
+
+def samed2_web(cache, out, model, **popen):
+    """`samed2 web` on the series, on 127.0.0.1 (a free port) and the CPU; model None: the default
+    (the best model cached)."""
+    chosen = [] if model is None else ["--model", model]
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("samed2")), "web", str(SERIES), *chosen, "--cache-dir",
+         str(cache), "--out", str(out), "--port", "0", "--token", TOKEN, "--device", "cpu"], text=True, **popen)
+
+
+def start_page_server(cache, out, model):
+    """`samed2 web` started and read up to the page's address: (URL, or None when the server ended
+    before printing one; the process; its output lines, which keep coming in from a thread)."""
+    process = samed2_web(cache, out, model, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        found = re.search(r"Open in a browser: (\S+)", line)
+        if found:
+            threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True).start()  # keep the pipe flowing
+            return found.group(1), process, lines
+    return None, process, lines
 
 
 def import_model(cache, name, weights, config):
