@@ -10,7 +10,7 @@ Training is deterministic on one machine but not across CPUs (a different CPU is
 so the behavioural tests load the weights and bank of one run committed under Testing/fixture/
 (float16 weights, the run's bank as written), never a run trained where the tests run. The recipe is
 still exercised in every test run: `test_train.py` trains it afresh and checks only the quality
-bounds that every training seed tried reaches (README, "The test-trained model").
+bounds that every training seed tried reaches (docs/TRAINING.md, "The test-trained model").
 
 Regenerate the committed asset (about 8 minutes on 2 CPU cores; one torch thread is as fast as two
 for a model this small)::
@@ -85,7 +85,7 @@ def shrunk_samed2_config(image_size: int, embed_dim: int, stages: list, d_model:
     return config
 
 
-# The recipe, found by measurement (README, "The test-trained model"): half the clips in image mode
+# The recipe, found by measurement (docs/TRAINING.md, "The test-trained model"): half the clips in image mode
 # (every slice prompted: the box path), half tracked (the memory path); two clips per step; the
 # memory encoder's mask path and the memory attention learn 30x and 2x faster than the rest, without
 # which the memory features of different objects stay nearly equal and tracking follows the liver

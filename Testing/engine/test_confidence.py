@@ -1,7 +1,7 @@
 """A confidence for every slice's result: the engine's formula, the session's per-slice records with
 MedSAM-Lite (prompted, propagated and the slice where the chain stopped), `samed2 segment --report`,
 the strip the panel and the page draw, and how well it flags bad slices on structures the stop rule
-and the calibration were not tuned on (README, "Confidence")."""
+and the calibration were not tuned on (docs/ACCURACY.md, "Confidence")."""
 import json
 import subprocess
 import sys
@@ -24,12 +24,13 @@ from suite import DATA
 
 SAMED2 = [str(Path(sys.executable).with_name("samed2"))]
 RIGHT_KIDNEY = 2  # ends at slice 18 of 30: the chain has an end to find
-# Structures neither the stop rule nor the calibration saw (README, "MedSAM-Lite accuracy": checked on)
+# Structures neither the stop rule nor the calibration saw
+# (docs/ACCURACY.md, "How the chain's rule was chosen": checked on)
 CHECKED_ON = {("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz"):
               [1, 3, 5, 7, 19, 31, 63, 79, 87, 89, 117],
               ("dcmqi/ct-3slice", "dcmqi/liver_seg.nrrd"): [1],
               ("pyradiomics/brain1_image.nrrd", "pyradiomics/brain1_label.nrrd"): [1]}
-MEASURED_AUROC = 0.751  # README; asserted >= measured - 0.03
+MEASURED_AUROC = 0.751  # docs/ACCURACY.md; asserted >= measured - 0.03
 MARGIN = 0.03
 
 

@@ -2,7 +2,7 @@
 per-slice box Dice (a box from the label on every slice) and the 3D Dice of propagation from one box
 on the object's middle slice, with the slices it fills past the object's ends.
 
-Bounds are what was measured on this machine (README, "MedSAM-Lite accuracy") less a margin of
+Bounds are what was measured on this machine (docs/ACCURACY.md, "MedSAM-Lite") less a margin of
 0.02 Dice for float differences between CPUs (different kernels round differently; a mask pixel
 near the decision boundary can flip, and a flip early in a box chain moves the next boxes).
 """
@@ -27,7 +27,7 @@ MARGIN = 0.02
 PER_SLICE_OBJECT = 10_000  # the object the per-slice boxes go to (apart from the propagated one)
 
 # name: (image, label map, label value, per-slice Dice, propagated Dice, slices past the ends), as measured
-# (README table); asserted: Dice >= measured - MARGIN, slices past the ends <= measured + 1
+# (docs/ACCURACY.md); asserted: Dice >= measured - MARGIN, slices past the ends <= measured + 1
 CASES = {
     "liver": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 5, 0.938, 0.941, 0),
     "spleen": ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", 1, 0.959, 0.955, 0),
@@ -90,7 +90,7 @@ def test_lite_propagation_is_within_0_05_of_boxing_every_slice(lite_model, name)
     assert propagated >= per_slice - 0.05
 
 
-# ---- correcting: clicks on propagated slices, and the CVPR 2025 protocol (README, "Correcting with clicks")
+# ---- correcting: clicks on propagated slices, and the CVPR 2025 protocol (docs/ACCURACY.md, "Correcting with clicks")
 
 CT_CASE = ("totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz")
 MR_CASE = ("pyradiomics/brain1_image.nrrd", "pyradiomics/brain1_label.nrrd")

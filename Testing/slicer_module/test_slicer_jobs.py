@@ -26,7 +26,7 @@ from SAMed2SlicerLib.segmenter import Segmenter
 from ct_scene import CLICK, add_segmentation, segment_voxels, world_point
 
 LIBC = ctypes.PyDLL(ctypes.util.find_library("c"))  # PyDLL: the GIL stays held during calls
-MAX_SLOWDOWN = 1.5  # the bound; measured here: see the README's "Slicer's main thread"
+MAX_SLOWDOWN = 1.5  # the bound; measured: docs/DEVELOPMENT.md, "Slicer's main thread..."
 MAX_GUI_BLOCK_S = 0.05  # the bound. A tick waits at most TICK_WAIT_S (20 ms) or writes (5-20 ms of the
 # main thread's CPU here). Wall-clock blocks also hold time the OS gave other processes: at a load average of 9 on
 # this 2-core host single ticks took up to 290 ms, so the bound is asserted on the median tick and, for every tick,

@@ -3,7 +3,7 @@
 One short run on the real MedSAM-Lite weights and the real brain MR (its tumour lies on slices
 11-17): it trains on 4 slices, validates on the other 3, caches each slice's image embedding once,
 leaves the image encoder untouched, and registers a model that loads by name, with its provenance.
-The gain itself is measured by `python -m samed2_tools.finetune_gain` (README), not here.
+The gain itself is measured by `python -m samed2_tools.finetune_gain` (docs/TRAINING.md), not here.
 """
 import time
 from pathlib import Path

@@ -341,7 +341,7 @@ def test_train_refuses_to_overwrite_a_run_without_resume(micro_files, uninterrup
 
 
 SEED_BOUNDS = {LIVER: 0.92, RIGHT_KIDNEY: 0.5, LEFT_KIDNEY: 0.5}
-"""Held-out box Dice that every training seed tried reached, less a margin (README: seeds 0-4 gave
+"""Held-out box Dice that every training seed tried reached, less a margin (docs/TRAINING.md: seeds 0-4 gave
 liver 0.949-0.963, kidneys 0.62-0.95: the kidneys depend on the seed, the liver does not)."""
 
 MIN_OBJECT_VOXELS = 20
@@ -414,7 +414,7 @@ def test_trained_model_segments_held_out_slices_from_a_box(trained_model):
 @pytest.mark.slow
 def test_the_recipe_trains_a_model_that_beats_filling_the_box():
     """The recipe (trained_model.py) trained afresh on this machine reaches the bounds that every
-    training seed tried reached (README, "The test-trained model": seeds 0-4); a different CPU
+    training seed tried reached (docs/TRAINING.md, "The test-trained model": seeds 0-4); a different CPU
     trains a different model, like a different seed, so nothing finer is asserted."""
     means, fill = held_out_means(load_trained(fresh_run(seed=0)))
     assert means[LIVER] >= SEED_BOUNDS[LIVER]
@@ -444,7 +444,7 @@ def test_box_chain_follows_the_left_kidney_to_its_end(trained_model):
     bank): each slice's box comes from the previous mask, and the kidney is followed to its last slice
     (measured: Dice 0.92-0.99; seeds 2-4 of the recipe: 0.85-0.99 on slices of at least 20 voxels,
     the 6-voxel last slice is below the model's resolution). This model's object score does not
-    say where the kidney ends (seeds 0-4: README), so propagation runs on; stopping is tested on a
+    say where the kidney ends (seeds 0-4: docs/TRAINING.md), so propagation runs on; stopping is tested on a
     model that says "absent" (test_session.py) and on real weights (MedSAM-Lite)."""
     model = build_trained_model(trained_model)
     volume = load_volume(IMAGE)
