@@ -19,7 +19,7 @@ from samed2.choices import PropagationOptions
 from SAMed2SlicerLib import model_weights
 from SAMed2SlicerLib.jobs import BackgroundJob
 from SAMed2SlicerLib.logic import LOAD_JOB
-from SAMed2SlicerLib.prompts import ROLE, ROLES, SEGMENTATION_REFERENCE, VOLUME_REFERENCE
+from SAMed2SlicerLib.prompts import BOX, INCLUDE, ROLE, ROLES, SEGMENTATION_REFERENCE, VOLUME_REFERENCE
 from SAMed2SlicerLib.segmenter import BusyError
 from SAMed2SlicerLib.segments import Target, read_slices
 
@@ -43,6 +43,12 @@ GUI_ACTIONS = ((re.compile(r"[Dd]ownload them with `samed2 weights download [^`]
                 "click Import from file in the SAMed-2 module"),
                (re.compile(r"`samed2 weights download [^`]*`"), "Download in the SAMed-2 module"),
                (re.compile(r"`samed2 weights (import|verify)[^`]*`"), "Import from file in the SAMed-2 module"))
+
+
+def start_tool(model) -> str:
+    """The prompt tool to start with: Box for a model trained on boxes only (a click alone gives it
+    nothing), else Include."""
+    return BOX if getattr(model, "needs_box", False) else INCLUDE
 
 
 def first_prompt(model) -> str:
@@ -78,7 +84,8 @@ class Interaction(VTKObservationMixin):
     `apply_moved_prompts()`. `poll()` starts the front end's polling (its timer calls `tick()`
     until it returns False) when a background job starts. `gui` maps command-line commands in
     messages to the module's buttons. Status messages go to every callable in `listeners` as
-    `(message, progress or None)`.
+    `(message, progress or None)`; every callable in `model_listeners` gets the engine model once
+    it is loaded.
     """
 
     def __init__(self, logic, show_error: Optional[Callable] = None, settle: Optional[Callable] = None,
@@ -86,6 +93,7 @@ class Interaction(VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = logic
         self.listeners: List[Callable] = []
+        self.model_listeners: List[Callable] = []
         self.show_error = show_error
         self.settle = settle
         self.poll = poll
@@ -203,6 +211,8 @@ class Interaction(VTKObservationMixin):
                 self.load_model(then, failed)
         else:
             self.notify(LOADED.format(model=model, hint=first_prompt(self.logic.engine_model())))
+            for listener in list(self.model_listeners):
+                listener(self.logic.engine_model())
             for then, _ in waiting:
                 if then is not None:
                     then()

@@ -17,6 +17,7 @@ import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from samed2.choices import DIRECTIONS, EFFECT_NAME, STOP_AFTER_ABSENT, PropagationOptions
+from SAMed2SlicerLib.interaction import start_tool
 from SAMed2SlicerLib.prompts import BOX, COLORS, EXCLUDE, INCLUDE, hovered_prompt
 from SAMed2SlicerQt.controller import Controller
 
@@ -115,6 +116,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def _set_tool(self, tool):
         self.scriptedEffect.setParameter("Tool", tool)
 
+    def _suit_tool_to(self, model):
+        """A model trained on boxes only starts with the Box tool: a click alone gives it nothing."""
+        if start_tool(model) == BOX:
+            self._set_tool(BOX)
+
     def setMRMLDefaults(self):
         for name, value in DEFAULTS:
             self.scriptedEffect.setParameterDefault(name, value)
@@ -145,17 +151,22 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         parameter.setParameter("AllSegments", int(self.ui.allSegmentsCheckBox.checked))
 
     def activate(self):
-        """Messages come here, prompts moved meanwhile save their undo state in this editor, and
-        the model starts loading in the background."""
+        """Messages come here, prompts moved meanwhile save their undo state in this editor, the
+        model starts loading in the background, and the tool suits the model once it is loaded."""
         interaction = Controller.get().interaction
         interaction.listeners.append(self._show)
+        interaction.model_listeners.append(self._suit_tool_to)
         interaction.editor_activated(self._save_state_for_undo)
+        if interaction.logic.model_ready():
+            self._suit_tool_to(interaction.logic.engine_model())
         interaction.preload()
 
     def deactivate(self):
         interaction = Controller.get().interaction
         if self._show in interaction.listeners:
             interaction.listeners.remove(self._show)
+        if self._suit_tool_to in interaction.model_listeners:
+            interaction.model_listeners.remove(self._suit_tool_to)
         interaction.editor_deactivated(self._save_state_for_undo)
         self._end_drag()
 

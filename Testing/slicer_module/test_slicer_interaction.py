@@ -20,6 +20,7 @@ from SAMed2SlicerLib.logic import LOAD_JOB, SAMed2Logic
 
 from ct_scene import CLICK, labelmaps, world_point
 from slicer_harness import load_scene, save_scene
+from suite import golden_tiny_model
 
 MarkupsNode = slicer.vtkMRMLMarkupsNode
 
@@ -192,6 +193,23 @@ def test_mrml_first_click_loads_the_model_in_the_background_then_segments(cached
     assert front.status[-1].startswith(f"Segmented slice k = {CLICK[2]}")
     assert labelmaps(abdomen, ct)["liver"][CLICK[2]].any()
     layer.close()
+
+
+def test_mrml_a_loaded_model_reaches_the_model_listeners_with_its_start_tool(mrml_scene, lite_file, tmp_path, front):
+    """MedSAM-Lite (trained on boxes only) loaded from the cache: the front ends hear the model, and
+    its start tool is Box; the golden tiny model (points and boxes) starts with Include."""
+    import_checkpoint(lite_file, cache_dir=tmp_path / "weights")
+    logic = SAMed2Logic(cache_dir=tmp_path / "weights")
+    logic.configure(model="medsam-lite", device="cpu")
+    layer, heard = Interaction(logic, show_error=front.error), []
+    layer.model_listeners.append(heard.append)
+    layer.preload()
+    tick_until_idle(layer)
+    assert heard == [logic.engine_model()] and not front.errors
+    assert messages.start_tool(heard[0]) == markups.BOX
+    assert messages.start_tool(golden_tiny_model()) == markups.INCLUDE
+    layer.close()
+    logic.close()
 
 
 def test_mrml_opening_the_editor_loads_a_cached_model_and_nothing_else(cached_logic, front):

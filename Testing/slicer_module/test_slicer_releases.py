@@ -17,6 +17,7 @@ import slicer
 
 import slicer_releases
 from slicer_releases import RELEASES, QComboBox, SegmentEditorWidget
+from suite import golden_tiny_model
 
 CHOSEN = {"device": "cpu", "preset": "lung", "precision": "fp32", "backend": "torch", "exportFormat": "NIfTI file"}
 RELOADED = ("SAMed2Slicer", "SAMed2SlicerQt", "SAMed2SlicerQt.controller", "SegmentEditorSAMed2Lib",
@@ -375,3 +376,23 @@ def test_slicer_press_on_a_hidden_segment_asks_first_as_paint_and_draw_do(segmen
     view = types.SimpleNamespace(mrmlSliceNode=lambda: "Red")
     assert effect._press(interactor, (10, 10), view) is True
     assert len(clicks) == prompts
+
+
+def test_slicer_effect_takes_the_box_tool_for_a_box_only_model(segment_editor, lite_model):
+    """MedSAM-Lite was trained on boxes only: opening the effect with it loaded selects Box, and
+    leaving the effect stops listening for loads; a model that takes points leaves the tool alone."""
+    editor, _ = segment_editor
+    from SAMed2SlicerQt.controller import Controller
+
+    effect, controller = editor.active.self(), Controller.get()
+    effect._set_tool("include")
+    editor.setActiveEffectByName(None)
+    assert effect._suit_tool_to not in controller.interaction.model_listeners
+    controller.logic.use_model("medsam-lite", lite_model)
+    editor.setActiveEffectByName("SAMed-2")
+    assert effect.scriptedEffect.parameter("Tool") == "box"
+    effect._set_tool("include")
+    controller.logic.use_model("tiny", golden_tiny_model())
+    editor.setActiveEffectByName(None)
+    editor.setActiveEffectByName("SAMed-2")
+    assert effect.scriptedEffect.parameter("Tool") == "include"

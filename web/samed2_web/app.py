@@ -28,7 +28,7 @@ from samed2_web.confidence_strip import ConfidenceStrip
 from samed2_web.finetune_panel import FinetunePanel
 from samed2_web.state import PageState, hex_color, propagation_options, publish, rgb_color
 from samed2_web.ui import VIEW_LAYOUTS, PageActions, build_page
-from SAMed2SlicerLib.interaction import Interaction
+from SAMed2SlicerLib.interaction import Interaction, start_tool
 from SAMed2SlicerLib.logic import SAMed2Logic
 from SAMed2SlicerLib.prompts import SEGMENT, hovered_prompt, prompt_nodes
 from SAMed2SlicerLib.segments import read_segment
@@ -67,11 +67,6 @@ def volume_title(node_name, image: Path) -> str:
     "<number>: <description>", with "None" for a missing number), else the file or folder name."""
     name = (node_name or "").strip().removeprefix("None: ")
     return name if name and name != "None" else image.name
-
-
-def start_mode(model) -> str:
-    """Box for a model trained on boxes only (a click alone gives it nothing), else Include."""
-    return "box" if getattr(model, "needs_box", False) else "include"
 
 
 def expose_scene(slicer_app: SlicerApp) -> None:
@@ -259,7 +254,7 @@ class SAMed2WebApp(TrameApp):
         the prompt tool that suits the model (Box for a box-only model)."""
         settings = self.logic.settings
         with self.state:
-            self.state.mode = start_mode(self.logic.engine_model())
+            self.state.mode = start_tool(self.logic.engine_model())
             self.state.title = self._title()
         self._report(f"Segmenting with {self.logic.model_name()} on {settings.device}, preset "
                      f"{settings.preset}: the next prompt uses them.")
@@ -271,7 +266,7 @@ class SAMed2WebApp(TrameApp):
 
     def _on_first_load(self):
         with self.state:
-            self.state.mode = start_mode(self.logic.engine_model())
+            self.state.mode = start_tool(self.logic.engine_model())
 
     def _title(self) -> str:
         return f"{volume_title(self.volume.GetName(), self.image)}, segmented with {self.logic.model_name()}"
