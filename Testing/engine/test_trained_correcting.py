@@ -4,9 +4,10 @@ default box-chain propagates. Before the click became a local edit of the slice'
 lost 0.931 Dice per clicked slice."""
 import numpy as np
 import pytest
+from test_medsam_lite_accuracy import CORRECTING, MARGIN, clicked_slices
 
 from samed2.bank import ConfidenceBank
-from test_medsam_lite_accuracy import CORRECTING, MARGIN, clicked_slices
+
 from trained_model import build_trained_model
 
 # name: mean Dice change of a slice clicked once, as measured (tuned on these four; the model segments
