@@ -4,11 +4,17 @@ default box-chain propagates. Before the click became a local edit of the slice'
 lost 0.931 Dice per clicked slice."""
 import numpy as np
 import pytest
-from test_medsam_lite_accuracy import CORRECTING, MARGIN, clicked_slices
+from scipy import ndimage
+from test_medsam_lite_accuracy import CORRECTING, CT_CASE, MARGIN, _case, clicked_slices
 
 from samed2.bank import ConfidenceBank
+from samed2.choices import PropagationOptions
+from samed2.model_coords import mask_box
+from samed2.session import Session
+from samed2.volume import get_slice
+from samed2_tools.evaluate.clicks import slice_click
 
-from trained_model import build_trained_model
+from trained_model import LIVER, build_trained_model
 
 # name: mean Dice change of a slice clicked once, as measured (tuned on these four; the model segments
 # neither the spleen nor, after the chain jumps to the liver, most of the right kidney, so no click helps there)
@@ -27,3 +33,23 @@ def test_trained_correcting_click_keeps_the_slice_dice_on_average_and_never_cost
     changes = [after - before for _, before, after in clicked_slices(model, case, bank)[value]]
     assert changes and np.mean(changes) >= GAINS[name] - MARGIN
     assert min(changes) >= -0.05
+
+
+def test_trained_click_edits_a_propagated_slice_and_prompts_afresh_beside_the_users_box(samed2_and_bank):
+    model, bank = samed2_and_bank
+    loaded = _case(*CT_CASE)
+    truth = loaded.labels == LIVER
+    with Session(loaded.volume, model, axis=2, bank=bank) as session:
+        session.add_prompt(LIVER, 20, box=mask_box(get_slice(truth, 2, 20)))
+        list(session.propagate([LIVER], PropagationOptions(start=17, stop=20)))
+        obj = session.objects[LIVER]
+        before = obj.masks[18].copy()
+        click = slice_click(before, get_slice(truth, 2, 18))
+        corrected = session.add_prompt(LIVER, 18, points=[click])
+        assert obj.prompts[18].mask_box is not None, "a propagated slice's clicks are local edits"
+        assert ndimage.label(corrected != before, structure=np.ones((3, 3)))[1] <= 1
+        session.add_prompt(LIVER, 18, points=[click, click], replace=True)  # as the Slicer effect replays them
+        assert obj.prompts[18].mask_box is not None, "a corrected slice's clicks stay local edits"
+        assert 18 in obj.fixed()
+        session.add_prompt(LIVER, 20, points=[click])
+        assert obj.prompts[20].mask_box is None, "clicks beside the user's box are decoded with it"
