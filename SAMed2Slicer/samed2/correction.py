@@ -1,6 +1,9 @@
-"""Clicks that correct a slice's mask with a model trained on boxes only (MedSAM-Lite).
+"""Clicks that correct a slice's mask: every click of a model trained on boxes only (MedSAM-Lite), and
+a click of any model on a mask it did not decode from prompts on that slice (samed2.session_state's
+TrackedObject.clicks_correct; the test-trained SAMed-2, decoding such a click with memory, jumped from
+a kidney to the liver).
 
-Such a model never saw clicks: decoded with the box of the slice's mask and the click, an exclude click
+A box-only model never saw clicks: decoded with the box of the slice's mask and the click, an exclude click
 cuts away far more than the error it sits in and an include click is mostly ignored (a click lowered
 the slice's Dice on average on every tuning organ: liver -0.15, spleen -0.04, kidneys -0.06 and -0.13;
 docs/ACCURACY.md, "Correcting with clicks"). So each click is a local edit: the model is asked about the

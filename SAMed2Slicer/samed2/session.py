@@ -155,7 +155,8 @@ class Session:
             merged.box = tuple(float(v) for v in box)
         if not merged.points and merged.box is None:
             raise InputError("a prompt needs at least one point or a box")
-        if merged.box is None and getattr(self.model, "needs_box", False):
+        if merged.box is None and (getattr(self.model, "needs_box", False) or
+                                   (obj is not None and obj.clicks_correct(index))):
             merged.mask_box = self._box_for_clicks(obj, index)
         return merged
 
@@ -212,8 +213,8 @@ class Session:
         obj.dirty.add(index)
 
     def _corrected_by_clicks(self, obj: TrackedObject, index: int, image: ImageFeatures) -> np.ndarray:
-        """A box-only model's clicks on a slice without a box: local corrections of the slice's mask
-        (samed2.correction); on a slice without a mask, the clicks decoded with the nearest slice's box."""
+        """Clicks that correct the slice's mask (SlicePrompts.mask_box): local edits (samed2.correction); a
+        box-only model's clicks on a slice without a mask: decoded with the nearest slice's box."""
         prompts, current = obj.prompts[index], obj.masks.get(index)
 
         def decode(box, points) -> np.ndarray:

@@ -16,8 +16,9 @@ from samed2.model.prompt_encoder import PAD
 class SlicePrompts:
     points: List[Tuple[float, float, bool]] = field(default_factory=list)  # (x, y, positive)
     box: Optional[Tuple[float, float, float, float]] = None  # x0, y0, x1, y1
-    # box-only models (MedSAM-Lite), clicks without a box: the chain's box of the slice's mask (or of the
-    # object's nearest segmented slice), which the clicks correct (samed2.correction)
+    # clicks without a box that correct the slice's mask (samed2.correction; every click of a box-only model,
+    # a click of another model on a mask it did not decode from prompts there): the chain's box of the
+    # slice's mask (a box-only model on an empty slice: of the object's nearest segmented slice)
     mask_box: Optional[Tuple[float, float, float, float]] = None
 
 
@@ -34,6 +35,13 @@ class TrackedObject:
     locked: set = field(default_factory=set)  # hand-edited slices: never recomputed
     dirty: set = field(default_factory=set)  # prompted since the last propagation
     reverse: Dict[int, bool] = field(default_factory=dict)  # direction each slice was tracked in
+
+    def clicks_correct(self, index: int) -> bool:
+        """Whether clicks on the slice edit its mask rather than prompt the model afresh: the mask is not
+        empty and was propagated, drawn by hand or corrected by clicks before."""
+        mask, prompts = self.masks.get(index), self.prompts.get(index)
+        return mask is not None and bool(mask.any()) and (
+            index in self.non_cond or index in self.locked or (prompts is not None and prompts.mask_box is not None))
 
     def fixed(self) -> List[int]:
         """Slices propagation must not overwrite."""

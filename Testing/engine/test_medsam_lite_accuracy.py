@@ -115,14 +115,16 @@ def _values(case):
     return [value for c, value, *_ in CORRECTING.values() if c == case]
 
 
-def clicked_slices(model, case) -> dict:
+def clicked_slices(model, case, bank=None) -> dict:
     """{label: [(slice, Dice before, Dice after)]}: each label boxed on its middle slice, propagated over its
-    extent, then one click at the centre of the largest error region of each other slice with an error."""
-    if case not in _CLICKED:
+    extent, then one click at the centre of the largest error region of each other slice with an error
+    (`bank`: a SAMed-2 model's confidence bank, which makes box-chain its default strategy)."""
+    key = (id(model), case)
+    if key not in _CLICKED:
         loaded = _case(*case)
         axis = slicing_axis(loaded.volume, None)
-        _CLICKED[case] = {}
-        with Session(loaded.volume, model, axis=axis) as session:
+        _CLICKED[key] = {}
+        with Session(loaded.volume, model, axis=axis, bank=bank) as session:
             for value in _values(case):
                 truth = loaded.labels == value
                 low, high = extent(truth, axis)
@@ -131,8 +133,8 @@ def clicked_slices(model, case) -> dict:
                 for _ in session.propagate([value], PropagationOptions(start=low, stop=high)):
                     pass
                 others = [k for k in range(low, high + 1) if k != middle]
-                _CLICKED[case][value] = click_each_slice(session, value, truth, others)
-    return _CLICKED[case]
+                _CLICKED[key][value] = click_each_slice(session, value, truth, others)
+    return _CLICKED[key]
 
 
 def cvpr25(model, case) -> dict:
