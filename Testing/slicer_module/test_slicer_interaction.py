@@ -11,12 +11,13 @@ from safetensors.torch import save_file
 from samed2.choices import PropagationOptions
 from samed2.errors import WeightsError
 from samed2.weights import import_checkpoint
-from SAMed2SlicerLib import interaction as messages
+from SAMed2SlicerLib import messages
 from SAMed2SlicerLib import prompts as markups
 from SAMed2SlicerLib.install import InstallPlan
-from SAMed2SlicerLib.interaction import Interaction, gui_text
+from SAMed2SlicerLib.interaction import Interaction, start_tool
 from SAMed2SlicerLib.jobs import BackgroundJob, JobPoller
 from SAMed2SlicerLib.logic import LOAD_JOB, SAMed2Logic
+from SAMed2SlicerLib.messages import gui_text
 
 from ct_scene import CLICK, labelmaps, world_point
 from slicer_harness import load_scene, save_scene
@@ -206,8 +207,8 @@ def test_mrml_a_loaded_model_reaches_the_model_listeners_with_its_start_tool(mrm
     layer.preload()
     tick_until_idle(layer)
     assert heard == [logic.engine_model()] and not front.errors
-    assert messages.start_tool(heard[0]) == markups.BOX
-    assert messages.start_tool(golden_tiny_model()) == markups.INCLUDE
+    assert start_tool(heard[0]) == markups.BOX
+    assert start_tool(golden_tiny_model()) == markups.INCLUDE
     layer.close()
     logic.close()
 
