@@ -16,6 +16,7 @@ import vtk
 from slicer.util import VTKObservationMixin
 
 from samed2.choices import PropagationOptions
+from samed2.errors import InputError
 from SAMed2SlicerLib import messages, model_weights
 from SAMed2SlicerLib.confidence import least_confident
 from SAMed2SlicerLib.jobs import BackgroundJob
@@ -405,11 +406,15 @@ class Interaction(VTKObservationMixin):
 
     def confidences(self, volume, segmentation, segment_id, slice_node):
         """(slice -> the segment's confidence, slice count) along the axis `slice_node` cuts;
-        ({}, 0) without a view or before a segmenter serves this volume and segmentation."""
+        ({}, 0) without a view, for an oblique one, or before a segmenter serves this volume and
+        segmentation."""
         segmenter = self.logic.serving(volume, segmentation)
         if segmenter is None or slice_node is None:
             return {}, 0
-        axis = segmenter.axis_of_view(slice_node)
+        try:
+            axis = segmenter.axis_of_view(slice_node)
+        except InputError:  # an oblique view cuts no slices (the listeners drawing a strip must not fail)
+            return {}, 0
         return segmenter.confidences(segment_id, axis), segmenter.volume.num_slices(axis)
 
     def show_least_confident(self, volume, segmentation, segment_id, slice_node) -> Optional[int]:
