@@ -197,8 +197,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if progress is not None:
             self.ui.propagationProgressBar.value = int(round(100 * (progress.fraction or 0)))
         if not running:  # the slices of a run are counted when it ends, as on the web page
-            self.ui.confidenceStripLabel.text = strip_html(*Controller.get().interaction.confidences(
-                *self._nodes(), self._propagation_view(quiet=True)))
+            self._draw_strip()
+
+    def _draw_strip(self):
+        """The selected segment's confidence per slice along the propagation view's slices (empty before results)."""
+        confidences, num_slices = Controller.get().interaction.confidences(*self._nodes(),
+                                                                           self._propagation_view(quiet=True))
+        self.ui.confidenceStripLabel.text = strip_html(confidences, num_slices)
 
     # ---- mouse in slice views --------------------------------------------------------------
 
