@@ -2,12 +2,12 @@
 Segment Editor effect and the web page: the ready state (packages installed, model loaded, with
 a guard against a second install), the propagation run and the polling of the background jobs,
 prompt moves (deferred during a run), watching every prompt markup in the scene (also those a
-scene load restores, and deleted ones), undo through the editor the user is in, and one set of
-user messages. No Qt: each front end gives it a timer, a way to show messages and errors, and
-turns its widgets' events into these calls.
+scene load restores, and deleted ones), undo through the editor the user is in, the segment's
+confidence per slice and its least confident slice, and one set of user messages (their texts
+are SAMed2SlicerLib.messages). No Qt: each front end gives it a timer, a way to show messages
+and errors, and turns its widgets' events into these calls.
 """
 import logging
-import re
 from contextlib import contextmanager
 from typing import Callable, List, Optional
 
@@ -16,7 +16,9 @@ import vtk
 from slicer.util import VTKObservationMixin
 
 from samed2.choices import PropagationOptions
-from SAMed2SlicerLib import model_weights
+from samed2.errors import InputError
+from SAMed2SlicerLib import messages, model_weights
+from SAMed2SlicerLib.confidence import least_confident
 from SAMed2SlicerLib.jobs import BackgroundJob
 from SAMed2SlicerLib.logic import LOAD_JOB
 from SAMed2SlicerLib.prompts import BOX, INCLUDE, ROLE, ROLES, SEGMENTATION_REFERENCE, VOLUME_REFERENCE
@@ -25,54 +27,14 @@ from SAMed2SlicerLib.segments import Target, read_slices
 
 log = logging.getLogger(__name__)
 
-INSTALLING = "The Python packages SAMed-2 needs are being installed: wait for the installation to end."
-INSTALL_FIRST = "SAMed-2 needs a few Python packages first: prompt again once they are installed."
-NOT_INSTALLED = "Nothing was installed: SAMed-2 cannot segment without these packages."
-LOADING = "Loading model {model} (prompts made meanwhile run when it is ready)..."
-LOADED = "Model {model} loaded: {hint} to segment it."
-PROPAGATING = "Propagating..."
-CANCELLING = "Cancelling after the current slice..."
-UNDO_DURING_RUN = "Undo waits for the propagation: cancel it first, or undo when it has ended."
-CLICK_FIRST = "Click on the object first: propagation starts from the prompted slices."
 PROMPT_MARKUP_EVENTS = (slicer.vtkMRMLMarkupsNode.PointModifiedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
                         vtk.vtkCommand.ModifiedEvent)
-# Engine messages name command-line commands; a Slicer user has the module's buttons instead.
-GUI_ACTIONS = ((re.compile(r"[Dd]ownload them with `samed2 weights download [^`]*`"),
-                "click Download in the SAMed-2 module"),
-               (re.compile(r"(import it again with|run) `samed2 weights import [^`]*`"),
-                "click Import from file in the SAMed-2 module"),
-               (re.compile(r"`samed2 weights download [^`]*`"), "Download in the SAMed-2 module"),
-               (re.compile(r"`samed2 weights (import|verify)[^`]*`"), "Import from file in the SAMed-2 module"))
 
 
 def start_tool(model) -> str:
     """The prompt tool to start with: Box for a model trained on boxes only (a click alone gives it
     nothing), else Include."""
     return BOX if getattr(model, "needs_box", False) else INCLUDE
-
-
-def first_prompt(model) -> str:
-    """What to do first with `model`: a box for a model trained on boxes (clicks then correct)."""
-    return "draw a box around an object" if getattr(model, "needs_box", False) else "click on an object"
-
-
-def propagating(progress) -> str:
-    return f"Propagating: slice {progress.index} ({progress.done} done)"
-
-
-def propagated(job) -> str:
-    done = job.progress().done
-    if job.cancelled:
-        return f"Propagation cancelled after {done} slice(s); the slices done are kept (Undo takes them back)."
-    return (f"Propagation done: {done} slice(s). Correct any slice with more prompts or the paint tools, then "
-            "propagate again: prompted and corrected slices are kept.")
-
-
-def gui_text(message: str) -> str:
-    """An engine message for a user of the GUI: command-line commands become the module's buttons."""
-    for pattern, replacement in GUI_ACTIONS:
-        message = pattern.sub(replacement, message)
-    return message
 
 
 class Interaction(VTKObservationMixin):
@@ -124,7 +86,7 @@ class Interaction(VTKObservationMixin):
 
     def message_of(self, error) -> str:
         text = str(error) or type(error).__name__
-        return gui_text(text) if self.gui else text
+        return messages.gui_text(text) if self.gui else text
 
     def report(self, action, error) -> None:
         """A failure, once, in the front end's own way (with `error` for its details)."""
@@ -155,7 +117,7 @@ class Interaction(VTKObservationMixin):
         `install(plan)` (the front end asks and installs, True when it did) once at a time:
         asked again meanwhile, it says the installation is in progress and starts nothing."""
         if self.installing:
-            self.notify(INSTALLING)
+            self.notify(messages.INSTALLING)
             return False
         plan = self.logic.install_plan(dicom)
         if not plan.needed:
@@ -164,7 +126,7 @@ class Interaction(VTKObservationMixin):
         try:
             with self.reporting("Installing the packages SAMed-2 needs (check the network and the Python console)"):
                 if not install(plan):
-                    self.notify(NOT_INSTALLED)
+                    self.notify(messages.NOT_INSTALLED)
                     return False
         finally:
             self.installing = False
@@ -186,7 +148,7 @@ class Interaction(VTKObservationMixin):
             self.loading = self.logic.jobs.add(BackgroundJob(LOAD_JOB, lambda job: self.logic.load_engine()).start(),
                                                on_end=lambda job: self._loaded(job, model))
             self._polling()
-            self.notify(LOADING.format(model=model))
+            self.notify(messages.LOADING.format(model=model))
         self._waiting.append((then, failed))
         return self.loading
 
@@ -210,7 +172,7 @@ class Interaction(VTKObservationMixin):
             for then, failed in waiting:
                 self.load_model(then, failed)
         else:
-            self.notify(LOADED.format(model=model, hint=first_prompt(self.logic.engine_model())))
+            self.notify(messages.LOADED.format(model=model, hint=messages.first_prompt(self.logic.engine_model())))
             for listener in list(self.model_listeners):
                 listener(self.logic.engine_model())
             for then, _ in waiting:
@@ -246,7 +208,7 @@ class Interaction(VTKObservationMixin):
         encoded), the segment's slice is written; the editor's undo state is saved just before
         (never for a prompt that is refused or writes nothing)."""
         if self.installing:
-            self.notify(INSTALLING)
+            self.notify(messages.INSTALLING)
             return
         if not self.logic.model_ready():
             self.load_model(lambda: self._encode_then(action, before_write, add, volume, segmentation, segment_id,
@@ -404,10 +366,10 @@ class Interaction(VTKObservationMixin):
         """Start a run of the segments along the axis `slice_node` cuts, as `options` say;
         `before_write` (default: the active editor's undo) runs before its first write."""
         if self.installing:
-            self.notify(INSTALLING)
+            self.notify(messages.INSTALLING)
             return None
         if slice_node is None:
-            self.notify(CLICK_FIRST)
+            self.notify(messages.CLICK_FIRST)
             return None
         if not self.logic.model_ready():
             self.load_model(lambda: self.propagate(volume, segmentation, segment_ids, slice_node, options,
@@ -418,27 +380,55 @@ class Interaction(VTKObservationMixin):
                                             before_write or self._editor_undo(),
                                             on_progress=self._on_progress, on_end=self._on_propagated)
             self._polling()
-            self.notify(PROPAGATING, self.run.progress())
+            self.notify(messages.PROPAGATING, self.run.progress())
             return self.run
         return None
 
     def cancel(self) -> None:
         if self.running:
             self.run.cancel()
-            self.notify(CANCELLING)
+            self.notify(messages.CANCELLING)
 
     def _on_progress(self, job, progress):
         if not job.cancelled:
-            self.notify(propagating(progress), progress)
+            self.notify(messages.propagating(progress), progress)
 
     def _on_propagated(self, job):
         if job.error is not None and not job.cancelled:
             self.report(f"Propagation (stopped after {job.progress().done} slice(s))", job.error)
         else:
-            self.notify(propagated(job), job.progress())
+            self.notify(messages.propagated(job), job.progress())
         if self._moved_during_run:
             self._moved_during_run = False
             self.apply_moved_prompts()
+
+    # ---- confidence per slice -----------------------------------------------------------------
+
+    def confidences(self, volume, segmentation, segment_id, slice_node):
+        """(slice -> the segment's confidence, slice count) along the axis `slice_node` cuts;
+        ({}, 0) without a view, for an oblique one, or before a segmenter serves this volume and
+        segmentation."""
+        segmenter = self.logic.serving(volume, segmentation)
+        if segmenter is None or slice_node is None:
+            return {}, 0
+        try:
+            axis = segmenter.axis_of_view(slice_node)
+        except InputError:  # an oblique view cuts no slices (the listeners drawing a strip must not fail)
+            return {}, 0
+        return segmenter.confidences(segment_id, axis), segmenter.volume.num_slices(axis)
+
+    def show_least_confident(self, volume, segmentation, segment_id, slice_node) -> Optional[int]:
+        """Move `slice_node` to the segment's least confident slice and say so; None before any result."""
+        confidences, _ = self.confidences(volume, segmentation, segment_id, slice_node)
+        index = least_confident(confidences)
+        if index is None:
+            self.notify(messages.NO_RESULT)
+            return None
+        segmenter = self.logic.segmenter
+        segmenter.show_slice(slice_node, index)
+        self.notify(messages.LEAST_CONFIDENT.format(axis="ijk"[segmenter.axis_of_view(slice_node)], index=index,
+                                                    confidence=confidences[index]))
+        return index
 
     # ---- the editor the user is in, undo -----------------------------------------------------
 
@@ -471,7 +461,7 @@ class Interaction(VTKObservationMixin):
         """Undo the last step with `undo()` (an editor's), else with the segmenter's own history;
         refused during a run. Whether something was undone (None when refused)."""
         if self.running:
-            self.notify(UNDO_DURING_RUN)
+            self.notify(messages.UNDO_DURING_RUN)
             return None
         if undo is None:
             segmenter = self.logic.segmenter

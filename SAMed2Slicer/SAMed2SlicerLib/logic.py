@@ -120,6 +120,13 @@ class SAMed2Logic(VTKObservationMixin):
         self.addObserver(volume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._on_volume_changed)
         return self.segmenter
 
+    def serving(self, volume, segmentation) -> Optional[Segmenter]:
+        """The segmenter, if it is this volume's and this segmentation's (without making one)."""
+        if self.segmenter is None or volume is None or segmentation is None or \
+                self._segmenter_key[:2] != (volume.GetID(), segmentation.GetID()):
+            return None
+        return self.segmenter
+
     def close_segmenter(self) -> None:
         """Stop the jobs that use the segmenter and free it (its engine sessions and threads)."""
         if self.segmenter is None:
@@ -189,9 +196,8 @@ class SAMed2Logic(VTKObservationMixin):
     def warm_up(self, volume, segmentation, slice_node, on_end=None) -> Optional[BackgroundJob]:
         """Encode the slices around a view's slice in the background, if a segmenter for this
         volume and segmentation exists and is idle; `on_end(job)` when done."""
-        segmenter = self.segmenter
-        if segmenter is None or segmenter.running is not None or \
-                self._segmenter_key[:2] != (volume.GetID(), segmentation.GetID()):
+        segmenter = self.serving(volume, segmentation)
+        if segmenter is None or segmenter.running is not None:
             return None
         if any(job.name == "warm-up" for job in self.jobs.jobs):
             return None

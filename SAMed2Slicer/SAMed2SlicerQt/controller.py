@@ -14,8 +14,9 @@ import qt
 import slicer
 
 from SAMed2SlicerLib.install import DICOM_REQUIREMENTS, TORCH_VERSION, install_function, stale_modules
-from SAMed2SlicerLib.interaction import INSTALL_FIRST, INSTALLING, Interaction, gui_text
+from SAMed2SlicerLib.interaction import Interaction
 from SAMed2SlicerLib.jobs import TICK_INTERVAL_MS
+from SAMed2SlicerLib.messages import INSTALL_FIRST, INSTALLING, gui_text
 
 MARKUP_SETTLE_MS = 300
 WARM_UP_SETTLE_MS = 400

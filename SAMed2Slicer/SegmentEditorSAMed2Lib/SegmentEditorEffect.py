@@ -17,6 +17,7 @@ import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from samed2.choices import DIRECTIONS, EFFECT_NAME, STOP_AFTER_ABSENT, PropagationOptions
+from SAMed2SlicerLib.confidence import strip_html
 from SAMed2SlicerLib.interaction import start_tool
 from SAMed2SlicerLib.prompts import BOX, COLORS, EXCLUDE, INCLUDE, hovered_prompt
 from SAMed2SlicerQt.controller import Controller
@@ -109,6 +110,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.ui.lastSliceFromViewButton.connect("clicked()", lambda: self._slice_from_view(self.ui.lastSliceSpinBox))
         self.ui.propagateButton.connect("clicked()", self.onPropagate)
         self.ui.cancelButton.connect("clicked()", self.onCancel)
+        self.ui.leastConfidentButton.connect("clicked()", self.onLeastConfident)
 
     def _tool_buttons(self):
         return {INCLUDE: self.ui.includeButton, EXCLUDE: self.ui.excludeButton, BOX: self.ui.boxButton}
@@ -194,6 +196,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.ui.cancelButton.enabled = running
         if progress is not None:
             self.ui.propagationProgressBar.value = int(round(100 * (progress.fraction or 0)))
+        if not running:  # the slices of a run are counted when it ends, as on the web page
+            self._draw_strip()
+
+    def _draw_strip(self):
+        """The selected segment's confidence per slice along the propagation view's slices (empty before results)."""
+        confidences, num_slices = Controller.get().interaction.confidences(*self._nodes(),
+                                                                           self._propagation_view(quiet=True))
+        self.ui.confidenceStripLabel.text = strip_html(confidences, num_slices)
 
     # ---- mouse in slice views --------------------------------------------------------------
 
@@ -261,14 +271,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     # ---- propagation -----------------------------------------------------------------------
 
-    def _propagation_view(self):
-        """The slice view of the last prompt, else the Red view; None (said) when the layout has none."""
+    def _propagation_view(self, quiet=False):
+        """The slice view of the last prompt, else the Red view; None (said unless `quiet`) when the
+        layout has none or there is no layout (no main window)."""
         if self._prompt_view is not None:
             return self._prompt_view
-        widget = slicer.app.layoutManager().sliceWidget(DEFAULT_VIEW)
+        layout = slicer.app.layoutManager()
+        widget = None if layout is None else layout.sliceWidget(DEFAULT_VIEW)
         if widget is None:
-            self._show(f"No {DEFAULT_VIEW} slice view in this layout: prompt in a slice view first, propagation "
-                       "then follows that view's slices.")
+            if not quiet:
+                self._show(f"No {DEFAULT_VIEW} slice view in this layout: prompt in a slice view first, propagation "
+                           "then follows that view's slices.")
             return None
         return widget.mrmlSliceNode()
 
@@ -297,3 +310,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         view = self._propagation_view()
         if view is not None:
             Controller.get().propagate(volume, segmentation, segment_ids, view, options, self._save_state_for_undo)
+
+    def onLeastConfident(self):
+        volume, segmentation, segment_id = self._nodes()
+        view = self._propagation_view()
+        if view is not None:
+            Controller.get().interaction.show_least_confident(volume, segmentation, segment_id, view)

@@ -18,7 +18,7 @@ from samed2_tools.cases import Case, load_case
 from samed2_tools.evaluate.clicks import extent
 from samed2_tools.evaluate.metrics import confidence_auroc
 from samed2_tools.evaluate.protocols import run_propagation, slicing_axis
-from SAMed2SlicerLib.confidence import least_confident, level, strip_cells
+from SAMed2SlicerLib.confidence import COLOURS, least_confident, level, strip_cells, strip_html
 
 from suite import DATA
 
@@ -52,6 +52,18 @@ def test_confidence_strip_cells_and_the_least_confident_slice():
     assert cells[0]["confidence"] is None and cells[5]["confidence"] == 0.6
     assert least_confident(confidences) == 4, "the first of equals"
     assert least_confident({}) is None and level(None) == "none"
+
+
+def test_confidence_strip_as_rich_text_one_cell_per_slice_or_per_group():
+    confidences = {3: 0.9, 4: 0.3, 5: 0.6}
+    per_slice = strip_html(confidences, 8)
+    assert per_slice.count("<td") == 8
+    assert per_slice.count(COLOURS["high"]) == 1 and per_slice.count(COLOURS["low"]) == 1
+    assert per_slice.count(COLOURS["none"]) == 5
+    grouped = strip_html({k: 0.9 for k in range(200)} | {101: 0.2}, 200, max_cells=50)
+    assert grouped.count("<td") == 50, "capped: four slices a cell"
+    assert grouped.count(COLOURS["low"]) == 1, "the group with slice 101 shows its lowest confidence"
+    assert strip_html({}, 8) == "" and strip_html(confidences, 0) == ""
 
 
 @lru_cache(maxsize=None)

@@ -571,6 +571,9 @@ class Application(slicer_harness.CoreApplication):
     def commandOptions(self):
         return types.SimpleNamespace(noMainWindow=True)
 
+    def layoutManager(self):  # no main window, no view layout
+        return None
+
     def processEvents(self):
         pass
 
@@ -623,6 +626,10 @@ class ScriptedEffect(Widget):
 
     def setParameterDefault(self, name, value):
         self.parameters.setdefault(name, str(value))
+
+    def parameterSetNode(self):  # the editor's node, nothing chosen yet
+        return types.SimpleNamespace(GetSourceVolumeNode=lambda: None, GetSegmentationNode=lambda: None,
+                                     GetSelectedSegmentID=lambda: "")
 
     def addOptionsWidget(self, widget):
         self.optionsWidgets.append(widget)

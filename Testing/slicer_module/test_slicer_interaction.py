@@ -2,7 +2,7 @@
 the golden tiny SAMed-2: the install guard, job polling that survives a failing handler, the model
 loaded in the background before the first prompt, prompt moves (dragged, changed by a script,
 deferred during a run, restored by a scene load, deleted), undo in the editor the user is in and
-refused during a run, and the messages a Slicer user reads."""
+refused during a run, the least confident slice, and the messages a Slicer user reads."""
 import numpy as np
 import pytest
 import slicer
@@ -11,12 +11,13 @@ from safetensors.torch import save_file
 from samed2.choices import PropagationOptions
 from samed2.errors import WeightsError
 from samed2.weights import import_checkpoint
-from SAMed2SlicerLib import interaction as messages
+from SAMed2SlicerLib import messages
 from SAMed2SlicerLib import prompts as markups
 from SAMed2SlicerLib.install import InstallPlan
-from SAMed2SlicerLib.interaction import Interaction, gui_text
+from SAMed2SlicerLib.interaction import Interaction, start_tool
 from SAMed2SlicerLib.jobs import BackgroundJob, JobPoller
 from SAMed2SlicerLib.logic import LOAD_JOB, SAMed2Logic
+from SAMed2SlicerLib.messages import gui_text
 
 from ct_scene import CLICK, labelmaps, world_point
 from slicer_harness import load_scene, save_scene
@@ -206,8 +207,8 @@ def test_mrml_a_loaded_model_reaches_the_model_listeners_with_its_start_tool(mrm
     layer.preload()
     tick_until_idle(layer)
     assert heard == [logic.engine_model()] and not front.errors
-    assert messages.start_tool(heard[0]) == markups.BOX
-    assert messages.start_tool(golden_tiny_model()) == markups.INCLUDE
+    assert start_tool(heard[0]) == markups.BOX
+    assert start_tool(golden_tiny_model()) == markups.INCLUDE
     layer.close()
     logic.close()
 
@@ -348,6 +349,29 @@ def test_mrml_current_slice_comes_from_the_geometry_without_a_model(mrml_scene, 
     assert logic.view_slice_index(ct, views["Red"]) == CLICK[2]
     assert not logic.model_ready() and logic.segmenter is None
     logic.close()
+
+
+# ---- issue 21: the confidence per slice and the least confident slice -----------------------------
+
+
+def test_mrml_least_confident_slice_is_shown_in_the_view_and_said(layer, logic, front, ct, abdomen, views):
+    red = views["Red"]
+    assert layer.confidences(ct, abdomen, "liver", red) == ({}, 0), "no segmenter yet"
+    assert layer.show_least_confident(ct, abdomen, "liver", red) is None
+    assert front.status[-1] == messages.NO_RESULT
+    layer.click(ct, abdomen, "liver", red, world_point(CLICK))
+    layer.propagate(ct, abdomen, ["liver"], red, PropagationOptions("up", stop=CLICK[2] + 3))
+    tick_until_idle(layer)
+    confidences, num_slices = layer.confidences(ct, abdomen, "liver", red)
+    assert sorted(confidences) == list(range(CLICK[2], CLICK[2] + 4)), "the clicked slice and three propagated"
+    assert num_slices == slicer.util.arrayFromVolume(ct).shape[0]
+    assert layer.confidences(ct, abdomen, "liver", None) == ({}, 0)
+    least = min(confidences, key=confidences.get)
+    logic.segmenter.show_slice(red, 3)
+    assert layer.show_least_confident(ct, abdomen, "liver", red) == least
+    assert logic.view_slice_index(ct, red) == least
+    assert front.status[-1] == f"Least confident slice: k = {least} (confidence {confidences[least]:.2f})."
+    assert layer.show_least_confident(ct, abdomen, "spleen", red) is None and front.status[-1] == messages.NO_RESULT
 
 
 # ---- defects 10 and 12: box centres and the Markups toolbar's list ----------------------------------

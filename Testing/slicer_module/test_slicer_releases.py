@@ -396,3 +396,19 @@ def test_slicer_effect_takes_the_box_tool_for_a_box_only_model(segment_editor, l
     editor.setActiveEffectByName(None)
     editor.setActiveEffectByName("SAMed-2")
     assert effect.scriptedEffect.parameter("Tool") == "include"
+
+
+def test_slicer_effect_has_the_confidence_strip_and_its_button(segment_editor):
+    """Under the propagation controls: the strip (empty before any result) and "Least confident
+    slice", which asks the interaction layer (with nothing segmented yet, it says so)."""
+    editor, _ = segment_editor
+    from SAMed2SlicerQt.controller import Controller
+
+    effect = editor.active.self()
+    effect._prompt_view = "Red"  # the view of a prompt: no layout needed
+    Controller.get().notify("Ready")
+    assert effect.ui.confidenceStripLabel.text == ""
+    assert effect.ui.leastConfidentButton.text == "Least confident slice"
+    effect.ui.leastConfidentButton.emit("clicked()")
+    assert effect.ui.statusLabel.text.startswith("No slice has a result yet")
+    assert effect.ui.confidenceStripLabel.text == ""

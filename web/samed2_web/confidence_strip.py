@@ -4,7 +4,7 @@ the least confident slice in the view propagation ran across."""
 from trame.widgets import html
 from trame_vuetify.widgets import vuetify3 as v3
 
-from SAMed2SlicerLib.confidence import least_confident, strip_cells
+from SAMed2SlicerLib.confidence import strip_cells
 
 TITLE = "c.confidence === null ? `slice ${c.slice}: no result` : `slice ${c.slice}: ${c.confidence.toFixed(2)}`"
 CELL_STYLE = ("{flex: '1 1 0', height: '14px', marginRight: '1px', background: strip_colours[c.level], "
@@ -17,30 +17,21 @@ class ConfidenceStrip:
     def __init__(self, app):
         self.app = app
 
-    def _segmenter_and_axis(self):
-        segmenter, view = self.app.logic.segmenter, self.app._prompted_view
-        if segmenter is None or view is None:
-            return None, None
-        return segmenter, segmenter.axis_of_view(view)
+    def _target(self):
+        """The page's volume, segmentation, selected segment and the view propagation ran across."""
+        return self.app.volume, self.app.segmentation, self.app.state.segment_id, self.app._prompted_view
 
     def update(self):
         """Read the selected segment's confidences again (after prompts and propagation)."""
-        segmenter, axis = self._segmenter_and_axis()
-        confidences = {} if segmenter is None else segmenter.confidences(self.app.state.segment_id, axis)
+        confidences, num_slices = self.app.interaction.confidences(*self._target())
         with self.app.state:
-            self.app.state.strip = strip_cells(confidences, segmenter.volume.num_slices(axis)) if confidences else []
+            self.app.state.strip = strip_cells(confidences, num_slices) if confidences else []
 
     def go_to_least_confident(self):
-        segmenter, axis = self._segmenter_and_axis()
-        confidences = {} if segmenter is None else segmenter.confidences(self.app.state.segment_id, axis)
-        index = least_confident(confidences)
-        if index is None:
-            self.app._report(error="No slice has a result yet: prompt and propagate first.")
-            return
-        segmenter.show_slice(self.app._prompted_view, index)
-        with self.app.state:
-            self.app.state.strip_current = index
-        self.app._report(f"Least confident slice: {'ijk'[axis]} = {index} (confidence {confidences[index]:.2f}).")
+        index = self.app.interaction.show_least_confident(*self._target())
+        if index is not None:
+            with self.app.state:
+                self.app.state.strip_current = index
 
     def build(self):
         """The strip's widgets (inside the page's layout)."""

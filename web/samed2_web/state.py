@@ -5,8 +5,7 @@ from dataclasses import dataclass, field, fields
 
 from samed2.choices import BACKENDS, DIRECTIONS, PRESETS, STOP_AFTER_ABSENT, PropagationOptions
 from samed2.errors import InputError
-
-STRIP_COLOURS = {"low": "#d32f2f", "medium": "#f9a825", "high": "#43a047", "none": "transparent"}  # by level
+from SAMed2SlicerLib.confidence import COLOURS
 
 
 @dataclass
@@ -45,7 +44,7 @@ class PageState:
     # the confidence strip (samed2_web.confidence_strip)
     strip: list = field(default_factory=list)  # its cells
     strip_current: int = -1  # the slice its button went to
-    strip_colours: dict = field(default_factory=STRIP_COLOURS.copy)
+    strip_colours: dict = field(default_factory=COLOURS.copy)  # by level
     # the fine-tune panel (samed2_web.finetune_panel)
     finetune_name: str = ""
     finetune_replace: bool = False
